@@ -1,0 +1,1 @@
+"""Ants/bees/cats/dogs classifier: a DVC pipeline around a frozen ImageNet backbone."""

@@ -1,0 +1,63 @@
+"""Batched forward passes shared by featurize, test and predict: one fast path for all."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from src.runtime import Runtime, inference
+
+
+def make_loader(dataset: Dataset, batch_size: int, runtime: Runtime) -> DataLoader:
+    """An ordered loader; decoding runs in worker processes while the model computes."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=runtime.num_workers,
+        persistent_workers=False,
+        pin_memory=runtime.device.type == "cuda",
+    )
+
+
+def prepare_model(model: nn.Module, runtime: Runtime) -> nn.Module:
+    """Move to the device in channels_last, which oneDNN/cuDNN convolutions run fastest in."""
+    return model.to(runtime.device, memory_format=torch.channels_last)
+
+
+def _features(backbone: nn.Module, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    x = x.to(runtime.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with runtime.autocast():
+        f = backbone(x)
+    # Heads and losses run in fp32: bf16 logits would cost log-loss precision for no speed.
+    return f.float()
+
+
+def extract_features(
+    backbone: nn.Module, batches: Iterable, runtime: Runtime, desc: str = "features"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled backbone features for every image (or every view: input N,K,3,H,W -> N,K,D)."""
+    feats, labels = [], []
+    with inference(backbone):
+        for x, y in tqdm(batches, desc=desc, unit="batch", leave=False):
+            views = x.shape[1] if x.ndim == 5 else None
+            flat = x.flatten(0, 1) if views else x
+            f = _features(backbone, flat, runtime)
+            feats.append((f.unflatten(0, (-1, views)) if views else f).cpu().numpy())
+            labels.append(np.asarray(y))
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def predict_proba(model: nn.Module, batches: Iterable, runtime: Runtime, desc: str = "predict") -> np.ndarray:
+    """Softmax class probabilities (N, C) of a full classifier over image batches."""
+    probs = []
+    with inference(model):
+        for x, _ in tqdm(batches, desc=desc, unit="batch", leave=False):
+            logits = model.head(_features(model.backbone, x, runtime))
+            probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+    return np.concatenate(probs) if probs else np.zeros((0, 0), dtype=np.float32)

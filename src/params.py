@@ -1,0 +1,245 @@
+"""Typed, validated view of ``params.yaml``.
+
+Every stage reads the file once through :func:`load_params`. The schema is the
+dataclasses below; defaults live in ``params.yaml`` only, so every key is
+required and a missing, misspelled or out-of-range key fails at once with the
+allowed values named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params file that does not match the schema."""
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    train: float
+    val: float
+    test: float
+
+    def __post_init__(self) -> None:
+        for name in ("train", "val", "test"):
+            _check(0.0 < getattr(self, name) < 1.0, f"prepare.split.{name}", "a fraction in (0, 1)")
+        total = self.train + self.val + self.test
+        _check(abs(total - 1.0) < 1e-6, "prepare.split", f"fractions that sum to 1 (they sum to {total:g})")
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    source: str
+    split: SplitParams
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    backbone: str
+    dropout: float
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", "a probability in [0, 1)")
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    scale: tuple[float, float]
+    hflip: float
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+
+    def __post_init__(self) -> None:
+        lo, hi = self.scale
+        _check(0.0 < lo <= hi <= 1.0, "augment.scale", "[min, max] with 0 < min <= max <= 1")
+        _check(0.0 <= self.hflip <= 1.0, "augment.hflip", "a probability in [0, 1]")
+        for name in ("brightness", "contrast", "saturation"):
+            _check(0.0 <= getattr(self, name) <= 1.0, f"augment.{name}", "a value in [0, 1]")
+        _check(0.0 <= self.hue <= 0.5, "augment.hue", "a value in [0, 0.5]")
+
+
+@dataclass(frozen=True)
+class FeaturizeParams:
+    views: int
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        _check(self.views >= 1, "featurize.views", "an integer >= 1")
+        _check(self.batch_size >= 1, "featurize.batch_size", "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    scheduler: str
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "an integer >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", "an integer >= 1")
+        _check(self.lr > 0, "train.lr", "a number > 0")
+        _check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0")
+
+
+@dataclass(frozen=True)
+class RuntimeParams:
+    device: Literal["auto", "cpu", "cuda"]
+    precision: Literal["auto", "fp32", "bf16"]
+    num_workers: int | Literal["auto"]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_workers, int):
+            _check(self.num_workers >= 0, "runtime.num_workers", "an integer >= 0 or 'auto'")
+
+
+@dataclass(frozen=True)
+class PredictParams:
+    threshold: float
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.threshold <= 1.0, "predict.threshold", "a probability in [0, 1]")
+        _check(self.batch_size >= 1, "predict.batch_size", "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    classes: list[str]
+    prepare: PrepareParams
+    model: ModelParams
+    augment: AugmentParams
+    featurize: FeaturizeParams
+    train: TrainParams
+    runtime: RuntimeParams
+    predict: PredictParams
+
+    def __post_init__(self) -> None:
+        _check(len(self.classes) >= 2, "classes", "a list of at least two class names")
+        _check(len(set(self.classes)) == len(self.classes), "classes", "distinct class names")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (tuples as lists), safe for JSON and ``weights_only`` checkpoints."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _check(ok: bool, key: str, expected: str) -> None:
+    if not ok:
+        raise ParamsError(f"params: '{key}' must be {expected}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return f"a list ({tp})"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; return it in the annotated type."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _convert(option, value, key)
+            except ParamsError:
+                continue
+    elif origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, list):
+            return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin is tuple:
+        items = typing.get_args(tp)
+        if isinstance(value, (list, tuple)) and len(value) == len(items):
+            return tuple(_convert(t, v, f"{key}[{i}]") for i, (t, v) in enumerate(zip(items, value)))
+    elif tp is float:
+        # YAML reads "1e-3" as a string; accept it as a number the way users expect.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif _is_scalar(tp, value):
+        return value
+    raise ParamsError(f"params: '{key}' must be {_type_name(tp)}, got {value!r}")
+
+
+def _is_scalar(tp: Any, value: Any) -> bool:
+    """Exact scalar match: a bool is not an int here, and strings must be non-empty."""
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str) and bool(value)
+    return tp is bool and isinstance(value, bool)
+
+
+def _build(cls: type, data: Any, key: str) -> Any:
+    where = f"'{key}'" if key else "the top level"
+    if not isinstance(data, dict):
+        raise ParamsError(f"params: {where} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    for name in data:
+        if name not in allowed:
+            close = difflib.get_close_matches(str(name), allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            full = f"{key}.{name}" if key else str(name)
+            raise ParamsError(f"params: unknown key '{full}'{hint}; allowed keys in {where}: {', '.join(allowed)}")
+    missing = [name for name in allowed if name not in data]
+    if missing:
+        raise ParamsError(f"params: {where} is missing key(s): {', '.join(missing)}")
+    values = {name: _convert(hints[name], data[name], f"{key}.{name}" if key else name) for name in allowed}
+    return cls(**values)
+
+
+def parse_params(data: Any) -> Params:
+    """Validate a parsed params mapping into :class:`Params`."""
+    return _build(Params, data, "")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params: file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"params: {path} is not valid YAML: {err}") from err
+    try:
+        return parse_params(data)
+    except ParamsError as err:
+        raise ParamsError(f"{err} (in {path})") from None

@@ -1,0 +1,83 @@
+"""Stage `prepare`: validate the source photos, copy them in, split them into manifests.
+
+python -m src.prepare --out data/prepared --report metrics/data.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from src.data import Sample, Skipped, scan_source, stratified_split, write_manifest
+from src.params import load_params
+
+SPLITS = ("train", "val", "test")
+
+
+def summarize(
+    found: Sequence[Sample], skipped: Sequence[Skipped], splits: dict[str, list[Sample]], classes: Sequence[str]
+) -> dict:
+    """Counts for the data report: kept/skipped overall, and per split and class."""
+    return {
+        "kept": len(found),
+        "skipped": len(skipped),
+        "per_class": {c: sum(s.label == c for s in found) for c in classes},
+        "split": {
+            name: {"total": len(items), **{c: n for c, n in sorted(Counter(s.label for s in items).items())}}
+            for name, items in splits.items()
+        },
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out", type=Path, required=True, help="prepared dataset directory")
+    parser.add_argument("--report", type=Path, required=True, help="JSON with kept/skipped/split counts")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+
+    source = Path(params.prepare.source).expanduser()
+    samples, skipped = scan_source(source, params.classes)
+    for s in skipped:
+        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+    if not samples:
+        raise SystemExit(f"prepare: no usable images under {source}")
+    split = params.prepare.split
+    splits = stratified_split(samples, {"train": split.train, "val": split.val, "test": split.test}, params.seed)
+
+    # Build next to the output and swap in at the end, so an interrupted run never
+    # leaves a half-copied dataset that looks complete.
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name, items in splits.items():
+        local = []
+        for s in items:
+            # Keep the path below the class folder: two sub-folders may reuse a file name.
+            rel = Path(s.label) / Path(s.path).relative_to(source / s.label)
+            (tmp / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(s.path, tmp / "images" / rel)
+            local.append(Sample((args.out / "images" / rel).as_posix(), s.label))
+        write_manifest(tmp / f"{name}.csv", local)
+    with (tmp / "skipped.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("path", "reason"))
+        writer.writerows((s.path, s.reason) for s in skipped)
+    shutil.rmtree(args.out, ignore_errors=True)
+    tmp.rename(args.out)
+
+    report = summarize(samples, skipped, splits, params.classes)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(report, indent=2) + "\n")
+    counts = ", ".join(f"{k} {v['total']}" for k, v in report["split"].items())
+    print(f"prepare: kept {report['kept']} images, skipped {report['skipped']}; {counts}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Seeding, device and precision choices shared by every torch stage."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src.params import RuntimeParams
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) from one number."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
+    """True where the CPU has native bf16 matmul (AMX or AVX512-BF16).
+
+    Elsewhere bf16 autocast is emulated and slower than fp32, so "auto" must not pick it.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how forward passes run."""
+
+    device: torch.device
+    bf16: bool
+    num_workers: int
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on this device, or a no-op for fp32."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+
+def resolve_runtime(params: RuntimeParams) -> Runtime:
+    """Turn ``auto`` settings into concrete ones for this machine."""
+    if params.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("runtime.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    use_cuda = params.device == "cuda" or (params.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    if params.precision == "auto":
+        bf16 = torch.cuda.is_bf16_supported() if use_cuda else cpu_has_fast_bf16()
+    else:
+        bf16 = params.precision == "bf16"
+    if params.num_workers == "auto":
+        # Decoding + augmentation in workers overlaps the forward pass; more workers than
+        # cores only adds contention with torch's own threads.
+        num_workers = min(4, max(0, (os.cpu_count() or 1) - 1))
+    else:
+        num_workers = params.num_workers
+    return Runtime(device=device, bf16=bf16, num_workers=num_workers)
+
+
+@contextlib.contextmanager
+def inference(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode + inference mode, restoring the previous training flag."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)

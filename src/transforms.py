@@ -1,0 +1,89 @@
+"""albumentations presets built from the backbone's own preprocessing."""
+
+from __future__ import annotations
+
+import os
+
+# albumentations checks PyPI for a newer release at import; a pipeline must not phone home.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+
+from src.models import Preprocess
+from src.params import AugmentParams
+
+_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
+
+
+class SeededTransform:
+    """An albumentations pipeline called as ``transform(image, seed) -> CHW float tensor``.
+
+    Seeding per call makes each augmented view a function of its seed alone, so results
+    do not depend on DataLoader worker count or order.
+    """
+
+    def __init__(self, compose: A.Compose) -> None:
+        self.compose = compose
+
+    def __call__(self, image: np.ndarray, seed: int = 0) -> torch.Tensor:
+        self.compose.set_random_seed(seed)
+        return self.compose(image=image)["image"]
+
+
+def _interpolation(pre: Preprocess) -> int:
+    try:
+        return _INTERPOLATION[pre.interpolation]
+    except KeyError:
+        raise ValueError(
+            f"preprocess interpolation {pre.interpolation!r} is not one of {', '.join(_INTERPOLATION)}"
+        ) from None
+
+
+def _normalize(pre: Preprocess) -> list[A.BasicTransform]:
+    return [A.Normalize(mean=pre.mean, std=pre.std, max_pixel_value=255.0), ToTensorV2()]
+
+
+def eval_transform(pre: Preprocess) -> SeededTransform:
+    """Resize the short side, centre-crop, normalise: the backbone's ImageNet eval recipe."""
+    size = pre.input_size
+    return SeededTransform(
+        A.Compose(
+            [
+                A.SmallestMaxSize(max_size=pre.resize_size, interpolation=_interpolation(pre)),
+                A.CenterCrop(height=size, width=size),
+                *_normalize(pre),
+            ]
+        )
+    )
+
+
+def train_transform(pre: Preprocess, aug: AugmentParams) -> SeededTransform:
+    """Random resized crop, horizontal flip and colour jitter, then the same normalisation."""
+    size = pre.input_size
+    return SeededTransform(
+        A.Compose(
+            [
+                A.RandomResizedCrop(size=(size, size), scale=aug.scale, interpolation=_interpolation(pre)),
+                A.HorizontalFlip(p=aug.hflip),
+                A.ColorJitter(
+                    brightness=aug.brightness,
+                    contrast=aug.contrast,
+                    saturation=aug.saturation,
+                    hue=aug.hue,
+                    p=0.8,
+                ),
+                *_normalize(pre),
+            ]
+        )
+    )
+
+
+def denormalize(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """Undo normalisation for display: (..., 3, H, W) tensor -> values in [0, 1]."""
+    mean = torch.tensor(pre.mean, dtype=x.dtype).view(3, 1, 1)
+    std = torch.tensor(pre.std, dtype=x.dtype).view(3, 1, 1)
+    return (x * std + mean).clamp(0, 1)
