@@ -35,6 +35,25 @@ def summarize(
     }
 
 
+def resolve_source(source: str, cwd: Path) -> Path:
+    """An absolute path for ``prepare.source``, which is relative to the repo root.
+
+    DVC runs queued and ``--temp`` experiments in a copy of the repo under
+    ``<repo>/.dvc/tmp/exps/``, where a path such as ``../shared/...`` would point
+    inside ``.dvc``; there it is resolved against the repo the copy was made from.
+    """
+    path = Path(source).expanduser()
+    if path.is_absolute():
+        return path
+    root = cwd.resolve()
+    parts = root.parts
+    if ".dvc" in parts:
+        i = parts.index(".dvc")
+        if parts[i + 1 : i + 3] == ("tmp", "exps"):
+            root = Path(*parts[:i])
+    return (root / path).resolve()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -43,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
 
-    source = Path(params.prepare.source).expanduser()
+    source = resolve_source(params.prepare.source, Path.cwd())
     samples, skipped = scan_source(source, params.classes)
     for s in skipped:
         print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
