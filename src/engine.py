@@ -44,7 +44,7 @@ def extract_features(
     """Pooled backbone features for every image (or every view: input N,K,3,H,W -> N,K,D)."""
     feats, labels = [], []
     with inference(backbone):
-        for x, y in tqdm(batches, desc=desc, unit="batch", leave=False):
+        for x, y in tqdm(batches, desc=desc, unit="batch", leave=False, disable=None):
             views = x.shape[1] if x.ndim == 5 else None
             flat = x.flatten(0, 1) if views else x
             f = _features(backbone, flat, runtime)
@@ -57,7 +57,7 @@ def predict_proba(model: nn.Module, batches: Iterable, runtime: Runtime, desc: s
     """Softmax class probabilities (N, C) of a full classifier over image batches."""
     probs = []
     with inference(model):
-        for x, _ in tqdm(batches, desc=desc, unit="batch", leave=False):
+        for x, _ in tqdm(batches, desc=desc, unit="batch", leave=False, disable=None):
             logits = model.head(_features(model.backbone, x, runtime))
             probs.append(torch.softmax(logits, dim=1).cpu().numpy())
     return np.concatenate(probs) if probs else np.zeros((0, 0), dtype=np.float32)

@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, required=True, help="prepared dataset directory")
-    parser.add_argument("--report", type=Path, required=True, help="JSON with kept/skipped/split counts")
+    parser.add_argument("--report", type=Path, required=True, help="metrics JSON: kept/skipped/split counts")
     args = parser.parse_args(argv)
     params = load_params(args.params)
 
@@ -88,14 +88,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         writer = csv.writer(f)
         writer.writerow(("path", "reason"))
         writer.writerows((s.path, s.reason) for s in skipped)
-    shutil.rmtree(args.out, ignore_errors=True)
-    tmp.rename(args.out)
 
     report = summarize(samples, skipped, splits, params.classes)
+    (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    shutil.rmtree(args.out, ignore_errors=True)
+    tmp.rename(args.out)
+    # The tracked metric stays small so that `dvc exp show` keeps its columns for results.
+    totals = {name: counts["total"] for name, counts in report["split"].items()}
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(report, indent=2) + "\n")
-    counts = ", ".join(f"{k} {v['total']}" for k, v in report["split"].items())
-    print(f"prepare: kept {report['kept']} images, skipped {report['skipped']}; {counts}")
+    args.report.write_text(
+        json.dumps({"data": {"kept": report["kept"], "skipped": report["skipped"], **totals}}, indent=2) + "\n"
+    )
+    sizes = ", ".join(f"{name} {n}" for name, n in totals.items())
+    print(f"prepare: kept {report['kept']} images, skipped {report['skipped']}; {sizes} -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+import numpy as np
+import torch
+
+from src.models import Preprocess
+from src.params import AugmentParams
+from src.transforms import denormalize, eval_transform, train_transform
+
+PRE = Preprocess(input_size=32, resize_size=36, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic")
+AUG = AugmentParams(scale=(0.3, 1.0), hflip=0.5, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02)
+
+
+def _image(h: int = 60, w: int = 90) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_eval_transform_resizes_crops_and_normalises_with_the_backbone_stats() -> None:
+    x = eval_transform(PRE)(_image())
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0  # (v - 0.5) / 0.5 on [0, 1]
+    white = eval_transform(PRE)(np.full((40, 40, 3), 255, np.uint8))
+    assert torch.allclose(white, torch.ones_like(white))
+    assert torch.allclose(denormalize(white, PRE), torch.ones_like(white))
+
+
+def test_eval_transform_is_deterministic() -> None:
+    t = eval_transform(PRE)
+    assert torch.equal(t(_image(), 1), t(_image(), 2))
+
+
+def test_train_transform_is_a_function_of_its_seed() -> None:
+    t = train_transform(PRE, AUG)
+    a, b, c = t(_image(), 7), t(_image(), 7), t(_image(), 8)
+    assert a.shape == (3, 32, 32)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
