@@ -124,6 +124,20 @@ def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None
     assert json.loads(status.strip().splitlines()[-1]) == {}
 
 
+def test_tensorboard_logs_have_scalars_and_images(reproduced) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    repo, env, _ = reproduced
+    acc = EventAccumulator(str(repo / "runs/train"), size_guidance={"images": 0}).Reload()
+    tags = acc.Tags()
+    assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr"} <= set(tags["scalars"])
+    assert len(acc.Scalars("loss/val")) == 2  # one point per epoch
+    assert {"val/predictions", "val/samples"} <= set(tags["images"])
+    # The `tensorboard` command itself starts (it needs pkg_resources from setuptools < 81).
+    out = _run([str(Path(sys.executable).parent / "tensorboard"), "--version_tb"], repo, env, stdout_only=True)
+    assert out.strip()
+
+
 def test_lr_experiment_reruns_only_what_depends_on_lr(reproduced) -> None:
     repo, env, _ = reproduced
     out = _run(["dvc", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.5"], repo, env)
