@@ -6,7 +6,7 @@ PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install repro test lint format clean
+.PHONY: install repro test lint format plots-template
 
 install: $(VENV)/.installed
 
@@ -31,3 +31,10 @@ lint: install
 format: install
 	ruff format .
 	ruff check --fix .
+
+plots-template:  ## re-inline the Vega scripts into .dvc/plots_offline.html (needs npm)
+	rm -rf .plots-template && mkdir .plots-template
+	cd .plots-template && npm pack --silent vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2 && \
+		for f in *.tgz; do tar xzf $$f --one-top-level; done
+	$(VENV)/bin/python tools/make_plots_template.py .plots-template
+	rm -rf .plots-template

@@ -1,6 +1,10 @@
-"""Stage `evaluate`: metrics and plots from the predictions CSV alone (no torch).
+"""Stage `evaluate`: metrics and plots from the predictions CSV (no torch).
 
-python -m src.evaluate --predictions data/predictions/test.csv --metrics metrics/test.json --plots plots
+    python -m src.evaluate --predictions data/predictions/test.csv --metrics metrics/test.json --plots plots/test
+
+Writes one nested metrics JSON (with bootstrap confidence intervals), plot data files
+for `dvc plots` (confusion, ROC and precision-recall per class, calibration) and the
+same plots as PNGs, plus a grid of the most confident mistakes.
 """
 
 from __future__ import annotations
@@ -8,118 +12,161 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from sklearn import metrics as skm
 
+from src import figures
+from src.data import ImageError, load_rgb
+from src.metrics import calibration_bins, classification_report, confusion
+from src.params import load_params
 from src.predictions import Predictions, read_predictions
 
 
-def compute_metrics(pred: Predictions) -> dict:
-    """Accuracy, macro/micro F1, log loss and one-vs-rest ROC-AUC per class and macro."""
-    k = len(pred.classes)
-    labels = list(range(k))
-    # Rows are written rounded; renormalise so log loss sees proper distributions.
-    probs = pred.probs / pred.probs.sum(axis=1, keepdims=True)
-    out = {
-        "n": len(pred.labels),
-        "accuracy": float(skm.accuracy_score(pred.labels, pred.predicted)),
-        "f1_macro": float(skm.f1_score(pred.labels, pred.predicted, labels=labels, average="macro", zero_division=0)),
-        "f1_micro": float(skm.f1_score(pred.labels, pred.predicted, labels=labels, average="micro", zero_division=0)),
-        "log_loss": float(skm.log_loss(pred.labels, probs, labels=labels)),
-    }
-    aucs = {}
-    for i, name in enumerate(pred.classes):
-        positives = pred.labels == i
-        # AUC is undefined when a class has no positives (or no negatives) in this split.
-        aucs[name] = float(skm.roc_auc_score(positives, probs[:, i])) if 0 < positives.sum() < len(positives) else None
-    out["roc_auc"] = aucs
-    defined = [v for v in aucs.values() if v is not None]
-    out["roc_auc_macro"] = float(np.mean(defined)) if defined else None
-    return out
-
-
-def roc_points(pred: Predictions) -> dict[str, list[dict[str, float]]]:
-    """One-vs-rest ROC curve per class as rows of fpr, tpr, threshold."""
-    curves = {}
+def curve_points(pred: Predictions, kind: str) -> dict[str, list[dict[str, float]]]:
+    """One-vs-rest ROC (``kind="roc"``) or precision-recall (``"pr"``) points per class."""
+    out = {}
     for i, name in enumerate(pred.classes):
         positives = pred.labels == i
         if not 0 < positives.sum() < len(positives):
-            continue
-        fpr, tpr, thr = skm.roc_curve(positives, pred.probs[:, i])
-        thr = np.minimum(thr, 1.0)  # sklearn puts +inf first; keep the CSV numeric
-        curves[name] = [{"fpr": float(f), "tpr": float(t), "threshold": float(h)} for f, t, h in zip(fpr, tpr, thr)]
-    return curves
+            continue  # undefined without both positives and negatives
+        if kind == "roc":
+            fpr, tpr, thr = skm.roc_curve(positives, pred.probs[:, i])
+            thr = np.minimum(thr, 1.0)  # sklearn puts +inf first; keep the CSV numeric
+            out[name] = [{"fpr": float(a), "tpr": float(b), "threshold": float(t)} for a, b, t in zip(fpr, tpr, thr)]
+        else:
+            precision, recall, thr = skm.precision_recall_curve(positives, pred.probs[:, i])
+            thr = np.append(thr, 1.0)  # the last (recall 0) point has no threshold
+            out[name] = [
+                {"recall": float(r), "precision": float(p), "threshold": float(t)}
+                for r, p, t in zip(recall, precision, thr)
+            ]
+    return out
 
 
-def save_png_plots(pred: Predictions, scores: dict, curves: dict, out_dir: Path) -> None:
-    import matplotlib
+def worst_mistakes(pred: Predictions, count: int) -> list[int]:
+    """Indices of wrong predictions, most confident first."""
+    wrong = np.flatnonzero(pred.predicted != pred.labels)
+    confidence = pred.probs[wrong, pred.predicted[wrong]]
+    return [int(i) for i in wrong[np.argsort(-confidence, kind="stable")][:count]]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    k = len(pred.classes)
-    cm = skm.confusion_matrix(pred.labels, pred.predicted, labels=list(range(k)))
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.imshow(cm, cmap="Blues")
-    for i in range(k):
-        for j in range(k):
-            ax.text(
-                j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black"
-            )
-    ax.set_xticks(range(k), pred.classes)
-    ax.set_yticks(range(k), pred.classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"Confusion matrix (test, n={len(pred.labels)}, accuracy {scores['accuracy']:.3f})")
-    fig.tight_layout()
-    fig.savefig(out_dir / "confusion.png", dpi=120)
-    plt.close(fig)
+def _write_csv(path: Path, rows: Sequence[Mapping[str, object]], fields: Sequence[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields))
+        writer.writeheader()
+        writer.writerows(rows)
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    for name, rows in curves.items():
-        ax.plot([r["fpr"] for r in rows], [r["tpr"] for r in rows], label=f"{name} (AUC {scores['roc_auc'][name]:.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title("ROC curves, one vs rest (test)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out_dir / "roc.png", dpi=120)
-    plt.close(fig)
+
+def write_plots(pred: Predictions, report: dict, calibration: list[dict], out: Path, worst: int) -> None:
+    classes = pred.classes
+    per_class = report["per_class"]
+    _write_csv(
+        out / "confusion.csv",
+        [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(pred.labels, pred.predicted)],
+        ("actual", "predicted"),
+    )
+    cm = confusion(pred.labels, pred.predicted, len(classes))
+    title = f"test, n={report['n']}, accuracy {report['accuracy']:.3f}"
+    figures.save(figures.confusion_figure(cm, classes, f"Confusion matrix ({title})"), out / "confusion.png")
+    figures.save(
+        figures.confusion_figure(cm, classes, "Confusion matrix, normalised by true class", normalize=True),
+        out / "confusion_normalized.png",
+    )
+
+    roc = curve_points(pred, "roc")
+    pr = curve_points(pred, "pr")
+    for name in roc:
+        _write_csv(out / "roc" / f"{name}.csv", roc[name], ("fpr", "tpr", "threshold"))
+        _write_csv(out / "pr" / f"{name}.csv", pr[name], ("recall", "precision", "threshold"))
+    figures.save(
+        figures.curves_figure(
+            {
+                f"{n} (AUC {per_class[n]['roc_auc']:.3f})": ([r["fpr"] for r in v], [r["tpr"] for r in v])
+                for n, v in roc.items()
+            },
+            title="ROC curves, one vs rest (test)",
+            xlabel="false positive rate",
+            ylabel="true positive rate",
+            legend_loc="lower right",
+            diagonal=True,
+        ),
+        out / "roc.png",
+    )
+    figures.save(
+        figures.curves_figure(
+            {
+                f"{n} (AP {per_class[n]['average_precision']:.3f})": (
+                    [r["recall"] for r in v],
+                    [r["precision"] for r in v],
+                )
+                for n, v in pr.items()
+            },
+            title="Precision-recall curves, one vs rest (test)",
+            xlabel="recall",
+            ylabel="precision",
+            legend_loc="lower left",
+        ),
+        out / "pr.png",
+    )
+
+    _write_csv(out / "calibration.csv", calibration, ("bin", "confidence", "accuracy", "count"))
+    figures.save(
+        figures.calibration_figure(calibration, report["ece"], "Calibration (reliability) curve, test"),
+        out / "calibration.png",
+    )
+
+    picks = worst_mistakes(pred, worst)
+    images, titles = [], []
+    for i in picks:
+        try:
+            images.append(load_rgb(pred.images[i]))
+        except ImageError as err:  # the grid is illustration: a missing file must not fail evaluation
+            images.append(np.zeros((8, 8, 3), np.uint8))
+            print(f"evaluate: worst-mistakes grid: {err}")
+        p = pred.predicted[i]
+        titles.append(
+            f"pred {classes[p]} {pred.probs[i, p]:.2f}\ntrue {classes[pred.labels[i]]}\n{Path(pred.images[i]).name}"
+        )
+    if not picks:
+        titles, images = ["no mistakes"], [np.full((8, 8, 3), 255, np.uint8)]
+    figures.save(figures.image_grid(images, titles, ["red"] * len(titles)), out / "worst_mistakes.png")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--predictions", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--plots", type=Path, required=True, help="directory for plot data and PNGs")
     args = parser.parse_args(argv)
+    params = load_params(args.params)
+    cfg = params.evaluate
 
     pred = read_predictions(args.predictions)
-    scores = compute_metrics(pred)
-    curves = roc_points(pred)
+    report = classification_report(
+        pred.labels,
+        pred.probs,
+        pred.classes,
+        ece_bins=cfg.ece_bins,
+        bootstrap=cfg.bootstrap,
+        ci_level=cfg.ci,
+        seed=params.seed,
+    )
+    calibration = calibration_bins(pred.labels, pred.probs, cfg.ece_bins)
 
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    args.metrics.write_text(json.dumps(scores, indent=2) + "\n")
-    args.plots.mkdir(parents=True, exist_ok=True)
-    with (args.plots / "confusion.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(("actual", "predicted"))
-        writer.writerows((pred.classes[a], pred.classes[p]) for a, p in zip(pred.labels, pred.predicted))
-    roc_dir = args.plots / "roc"
-    roc_dir.mkdir(exist_ok=True)
-    for name, rows in curves.items():
-        with (roc_dir / f"{name}.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["fpr", "tpr", "threshold"])
-            writer.writeheader()
-            writer.writerows(rows)
-    save_png_plots(pred, scores, curves, args.plots)
+    args.metrics.write_text(json.dumps({"test": report}, indent=2) + "\n")
+    write_plots(pred, report, calibration, args.plots, cfg.worst_mistakes)
+    ci = report[f"ci{round(cfg.ci * 100)}"]
     print(
-        f"evaluate: accuracy {scores['accuracy']:.4f}  macro F1 {scores['f1_macro']:.4f}  "
-        f"log loss {scores['log_loss']:.4f}  macro ROC-AUC {scores['roc_auc_macro']:.4f}"
+        f"evaluate: accuracy {report['accuracy']:.4f}  "
+        f"macro F1 {report['f1_macro']:.4f} [{ci['f1_macro']['low']:.4f}, {ci['f1_macro']['high']:.4f}]  "
+        f"log loss {report['log_loss']:.4f} [{ci['log_loss']['low']:.4f}, {ci['log_loss']['high']:.4f}]  "
+        f"ECE {report['ece']:.4f}  macro ROC-AUC {report['roc_auc_macro']:.4f}"
     )
 
 

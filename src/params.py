@@ -117,6 +117,20 @@ class PredictParams:
 
 
 @dataclass(frozen=True)
+class EvaluateParams:
+    ece_bins: int
+    bootstrap: int
+    ci: float
+    worst_mistakes: int
+
+    def __post_init__(self) -> None:
+        _check(self.ece_bins >= 1, "evaluate.ece_bins", "an integer >= 1")
+        _check(self.bootstrap >= 1, "evaluate.bootstrap", "an integer >= 1")
+        _check(0.0 < self.ci < 1.0, "evaluate.ci", "a level in (0, 1), e.g. 0.95")
+        _check(self.worst_mistakes >= 0, "evaluate.worst_mistakes", "an integer >= 0")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     classes: list[str]
@@ -126,6 +140,7 @@ class Params:
     featurize: FeaturizeParams
     train: TrainParams
     runtime: RuntimeParams
+    evaluate: EvaluateParams
     predict: PredictParams
 
     def __post_init__(self) -> None:

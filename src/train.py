@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from src import figures
 from src.data import ImageDataset, read_manifest
+from src.metrics import f1_macro
 from src.models import Classifier, build_backbone, build_head, save_checkpoint
 from src.params import Params, TrainParams, load_params
 from src.runtime import seed_everything
@@ -145,30 +147,6 @@ def fit(
     return best
 
 
-def prediction_grid(images: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]):
-    """A matplotlib figure of images titled 'pred p / true', green when right, red when wrong."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = 4
-    rows = (len(images) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.9))
-    for ax in np.ravel(axes):
-        ax.axis("off")
-    for ax, img, p, y in zip(np.ravel(axes), images, probs, labels):
-        pred = int(p.argmax())
-        ax.imshow(img.permute(1, 2, 0).numpy())
-        ax.set_title(
-            f"{classes[pred]} {p[pred]:.2f}\ntrue: {classes[int(y)]}",
-            color="green" if pred == int(y) else "red",
-            fontsize=9,
-        )
-    fig.tight_layout()
-    return fig
-
-
 def _load_features(path: Path, classes: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"features not found: {path} (run: dvc repro featurize)")
@@ -228,7 +206,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     pick = np.random.default_rng(params.seed).choice(len(val_samples), size=min(16, len(val_samples)), replace=False)
     dataset = ImageDataset(val_samples, params.classes, eval_transform(backbone.preprocess))
     images = torch.stack([denormalize(dataset[int(i)][0], backbone.preprocess) for i in pick])
-    fig = prediction_grid(images, result.val_probs[pick], val[1][pick], params.classes)
+    titles, colors = [], []
+    for p, y in zip(result.val_probs[pick], val[1][pick]):
+        k = int(p.argmax())
+        titles.append(f"{params.classes[k]} {p[k]:.2f}\ntrue: {params.classes[int(y)]}")
+        colors.append("green" if k == int(y) else "red")
+    fig = figures.image_grid([img.permute(1, 2, 0).numpy() for img in images], titles, colors)
     writer.add_figure("val/predictions", fig, global_step=result.best_epoch)
     writer.add_images("val/samples", images, global_step=result.best_epoch)
     writer.add_hparams(
@@ -260,17 +243,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         },
     )
 
+    val_f1 = f1_macro(val[1].numpy(), result.val_probs.argmax(1).numpy(), len(params.classes))
+    val_metrics = {"loss": result.best_val.loss, "accuracy": result.best_val.accuracy, "f1_macro": val_f1}
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    args.metrics.write_text(
-        json.dumps(
-            {
-                "best_epoch": result.best_epoch,
-                "val": {"loss": result.best_val.loss, "accuracy": result.best_val.accuracy},
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    args.metrics.write_text(json.dumps({"best_epoch": result.best_epoch, "val": val_metrics}, indent=2) + "\n")
+    figures.save(figures.history_figure(result.history, result.best_epoch), args.history.with_suffix(".png"))
     args.history.parent.mkdir(parents=True, exist_ok=True)
     with args.history.open("w", newline="") as f:
         writer_csv = csv.DictWriter(f, fieldnames=list(result.history[0]))

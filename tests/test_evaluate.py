@@ -5,8 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn import metrics as skm
 
-from src.evaluate import compute_metrics, main
+from src.evaluate import main, worst_mistakes
+from src.metrics import bootstrap_ci, calibration_bins, classification_report, expected_calibration_error, log_loss
 from src.predictions import Predictions, columns, read_predictions, write_predictions
 
 # A case worked by hand: two classes, four images.
@@ -24,23 +26,83 @@ HAND = Predictions(
 )
 
 
+def _report(pred: Predictions, **kw) -> dict:
+    opts = {"ece_bins": 10, "bootstrap": 200, "ci_level": 0.9, "seed": 0, **kw}
+    return classification_report(pred.labels, pred.probs, pred.classes, **opts)
+
+
 def test_metrics_on_a_hand_worked_case() -> None:
-    m = compute_metrics(HAND)
+    m = _report(HAND)
     assert m["accuracy"] == pytest.approx(0.75)
     # a: P=1, R=1/2, F1=2/3;  b: P=2/3, R=1, F1=4/5
+    assert m["per_class"]["a"] | {"roc_auc": 0, "average_precision": 0} == pytest.approx(
+        {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2, "roc_auc": 0, "average_precision": 0}
+    )
     assert m["f1_macro"] == pytest.approx((2 / 3 + 4 / 5) / 2)
     assert m["f1_micro"] == pytest.approx(0.75)
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 1.0) / 2)
     assert m["log_loss"] == pytest.approx(-(math.log(0.9) + math.log(0.35) + math.log(0.8) + math.log(0.55)) / 4)
+    # Brier: sum over classes of (p - onehot)^2, averaged: (2*.01 + 2*.4225 + 2*.04 + 2*.2025) / 4
+    assert m["brier"] == pytest.approx((0.02 + 0.845 + 0.08 + 0.405) / 4)
     # One-vs-rest: 3 of the 4 (positive, negative) pairs are ordered correctly for each class.
-    assert m["roc_auc"] == {"a": pytest.approx(0.75), "b": pytest.approx(0.75)}
+    assert m["per_class"]["a"]["roc_auc"] == pytest.approx(0.75)
+    assert m["per_class"]["b"]["roc_auc"] == pytest.approx(0.75)
     assert m["roc_auc_macro"] == pytest.approx(0.75)
+    # ECE with 10 bins: confidences .9 (right), .65 (wrong), .8 (right), .55 (right), one per bin:
+    # (|1-.9| + |0-.65| + |1-.8| + |1-.55|) / 4
+    assert m["ece"] == pytest.approx((0.1 + 0.65 + 0.2 + 0.45) / 4)
+    # sklearn agrees on the parts it has.
+    assert m["f1_macro"] == pytest.approx(skm.f1_score(HAND.labels, HAND.predicted, average="macro"))
+    assert m["log_loss"] == pytest.approx(skm.log_loss(HAND.labels, HAND.probs))
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_estimate() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    probs = rng.dirichlet([1, 1, 1], 300)
+    probs[np.arange(300), labels] += 1.0
+    probs /= probs.sum(1, keepdims=True)
+    a = bootstrap_ci(labels, probs, log_loss, 300, 0.95, seed=1)
+    b = bootstrap_ci(labels, probs, log_loss, 300, 0.95, seed=1)
+    c = bootstrap_ci(labels, probs, log_loss, 300, 0.95, seed=2)
+    assert a == b and a != c
+    assert a["low"] < log_loss(labels, probs) < a["high"]
+    assert a["high"] - a["low"] < 0.2
+    m = classification_report(labels, probs, ["x", "y", "z"], ece_bins=10, bootstrap=300, ci_level=0.95, seed=1)
+    assert m["ci95"]["log_loss"] == a
+    assert m["ci95"]["f1_macro"]["low"] <= m["f1_macro"] <= m["ci95"]["f1_macro"]["high"]
+
+
+def test_calibration_bins_and_ece_of_a_calibrated_model_are_near_zero() -> None:
+    rng = np.random.default_rng(0)
+    n = 20000
+    conf = rng.uniform(0.5, 1.0, n)
+    labels = (rng.uniform(size=n) > conf).astype(int)  # class 0 is right with probability conf
+    probs = np.stack([conf, 1 - conf], axis=1)
+    assert expected_calibration_error(labels, probs, 10) < 0.02
+    rows = calibration_bins(labels, probs, 10)
+    assert [r["bin"] for r in rows] == [5, 6, 7, 8, 9]  # confidences all above 0.5
+    assert sum(r["count"] for r in rows) == n
 
 
 def test_auc_is_null_for_a_class_absent_from_the_split() -> None:
     pred = Predictions(
         ["1", "2"], ["a", "b", "c"], np.array([0, 1]), np.array([0, 1]), np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1]])
     )
-    assert compute_metrics(pred)["roc_auc"]["c"] is None
+    assert _report(pred)["per_class"]["c"]["roc_auc"] is None
+
+
+def test_worst_mistakes_are_the_most_confident_errors() -> None:
+    assert worst_mistakes(HAND, 5) == [1]
+    pred = Predictions(
+        ["1", "2", "3"],
+        ["a", "b"],
+        np.array([0, 0, 1]),
+        np.array([1, 1, 1]),
+        np.array([[0.4, 0.6], [0.1, 0.9], [0.2, 0.8]]),
+    )
+    assert worst_mistakes(pred, 5) == [1, 0]
+    assert worst_mistakes(pred, 1) == [1]
 
 
 def test_csv_schema_round_trip(tmp_path: Path) -> None:
@@ -72,12 +134,25 @@ def test_bad_csv_is_reported_with_file_and_line(tmp_path: Path, text: str, messa
         read_predictions(path)
 
 
-def test_evaluate_stage_writes_metrics_and_plots(tmp_path: Path) -> None:
+def test_evaluate_stage_writes_metrics_and_plots(tmp_path: Path, repo: Path, monkeypatch) -> None:
     csv_path = tmp_path / "test.csv"
     write_predictions(csv_path, HAND.images, ["a", "a", "b", "b"], HAND.probs, HAND.classes)
-    main(["--predictions", str(csv_path), "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "plots")])
-    metrics = json.loads((tmp_path / "m.json").read_text())
+    monkeypatch.chdir(tmp_path)  # image paths in the CSV do not exist: the grid shows placeholders
+    main(
+        [
+            "--params",
+            str(repo / "params.yaml"),
+            "--predictions",
+            str(csv_path),
+            "--metrics",
+            "m.json",
+            "--plots",
+            "plots",
+        ]
+    )
+    metrics = json.loads((tmp_path / "m.json").read_text())["test"]
     assert metrics["accuracy"] == pytest.approx(0.75)
+    assert set(metrics["ci95"]) == {"f1_macro", "log_loss"}
     with (tmp_path / "plots" / "confusion.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["actual"], r["predicted"]) for r in rows] == [("a", "a"), ("a", "b"), ("b", "b"), ("b", "b")]
@@ -85,5 +160,10 @@ def test_evaluate_stage_writes_metrics_and_plots(tmp_path: Path) -> None:
         with (tmp_path / "plots" / "roc" / f"{name}.csv").open() as f:
             roc = list(csv.DictReader(f))
         assert float(roc[0]["fpr"]) == 0 and float(roc[-1]["tpr"]) == 1
-    for png in ("confusion.png", "roc.png"):
-        assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with (tmp_path / "plots" / "pr" / f"{name}.csv").open() as f:
+            pr = list(csv.DictReader(f))
+        assert float(pr[-1]["recall"]) == 0 and float(pr[-1]["precision"]) == 1
+    with (tmp_path / "plots" / "calibration.csv").open() as f:
+        assert sum(int(r["count"]) for r in csv.DictReader(f)) == 4
+    for png in ("confusion", "confusion_normalized", "roc", "pr", "calibration", "worst_mistakes"):
+        assert (tmp_path / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -101,7 +101,7 @@ def reproduced(project: tuple[Path, dict[str, str]]) -> tuple[Path, dict[str, st
 
 def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None:
     repo, env, out = reproduced
-    for stage in ("prepare", "featurize", "train", "test", "evaluate"):
+    for stage in ("prepare", "featurize", "train", "test", "evaluate", "report"):
         assert f"Running stage '{stage}'" in out
 
     data = json.loads((repo / "metrics/data.json").read_text())["data"]
@@ -112,12 +112,15 @@ def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None
     assert list(rows[0]) == ["image", "label", "prediction", *(f"prob_{c}" for c in CLASSES)]
     assert len(rows) == 4 and {r["label"] for r in rows} == set(CLASSES)
 
-    metrics = json.loads((repo / "metrics/test.json").read_text())
-    for key in ("accuracy", "f1_macro", "f1_micro", "log_loss", "roc_auc"):
+    metrics = json.loads((repo / "metrics/test.json").read_text())["test"]
+    for key in ("accuracy", "f1_macro", "f1_micro", "log_loss", "brier", "ece", "ci95", "roc_auc_macro"):
         assert key in metrics
-    assert set(metrics["roc_auc"]) == set(CLASSES)
+    assert set(metrics["per_class"]) == set(CLASSES)
+    assert "f1_macro" in json.loads((repo / "metrics/train.json").read_text())["val"]
     for f in ("plots/test/confusion.png", "plots/test/roc.png", "plots/train_history.csv", "models/model.pt"):
         assert (repo / f).stat().st_size > 0
+    report = (repo / "reports/report.md").read_text()
+    assert "| macro F1 |" in report and "![ROC curves](../plots/test/roc.png)" in report
     assert any((repo / "runs/train").glob("events.out.tfevents.*"))
 
     status = _run(["dvc", "status", "--json"], repo, env)

@@ -1,0 +1,121 @@
+"""Stage `report`: a Markdown summary of the workspace's run, for a pull-request comment.
+
+    python -m src.report --metrics metrics --plots plots --out reports/report.md
+
+Metrics with their bootstrap confidence intervals, per-class scores, the data report
+and the plots as images (links relative to the report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from src.params import Params, load_params
+
+PLOTS = [
+    ("Confusion matrix", "test/confusion.png"),
+    ("Confusion matrix, normalised", "test/confusion_normalized.png"),
+    ("ROC curves", "test/roc.png"),
+    ("Precision-recall curves", "test/pr.png"),
+    ("Calibration", "test/calibration.png"),
+    ("Training curves", "train_history.png"),
+    ("Most confident mistakes", "test/worst_mistakes.png"),
+]
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def render(data: dict, train: dict, test: dict, params: Params, plot_links: Sequence[tuple[str, str]]) -> str:
+    """The report as Markdown text; pure, so tests can check it without files."""
+    t = test["test"]
+    ci_key = next(k for k in t if k.startswith("ci"))
+    ci = t[ci_key]
+    level = ci_key[2:]
+    lines = [
+        "# Ants, bees, cats and dogs: evaluation report",
+        "",
+        f"Backbone `{params.model.backbone}` (frozen), head trained with `{params.train.optimizer}`, "
+        f"lr {params.train.lr:g}, {params.train.epochs} epochs, {params.featurize.views} augmented views per image; "
+        f"best epoch {train['best_epoch']}.",
+        "",
+        f"## Test split (n = {t['n']})",
+        "",
+        f"| metric | value | {level}% CI (bootstrap) |",
+        "|---|---|---|",
+        f"| macro F1 | {_fmt(t['f1_macro'])} | [{_fmt(ci['f1_macro']['low'])}, {_fmt(ci['f1_macro']['high'])}] |",
+        f"| log loss | {_fmt(t['log_loss'])} | [{_fmt(ci['log_loss']['low'])}, {_fmt(ci['log_loss']['high'])}] |",
+        f"| accuracy | {_fmt(t['accuracy'])} | |",
+        f"| balanced accuracy | {_fmt(t['balanced_accuracy'])} | |",
+        f"| micro F1 | {_fmt(t['f1_micro'])} | |",
+        f"| macro ROC-AUC (one vs rest) | {_fmt(t['roc_auc_macro'])} | |",
+        f"| Brier score | {_fmt(t['brier'])} | |",
+        f"| expected calibration error | {_fmt(t['ece'])} | |",
+        "",
+        "| class | precision | recall | F1 | support | ROC-AUC | average precision |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, c in t["per_class"].items():
+        lines.append(
+            f"| {name} | {_fmt(c['precision'])} | {_fmt(c['recall'])} | {_fmt(c['f1'])} | {c['support']} "
+            f"| {_fmt(c['roc_auc'])} | {_fmt(c['average_precision'])} |"
+        )
+    v = train["val"]
+    d = data["data"]
+    lines += [
+        "",
+        "## Validation (best epoch)",
+        "",
+        f"loss {_fmt(v['loss'])}, accuracy {_fmt(v['accuracy'])}, macro F1 {_fmt(v['f1_macro'])}",
+        "",
+        "## Data",
+        "",
+        f"{d['kept']} images kept, {d['skipped']} skipped; "
+        f"split train {d['train']} / val {d['val']} / test {d['test']}.",
+        "",
+        "## Plots",
+        "",
+    ]
+    for title, link in plot_links:
+        lines += [f"### {title}", "", f"![{title}]({link})", ""]
+    return "\n".join(lines)
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"report: {path} not found (run: dvc repro)")
+    return json.loads(path.read_text())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--metrics", type=Path, required=True, help="directory with data/train/test.json")
+    parser.add_argument("--plots", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    links = [
+        (title, Path(os.path.relpath(args.plots / rel, args.out.parent)).as_posix())
+        for title, rel in PLOTS
+        if (args.plots / rel).is_file()
+    ]
+    text = render(
+        _read(args.metrics / "data.json"),
+        _read(args.metrics / "train.json"),
+        _read(args.metrics / "test.json"),
+        params,
+        links,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"report: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

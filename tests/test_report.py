@@ -1,0 +1,50 @@
+from pathlib import Path
+
+from src.params import load_params
+from src.report import render
+
+TEST = {
+    "test": {
+        "n": 4,
+        "accuracy": 0.75,
+        "balanced_accuracy": 0.75,
+        "f1_macro": 0.7333,
+        "f1_micro": 0.75,
+        "log_loss": 0.494,
+        "brier": 0.3375,
+        "ece": 0.35,
+        "roc_auc_macro": 0.75,
+        "ci95": {"f1_macro": {"low": 0.4, "high": 1.0}, "log_loss": {"low": 0.2, "high": 0.8}},
+        "per_class": {
+            "ants": {
+                "precision": 1.0,
+                "recall": 0.5,
+                "f1": 0.6667,
+                "support": 2,
+                "roc_auc": 0.75,
+                "average_precision": 0.8,
+            },
+            "bees": {
+                "precision": 0.6667,
+                "recall": 1.0,
+                "f1": 0.8,
+                "support": 2,
+                "roc_auc": None,
+                "average_precision": None,
+            },
+        },
+    }
+}
+TRAIN = {"best_epoch": 3, "val": {"loss": 0.1, "accuracy": 0.9, "f1_macro": 0.88}}
+DATA = {"data": {"kept": 10, "skipped": 1, "train": 6, "val": 2, "test": 2}}
+
+
+def test_report_has_metrics_with_intervals_data_and_plots(repo: Path) -> None:
+    text = render(DATA, TRAIN, TEST, load_params(repo / "params.yaml"), [("ROC curves", "../plots/test/roc.png")])
+    assert "| metric | value | 95% CI (bootstrap) |" in text
+    assert "| macro F1 | 0.7333 | [0.4000, 1.0000] |" in text
+    assert "| log loss | 0.4940 | [0.2000, 0.8000] |" in text
+    assert "| bees | 0.6667 | 1.0000 | 0.8000 | 2 | n/a | n/a |" in text
+    assert "10 images kept, 1 skipped; split train 6 / val 2 / test 2." in text
+    assert "best epoch 3" in text
+    assert "![ROC curves](../plots/test/roc.png)" in text
