@@ -141,35 +141,88 @@ def test_tensorboard_logs_have_scalars_and_images(reproduced) -> None:
     assert out.strip()
 
 
-def test_lr_experiment_reruns_only_what_depends_on_lr(reproduced) -> None:
-    repo, env, _ = reproduced
-    out = _run(["dvc", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.5"], repo, env)
-    for stage in ("prepare", "featurize"):
-        assert f"Stage '{stage}' didn't change, skipping" in out
-        assert f"Running stage '{stage}'" not in out
-    for stage in ("train", "test", "evaluate"):
-        assert f"Running stage '{stage}'" in out
+def _metrics_of(shown: list, name: str) -> dict:
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            if exp.get("name") == name:
+                rev = exp["revs"][0]["data"]
+                return {path: d["data"] for path, d in rev["metrics"].items()}
+    raise AssertionError(f"experiment {name!r} not in dvc exp show: {json.dumps(shown)[:2000]}")
 
+
+def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced) -> None:
+    repo, env, _ = reproduced
+    outs = {}
+    for name, lr in (("lr-low", "0.003"), ("lr-high", "0.5")):
+        outs[name] = _run(["dvc", "exp", "run", "-n", name, "-S", f"train.lr={lr}"], repo, env)
+    for out in outs.values():
+        for stage in ("prepare", "featurize"):
+            assert f"Stage '{stage}' didn't change, skipping" in out
+            assert f"Running stage '{stage}'" not in out
+        for stage in ("train", "test", "evaluate"):
+            assert f"Running stage '{stage}'" in out
+
+    # The workspace now holds lr-high: metrics diff against HEAD (the baseline) shows the change.
     diff = json.loads(_run(["dvc", "metrics", "diff", "--json"], repo, env).strip().splitlines()[-1])
     changed = {(path, key) for path, metrics in diff.items() for key, d in metrics.items() if d.get("diff")}
     assert ("metrics/train.json", "val.loss") in changed
 
-    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env))
-    names = [exp["name"] for commit in shown for exp in (commit.get("experiments") or [])]
-    assert "lr-high" in names
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env, stdout_only=True))
+    low, high = _metrics_of(shown, "lr-low"), _metrics_of(shown, "lr-high")
+    assert low["metrics/train.json"]["val"]["loss"] != high["metrics/train.json"]["val"]["loss"]
+    assert "f1_macro" in low["metrics/test.json"]["test"] and "f1_macro" in high["metrics/test.json"]["test"]
+
+    exp_diff = _run(["dvc", "exp", "diff", "lr-low", "lr-high", "--json"], repo, env, stdout_only=True)
+    lr_change = json.loads(exp_diff)["params"]["params.yaml"]["train.lr"]
+    assert (lr_change["old"], lr_change["new"]) == (0.003, 0.5)
+    table = _run(["dvc", "exp", "show", "--sort-by", "val.loss", "--sort-order", "asc", "--csv"], repo, env)
+    assert "lr-low" in table and "lr-high" in table
+
+    _run(["dvc", "exp", "apply", "lr-low"], repo, env)
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == 0.003
 
 
-def test_plots_show_renders_the_declared_plots(reproduced) -> None:
+def test_queued_grid_search_runs_in_temp_workspaces(reproduced) -> None:
+    """Queued experiments run in copies under .dvc/tmp/exps/; cached stages still skip there."""
     repo, env, _ = reproduced
-    rendered = json.loads(_run(["dvc", "plots", "show", "--json"], repo, env))["data"]
-    for plot_id in ("Confusion matrix (test)", "ROC curves, one vs rest (test)", "Training curves, loss"):
+    _run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.01,0.1", "-S", "train.epochs=1,2"], repo, env)
+    _run(["dvc", "exp", "run", "--run-all", "-j", "2"], repo, env)
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env, stdout_only=True))
+    runs = [
+        exp["revs"][0]
+        for commit in shown
+        for exp in commit.get("experiments") or []
+        if exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["lr"] in (0.01, 0.1)
+    ]
+    assert len(runs) == 4, json.dumps(shown)[:3000]
+    grid = set()
+    for rev in runs:
+        assert not rev.get("error"), rev["error"]
+        train = rev["data"]["params"]["params.yaml"]["data"]["train"]
+        grid.add((train["lr"], train["epochs"]))
+        assert "test" in rev["data"]["metrics"]["metrics/test.json"]["data"]
+    assert grid == {(0.01, 1), (0.01, 2), (0.1, 1), (0.1, 2)}
+
+
+def test_plots_render_offline(reproduced) -> None:
+    repo, env, _ = reproduced
+    rendered = json.loads(_run(["dvc", "plots", "show", "--json"], repo, env, stdout_only=True))["data"]
+    for plot_id in (
+        "Confusion matrix (test)",
+        "Confusion matrix, normalised (test)",
+        "ROC curves, one vs rest (test)",
+        "Precision-recall curves, one vs rest (test)",
+        "Calibration curve (test)",
+        "Training curves, loss",
+    ):
         assert rendered[plot_id][0]["type"] == "vega"
         # The Vega spec carries the data points, so the plot is not empty.
         assert len(json.dumps(rendered[plot_id][0]["content"])) > 1000
-    for png in ("plots/test/confusion.png", "plots/test/roc.png"):
-        assert rendered[png][0]["type"] == "image"
+    for png in ("confusion", "roc", "pr", "calibration", "worst_mistakes"):
+        assert rendered[f"plots/test/{png}.png"][0]["type"] == "image"
     _run(["dvc", "plots", "show", "-o", "plots_html"], repo, env)
-    assert (repo / "plots_html" / "index.html").is_file()
+    page = (repo / "plots_html" / "index.html").read_text()
+    assert "vegaEmbed(" in page and "cdn.jsdelivr" not in page  # scripts inlined by the template
 
 
 def test_predict_command_uses_the_trained_checkpoint(reproduced) -> None:

@@ -23,7 +23,7 @@ OUT = Path(__file__).resolve().parents[1] / ".dvc" / "plots_offline.html"
 
 def build(root: Path) -> str:
     scripts = []
-    for name, rel in PACKAGES.items():
+    for rel in PACKAGES.values():
         js = (root / rel).read_text(encoding="utf-8")
         if "</script" in js or "{plot_divs}" in js:
             raise SystemExit(f"{rel}: cannot be inlined safely")
