@@ -178,6 +178,10 @@ def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced) ->
     table = _run(["dvc", "exp", "show", "--sort-by", "val.loss", "--sort-order", "asc", "--csv"], repo, env)
     assert "lr-low" in table and "lr-high" in table
 
+    _run(["dvc", "plots", "diff", "lr-low", "lr-high", "-o", "plots_diff"], repo, env)
+    page = (repo / "plots_diff" / "index.html").read_text()
+    assert "lr-low" in page and "lr-high" in page and "cdn.jsdelivr" not in page
+
     _run(["dvc", "exp", "apply", "lr-low"], repo, env)
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == 0.003
 
