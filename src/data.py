@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from src.errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MANIFEST_FIELDS = ("path", "label")
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image file that cannot be used, with the file named."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
@@ -24,23 +26,32 @@ class ImageError(ValueError):
         self.reason = reason
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
+def load_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """Fully decode an image file into an HxWx3 uint8 RGB array.
 
-    ``Image.open`` only reads the header; ``convert`` forces the whole decode, so a
-    truncated JPEG raises here rather than half-way through training.
+    ``Image.open`` only reads the header, so the pixel limit is checked before any
+    memory is spent on a decompression bomb; ``convert`` then forces the whole decode,
+    so a truncated JPEG raises here rather than half-way through training. Any mode
+    (grayscale, palette, CMYK, alpha, 16-bit) ends as 8-bit RGB.
     """
     try:
         with warnings.catch_warnings():
             # Pillow only *warns* between 1x and 2x MAX_IMAGE_PIXELS; treat that as a bomb too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
+                if max_pixels is not None and img.width * img.height > max_pixels:
+                    raise ImageError(
+                        path, f"{img.width}x{img.height} pixels exceeds the limit of {max_pixels} (prepare.max_pixels)"
+                    )
                 return np.asarray(img.convert("RGB"))
     except FileNotFoundError:
         raise ImageError(path, "file not found") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as err:
-        # PIL raises UnidentifiedImageError (an OSError) for non-images, OSError for
-        # truncated data, and DecompressionBombError/Warning for oversized images.
+    except ImageError:
+        raise
+    except Exception as err:
+        # Untrusted bytes: Pillow's plugins raise OSError for truncated data, DecompressionBombError
+        # for oversized images, and struct/index/value errors for corrupt headers (found by fuzzing).
+        # Any of them means "not a usable image"; say so with the file named.
         raise ImageError(path, f"cannot decode as an image ({type(err).__name__}: {err})") from None
 
 
@@ -56,7 +67,9 @@ class Skipped:
     reason: str
 
 
-def scan_source(source: Path, classes: Sequence[str]) -> tuple[list[Sample], list[Skipped]]:
+def scan_source(
+    source: Path, classes: Sequence[str], max_pixels: int | None = None
+) -> tuple[list[Sample], list[Skipped]]:
     """List every file under ``source/<class>/`` and keep the ones that decode.
 
     Nothing is dropped silently: unsupported extensions and undecodable files come
@@ -81,7 +94,7 @@ def scan_source(source: Path, classes: Sequence[str]) -> tuple[list[Sample], lis
                 skipped.append(Skipped(str(path), f"unsupported extension {path.suffix or '(none)'}"))
                 continue
             try:
-                load_rgb(path)
+                load_rgb(path, max_pixels)
             except ImageError as err:
                 skipped.append(Skipped(str(path), err.reason))
                 continue
@@ -121,8 +134,8 @@ def write_manifest(path: Path, samples: Sequence[Sample]) -> None:
         writer.writerows((s.path, s.label) for s in samples)
 
 
-def read_manifest(path: Path, classes: Sequence[str]) -> list[Sample]:
-    """Read a ``path,label`` manifest, checking its header and labels."""
+def read_manifest(path: Path, classes: Sequence[str], root: Path = Path(".")) -> list[Sample]:
+    """Read a ``path,label`` manifest, checking its header, labels and that each file exists."""
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path} (run the prepare stage: dvc repro prepare)")
     with path.open(newline="") as f:
@@ -133,6 +146,8 @@ def read_manifest(path: Path, classes: Sequence[str]) -> list[Sample]:
         for line, row in enumerate(reader, start=2):
             if row["label"] not in classes:
                 raise ValueError(f"{path}:{line}: label {row['label']!r} is not one of {', '.join(classes)}")
+            if not (root / row["path"]).is_file():
+                raise ValueError(f"{path}:{line}: path {row['path']!r} does not exist (relative to {root.resolve()})")
             samples.append(Sample(row["path"], row["label"]))
     return samples
 

@@ -19,6 +19,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from src import figures
+from src.cli import run
 from src.data import ImageError, load_rgb
 from src.metrics import calibration_bins, classification_report, confusion
 from src.params import load_params
@@ -171,4 +172,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "evaluate")

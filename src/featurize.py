@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from src.cli import run
 from src.data import ImageDataset, read_manifest
 from src.engine import extract_features, make_loader, prepare_model
 from src.models import build_backbone
@@ -74,4 +75,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "featurize")

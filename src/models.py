@@ -13,10 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from src.errors import UserError
+
 CHECKPOINT_FORMAT = 1
 
 
-class BackboneUnavailableError(RuntimeError):
+class BackboneUnavailableError(UserError, RuntimeError):
     """Pretrained weights for a backbone cannot be had on this machine."""
 
 

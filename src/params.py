@@ -18,8 +18,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from src.errors import UserError
 
-class ParamsError(ValueError):
+
+class ParamsError(UserError, ValueError):
     """A params file that does not match the schema."""
 
 
@@ -40,6 +42,10 @@ class SplitParams:
 class PrepareParams:
     source: str
     split: SplitParams
+    max_pixels: int
+
+    def __post_init__(self) -> None:
+        _check(self.max_pixels >= 1, "prepare.max_pixels", "an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class TrainParams:
     lr: float
     weight_decay: float
     scheduler: str
+    deterministic: bool
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "an integer >= 1")

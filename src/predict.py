@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from src.cli import run
 from src.data import ImageError, load_rgb
 from src.engine import predict_proba, prepare_model
 from src.models import LoadedModel, load_checkpoint
@@ -90,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cli() -> None:
-    sys.exit(main())
+    run(main, "predict")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from src.cli import run
 from src.data import Sample, Skipped, scan_source, stratified_split, write_manifest
 from src.params import load_params
 
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
 
     source = resolve_source(params.prepare.source, Path.cwd())
-    samples, skipped = scan_source(source, params.classes)
+    samples, skipped = scan_source(source, params.classes, params.prepare.max_pixels)
     for s in skipped:
         print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
     if not samples:
@@ -104,4 +105,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "prepare")

@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from src.cli import run
 from src.params import Params, load_params
 
 PLOTS = [
@@ -118,4 +119,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "report")

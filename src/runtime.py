@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.params import RuntimeParams
+from src.params import ParamsError, RuntimeParams
 
 
 def seed_everything(seed: int) -> None:
@@ -62,7 +62,7 @@ class Runtime:
 def resolve_runtime(params: RuntimeParams) -> Runtime:
     """Turn ``auto`` settings into concrete ones for this machine."""
     if params.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("runtime.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        raise ParamsError("params: 'runtime.device' is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     use_cuda = params.device == "cuda" or (params.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
     if params.precision == "auto":

@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from src.cli import run
 from src.data import ImageDataset, read_manifest
 from src.engine import make_loader, predict_proba, prepare_model
 from src.models import load_checkpoint
@@ -42,4 +43,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "test")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import shutil
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 from src import figures
+from src.cli import run
 from src.data import ImageDataset, read_manifest
+from src.fileio import atomic_write_text
 from src.metrics import f1_macro
 from src.models import Classifier, build_backbone, build_head, save_checkpoint
 from src.params import Params, TrainParams, load_params
@@ -107,6 +109,7 @@ class FitResult:
     best_val: EpochStats
     history: list[dict[str, float]]
     val_probs: torch.Tensor
+    interrupted: bool = False
 
 
 def fit(
@@ -124,24 +127,30 @@ def fit(
     scheduler = _choose(SCHEDULERS, "train.scheduler", params.scheduler)(optimizer, params.epochs)
     generator = torch.Generator().manual_seed(seed)
     best: FitResult | None = None
-    history = []
-    for epoch in range(1, params.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        tr = train_one_epoch(head, *train, optimizer, params.batch_size, generator)
-        va, probs = evaluate(head, *val)
-        scheduler.step()
-        row = {
-            "epoch": epoch,
-            "train_loss": tr.loss,
-            "train_accuracy": tr.accuracy,
-            "val_loss": va.loss,
-            "val_accuracy": va.accuracy,
-            "lr": lr,
-        }
-        history.append(row)
-        log(row)
-        if best is None or va.loss < best.best_val.loss:
-            best = FitResult(copy.deepcopy(head), epoch, va, history, probs)
+    history: list[dict[str, float]] = []
+    try:
+        for epoch in range(1, params.epochs + 1):
+            lr = optimizer.param_groups[0]["lr"]
+            tr = train_one_epoch(head, *train, optimizer, params.batch_size, generator)
+            va, probs = evaluate(head, *val)
+            scheduler.step()
+            row = {
+                "epoch": epoch,
+                "train_loss": tr.loss,
+                "train_accuracy": tr.accuracy,
+                "val_loss": va.loss,
+                "val_accuracy": va.accuracy,
+                "lr": lr,
+            }
+            history.append(row)
+            log(row)
+            if best is None or va.loss < best.best_val.loss:
+                best = FitResult(copy.deepcopy(head), epoch, va, history, probs)
+    except KeyboardInterrupt:
+        # Ctrl-C stops between steps; the best epoch so far goes back to the caller to save.
+        if best is None:
+            raise
+        best.interrupted = True
     assert best is not None  # epochs >= 1 is validated in params
     best.history = history
     return best
@@ -157,7 +166,22 @@ def _load_features(path: Path, classes: Sequence[str]) -> tuple[torch.Tensor, to
     return x, y
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def log_val_images(writer, params: Params, val_samples, val_labels: torch.Tensor, result: FitResult, pre) -> None:
+    """A fixed, seeded sample of validation images with the best head's predictions."""
+    pick = np.random.default_rng(params.seed).choice(len(val_samples), size=min(16, len(val_samples)), replace=False)
+    dataset = ImageDataset(val_samples, params.classes, eval_transform(pre))
+    images = torch.stack([denormalize(dataset[int(i)][0], pre) for i in pick])
+    titles, colors = [], []
+    for p, y in zip(result.val_probs[pick], val_labels[pick]):
+        k = int(p.argmax())
+        titles.append(f"{params.classes[k]} {p[k]:.2f}\ntrue: {params.classes[int(y)]}")
+        colors.append("green" if k == int(y) else "red")
+    fig = figures.image_grid([img.permute(1, 2, 0).numpy() for img in images], titles, colors)
+    writer.add_figure("val/predictions", fig, global_step=result.best_epoch)
+    writer.add_images("val/samples", images, global_step=result.best_epoch)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--features", type=Path, required=True)
@@ -170,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     params: Params = load_params(args.params)
     check_choices(params.train)
     seed_everything(params.seed)
+    torch.use_deterministic_algorithms(params.train.deterministic)
 
     meta = json.loads((args.features / "meta.json").read_text())
     if meta["backbone"] != params.model.backbone or meta["classes"] != params.classes:
@@ -179,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     train = _load_features(args.features / "train.npz", params.classes)
     val = _load_features(args.features / "val.npz", params.classes)
+    val_samples = read_manifest(args.data / "val.csv", params.classes)
+    # Built before training so that a missing weight file fails now, not after the epochs.
+    backbone = build_backbone(params.model.backbone, pretrained=True)
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -198,35 +226,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     head = build_head(meta["num_features"], len(params.classes), params.model.dropout)
     result = fit(head, train, val, params.train, params.seed, log)
-    print(f"best epoch {result.best_epoch}: val loss {result.best_val.loss:.4f} acc {result.best_val.accuracy:.3f}")
-
-    # A fixed, seeded sample of validation images with the best head's predictions.
-    val_samples = read_manifest(args.data / "val.csv", params.classes)
-    backbone = build_backbone(params.model.backbone, pretrained=True)
-    pick = np.random.default_rng(params.seed).choice(len(val_samples), size=min(16, len(val_samples)), replace=False)
-    dataset = ImageDataset(val_samples, params.classes, eval_transform(backbone.preprocess))
-    images = torch.stack([denormalize(dataset[int(i)][0], backbone.preprocess) for i in pick])
-    titles, colors = [], []
-    for p, y in zip(result.val_probs[pick], val[1][pick]):
-        k = int(p.argmax())
-        titles.append(f"{params.classes[k]} {p[k]:.2f}\ntrue: {params.classes[int(y)]}")
-        colors.append("green" if k == int(y) else "red")
-    fig = figures.image_grid([img.permute(1, 2, 0).numpy() for img in images], titles, colors)
-    writer.add_figure("val/predictions", fig, global_step=result.best_epoch)
-    writer.add_images("val/samples", images, global_step=result.best_epoch)
-    writer.add_hparams(
-        {
-            "lr": params.train.lr,
-            "optimizer": params.train.optimizer,
-            "epochs": params.train.epochs,
-            "backbone": params.model.backbone,
-            "dropout": params.model.dropout,
-        },
-        {"hparam/val_loss": result.best_val.loss, "hparam/val_accuracy": result.best_val.accuracy},
-        run_name=".",
-    )
-    writer.close()
-
     model = Classifier(backbone.module, backbone.num_features, len(params.classes), params.model.dropout)
     model.head.load_state_dict(result.head.state_dict())
     save_checkpoint(
@@ -242,18 +241,40 @@ def main(argv: Sequence[str] | None = None) -> None:
             "feature_precision": meta["precision"],
         },
     )
+    summary = f"best epoch {result.best_epoch}: val loss {result.best_val.loss:.4f} acc {result.best_val.accuracy:.3f}"
+    if result.interrupted:
+        writer.close()
+        print(
+            f"train: interrupted after epoch {len(result.history)}; {summary}, saved to {args.model}. "
+            "DVC records nothing for an interrupted stage: run `dvc repro` to train to the end.",
+            file=sys.stderr,
+        )
+        return 130
+    print(summary)
+
+    log_val_images(writer, params, val_samples, val[1], result, backbone.preprocess)
+    hparams = {
+        "lr": params.train.lr,
+        "optimizer": params.train.optimizer,
+        "epochs": params.train.epochs,
+        "backbone": params.model.backbone,
+        "dropout": params.model.dropout,
+    }
+    writer.add_hparams(
+        hparams,
+        {"hparam/val_loss": result.best_val.loss, "hparam/val_accuracy": result.best_val.accuracy},
+        run_name=".",
+    )
+    writer.close()
 
     val_f1 = f1_macro(val[1].numpy(), result.val_probs.argmax(1).numpy(), len(params.classes))
     val_metrics = {"loss": result.best_val.loss, "accuracy": result.best_val.accuracy, "f1_macro": val_f1}
-    args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    args.metrics.write_text(json.dumps({"best_epoch": result.best_epoch, "val": val_metrics}, indent=2) + "\n")
+    atomic_write_text(args.metrics, json.dumps({"best_epoch": result.best_epoch, "val": val_metrics}, indent=2) + "\n")
     figures.save(figures.history_figure(result.history, result.best_epoch), args.history.with_suffix(".png"))
-    args.history.parent.mkdir(parents=True, exist_ok=True)
-    with args.history.open("w", newline="") as f:
-        writer_csv = csv.DictWriter(f, fieldnames=list(result.history[0]))
-        writer_csv.writeheader()
-        writer_csv.writerows(result.history)
+    lines = [",".join(result.history[0])] + [",".join(str(v) for v in row.values()) for row in result.history]
+    atomic_write_text(args.history, "\n".join(lines) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "train")

@@ -75,12 +75,17 @@ def test_scan_source_names_missing_class_folders(tmp_path: Path) -> None:
 
 def test_manifest_round_trip_and_validation(tmp_path: Path) -> None:
     samples = [Sample("a.jpg", "ants"), Sample("b, with comma.jpg", "dogs")]
+    for s in samples:
+        make_image(tmp_path / s.path)
     path = tmp_path / "m.csv"
     write_manifest(path, samples)
-    assert read_manifest(path, CLASSES) == samples
+    assert read_manifest(path, CLASSES, root=tmp_path) == samples
     path.write_text("path,label\na.jpg,ants\nb.jpg,wolves\n")
     with pytest.raises(ValueError, match=r"m.csv:3: label 'wolves' is not one of ants, bees, cats, dogs"):
-        read_manifest(path, CLASSES)
+        read_manifest(path, CLASSES, root=tmp_path)
+    path.write_text("path,label\na.jpg,ants\ngone.jpg,bees\n")
+    with pytest.raises(ValueError, match=r"m.csv:3: path 'gone.jpg' does not exist"):
+        read_manifest(path, CLASSES, root=tmp_path)
     path.write_text("file,class\n")
     with pytest.raises(ValueError, match="header must be path,label"):
-        read_manifest(path, CLASSES)
+        read_manifest(path, CLASSES, root=tmp_path)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from src.params import RuntimeParams
+from src.params import ParamsError, RuntimeParams
 from src.runtime import cpu_has_fast_bf16, resolve_runtime, seed_everything
 
 AMX = "processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n"
@@ -23,7 +23,7 @@ def test_explicit_precision_and_workers() -> None:
 
 def test_cuda_requested_without_a_gpu_is_an_error(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match=r"runtime\.device is 'cuda' but no CUDA device"):
+    with pytest.raises(ParamsError, match=r"'runtime\.device' is 'cuda' but no CUDA device"):
         resolve_runtime(RuntimeParams(device="cuda", precision="auto", num_workers=0))
 
 
