@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,85 +14,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, SHARED_PHOTOS
+from tests.pipeline_utils import make_project, run
 
 pytestmark = pytest.mark.slow
-PER_CLASS = 6
-
-
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], stdout_only: bool = False) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-        )
-    return proc.stdout if stdout_only else proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, shared_photos_module: Path) -> tuple[Path, dict[str, str]]:
-    """A git+DVC copy of this repo whose params point at a small sample of the real photos."""
-    root = tmp_path_factory.mktemp("e2e")
-    source = root / "photos"
-    rng = random.Random(0)
-    for label in CLASSES:
-        files = sorted((shared_photos_module / label).iterdir())
-        for f in rng.sample(files, PER_CLASS):
-            (source / label).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, source / label / f.name)
-
-    repo_src = Path(__file__).resolve().parents[1]
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=repo_src,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    repo = root / "repo"
-    for rel in filter(None, listed):
-        if (repo_src / rel).is_file():
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(repo_src / rel, repo / rel)
-
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["prepare"]["source"] = str(source)
-    params["featurize"].update(views=2, batch_size=16)
-    params["train"].update(epochs=2, batch_size=8)
-    params["runtime"]["num_workers"] = 0
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-    bin_dir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "e2e",
-        "GIT_AUTHOR_EMAIL": "e2e@example.invalid",
-        "GIT_COMMITTER_NAME": "e2e",
-        "GIT_COMMITTER_EMAIL": "e2e@example.invalid",
-    }
-    _run(["git", "init", "-q"], repo, env)
-    _run(["git", "add", "-A"], repo, env)
-    _run(["git", "commit", "-qm", "copy"], repo, env)
-    return repo, env
-
-
-@pytest.fixture(scope="module")
-def shared_photos_module() -> Path:
-    from tests.conftest import SHARED_PHOTOS
-
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     if not SHARED_PHOTOS.is_dir():
         pytest.skip(f"real photos not found at {SHARED_PHOTOS}")
-    return SHARED_PHOTOS
+    return make_project(tmp_path_factory.mktemp("e2e"), SHARED_PHOTOS)
 
 
 @pytest.fixture(scope="module")
 def reproduced(project: tuple[Path, dict[str, str]]) -> tuple[Path, dict[str, str], str]:
     repo, env = project
-    out = _run(["dvc", "repro"], repo, env)
-    _run(["git", "add", "-A"], repo, env)
-    _run(["git", "commit", "-qm", "baseline"], repo, env)
+    out = run(["dvc", "repro"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "baseline"], repo, env)
     return repo, env, out
 
 
@@ -123,8 +60,38 @@ def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None
     assert "| macro F1 |" in report and "![ROC curves](../plots/test/roc.png)" in report
     assert any((repo / "runs/train").glob("events.out.tfevents.*"))
 
-    status = _run(["dvc", "status", "--json"], repo, env)
+    status = run(["dvc", "status", "--json"], repo, env)
     assert json.loads(status.strip().splitlines()[-1]) == {}
+
+
+def test_forced_repro_is_byte_identical(reproduced) -> None:
+    """train.deterministic (default true): re-running every stage gives the same bytes."""
+    repo, env, _ = reproduced
+    files = ["data/predictions/test.csv", "metrics/test.json", "metrics/train.json", "models/model.pt"]
+    before = {f: (repo / f).read_bytes() for f in files}
+    run(["dvc", "repro", "--force"], repo, env)
+    for f in files:
+        assert (repo / f).read_bytes() == before[f], f
+    assert json.loads(run(["dvc", "status", "--json"], repo, env, stdout_only=True)) == {}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=-1", "train: error: params: 'train.lr' must be a number > 0"),
+        ("model.backbone=resnet9", "featurize: error: model.backbone: unknown backbone 'resnet9'; choose one of"),
+        ("+train.optimiser=adam", "unknown key 'train.optimiser' (did you mean 'optimizer'?)"),
+    ],
+)
+def test_bad_values_through_dvc_exp_run_fail_with_the_rule(reproduced, override: str, message: str) -> None:
+    repo, env, _ = reproduced
+    params_before = (repo / "params.yaml").read_bytes()
+    proc = subprocess.run(
+        ["dvc", "exp", "run", "--temp", "-S", override], cwd=repo, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (repo / "params.yaml").read_bytes() == params_before  # a temp run leaves the workspace alone
 
 
 def test_tensorboard_logs_have_scalars_and_images(reproduced) -> None:
@@ -137,7 +104,7 @@ def test_tensorboard_logs_have_scalars_and_images(reproduced) -> None:
     assert len(acc.Scalars("loss/val")) == 2  # one point per epoch
     assert {"val/predictions", "val/samples"} <= set(tags["images"])
     # The `tensorboard` command itself starts (it needs pkg_resources from setuptools < 81).
-    out = _run([str(Path(sys.executable).parent / "tensorboard"), "--version_tb"], repo, env, stdout_only=True)
+    out = run([str(Path(sys.executable).parent / "tensorboard"), "--version_tb"], repo, env, stdout_only=True)
     assert out.strip()
 
 
@@ -154,7 +121,7 @@ def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced) ->
     repo, env, _ = reproduced
     outs = {}
     for name, lr in (("lr-low", "0.003"), ("lr-high", "0.5")):
-        outs[name] = _run(["dvc", "exp", "run", "-n", name, "-S", f"train.lr={lr}"], repo, env)
+        outs[name] = run(["dvc", "exp", "run", "-n", name, "-S", f"train.lr={lr}"], repo, env)
     for out in outs.values():
         for stage in ("prepare", "featurize"):
             assert f"Stage '{stage}' didn't change, skipping" in out
@@ -163,35 +130,35 @@ def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced) ->
             assert f"Running stage '{stage}'" in out
 
     # The workspace now holds lr-high: metrics diff against HEAD (the baseline) shows the change.
-    diff = json.loads(_run(["dvc", "metrics", "diff", "--json"], repo, env).strip().splitlines()[-1])
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo, env).strip().splitlines()[-1])
     changed = {(path, key) for path, metrics in diff.items() for key, d in metrics.items() if d.get("diff")}
     assert ("metrics/train.json", "val.loss") in changed
 
-    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env, stdout_only=True))
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env, stdout_only=True))
     low, high = _metrics_of(shown, "lr-low"), _metrics_of(shown, "lr-high")
     assert low["metrics/train.json"]["val"]["loss"] != high["metrics/train.json"]["val"]["loss"]
     assert "f1_macro" in low["metrics/test.json"]["test"] and "f1_macro" in high["metrics/test.json"]["test"]
 
-    exp_diff = _run(["dvc", "exp", "diff", "lr-low", "lr-high", "--json"], repo, env, stdout_only=True)
+    exp_diff = run(["dvc", "exp", "diff", "lr-low", "lr-high", "--json"], repo, env, stdout_only=True)
     lr_change = json.loads(exp_diff)["params"]["params.yaml"]["train.lr"]
     assert (lr_change["old"], lr_change["new"]) == (0.003, 0.5)
-    table = _run(["dvc", "exp", "show", "--sort-by", "val.loss", "--sort-order", "asc", "--csv"], repo, env)
+    table = run(["dvc", "exp", "show", "--sort-by", "val.loss", "--sort-order", "asc", "--csv"], repo, env)
     assert "lr-low" in table and "lr-high" in table
 
-    _run(["dvc", "plots", "diff", "lr-low", "lr-high", "-o", "plots_diff"], repo, env)
+    run(["dvc", "plots", "diff", "lr-low", "lr-high", "-o", "plots_diff"], repo, env)
     page = (repo / "plots_diff" / "index.html").read_text()
     assert "lr-low" in page and "lr-high" in page and "cdn.jsdelivr" not in page
 
-    _run(["dvc", "exp", "apply", "lr-low"], repo, env)
+    run(["dvc", "exp", "apply", "lr-low"], repo, env)
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == 0.003
 
 
 def test_queued_grid_search_runs_in_temp_workspaces(reproduced) -> None:
     """Queued experiments run in copies under .dvc/tmp/exps/; cached stages still skip there."""
     repo, env, _ = reproduced
-    _run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.01,0.1", "-S", "train.epochs=1,2"], repo, env)
-    _run(["dvc", "exp", "run", "--run-all", "-j", "2"], repo, env)
-    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env, stdout_only=True))
+    run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.01,0.1", "-S", "train.epochs=1,2"], repo, env)
+    run(["dvc", "exp", "run", "--run-all", "-j", "2"], repo, env)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env, stdout_only=True))
     runs = [
         exp["revs"][0]
         for commit in shown
@@ -206,11 +173,14 @@ def test_queued_grid_search_runs_in_temp_workspaces(reproduced) -> None:
         grid.add((train["lr"], train["epochs"]))
         assert "test" in rev["data"]["metrics"]["metrics/test.json"]["data"]
     assert grid == {(0.01, 1), (0.01, 2), (0.1, 1), (0.1, 2)}
+    # Run two at a time, each in its own workspace: four different results, none overwritten.
+    val_losses = {rev["data"]["metrics"]["metrics/train.json"]["data"]["val"]["loss"] for rev in runs}
+    assert len(val_losses) == 4
 
 
 def test_plots_render_offline(reproduced) -> None:
     repo, env, _ = reproduced
-    rendered = json.loads(_run(["dvc", "plots", "show", "--json"], repo, env, stdout_only=True))["data"]
+    rendered = json.loads(run(["dvc", "plots", "show", "--json"], repo, env, stdout_only=True))["data"]
     for plot_id in (
         "Confusion matrix (test)",
         "Confusion matrix, normalised (test)",
@@ -224,7 +194,7 @@ def test_plots_render_offline(reproduced) -> None:
         assert len(json.dumps(rendered[plot_id][0]["content"])) > 1000
     for png in ("confusion", "roc", "pr", "calibration", "worst_mistakes"):
         assert rendered[f"plots/test/{png}.png"][0]["type"] == "image"
-    _run(["dvc", "plots", "show", "-o", "plots_html"], repo, env)
+    run(["dvc", "plots", "show", "-o", "plots_html"], repo, env)
     page = (repo / "plots_html" / "index.html").read_text()
     assert "vegaEmbed(" in page and "cdn.jsdelivr" not in page  # scripts inlined by the template
 
@@ -232,7 +202,7 @@ def test_plots_render_offline(reproduced) -> None:
 def test_predict_command_uses_the_trained_checkpoint(reproduced) -> None:
     repo, env, _ = reproduced
     image = next((repo / "data/prepared/images/cats").iterdir())
-    out = _run([sys.executable, "-m", "src.predict", str(image)], repo, env, stdout_only=True)
+    out = run([sys.executable, "-m", "src.predict", str(image)], repo, env, stdout_only=True)
     path, label, prob = out.strip().splitlines()[-1].split("\t")[:3]
     assert path == str(image)
     assert label in [*CLASSES, "unknown"]

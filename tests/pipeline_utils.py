@@ -1,0 +1,76 @@
+"""Helpers for the slow tests that run the real DVC pipeline in a temporary copy of the repo."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import CLASSES, REPO
+
+PER_CLASS = 6
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], stdout_only: bool = False, check: bool = True) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc.stdout if stdout_only else proc.stdout + proc.stderr
+
+
+def pipeline_env() -> dict[str, str]:
+    """The venv first on PATH (stage commands call `python`, queue workers call `dvc`)."""
+    return {
+        **os.environ,
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONUNBUFFERED": "1",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "e2e",
+        "GIT_AUTHOR_EMAIL": "e2e@example.invalid",
+        "GIT_COMMITTER_NAME": "e2e",
+        "GIT_COMMITTER_EMAIL": "e2e@example.invalid",
+    }
+
+
+def make_project(root: Path, photos: Path) -> tuple[Path, dict[str, str]]:
+    """A git+DVC copy of this repo whose params point at PER_CLASS real photos per class, 2 epochs."""
+    source = root / "photos"
+    rng = random.Random(0)
+    for label in CLASSES:
+        (source / label).mkdir(parents=True, exist_ok=True)
+        for f in rng.sample(sorted((photos / label).iterdir()), PER_CLASS):
+            shutil.copyfile(f, source / label / f.name)
+
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    repo = root / "repo"
+    for rel in filter(None, listed):
+        if (REPO / rel).is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, repo / rel)
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["prepare"]["source"] = str(source)
+    params["featurize"].update(views=2, batch_size=16)
+    params["train"].update(epochs=2, batch_size=8)
+    params["evaluate"]["bootstrap"] = 100
+    params["runtime"]["num_workers"] = 0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    env = pipeline_env()
+    run(["git", "init", "-q"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "copy"], repo, env)
+    return repo, env

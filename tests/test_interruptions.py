@@ -1,0 +1,86 @@
+"""SIGKILL at each stage (and of `dvc repro` as a whole), then `dvc repro` again: it must recover.
+
+Each case forces a full re-run, kills it while the named stage is running, re-runs
+`dvc repro`, and checks that DVC reports nothing changed and that the recovered
+outputs are byte-identical to an uninterrupted run (training is deterministic).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from src.models import load_checkpoint
+from src.predictions import read_predictions
+from tests.conftest import CLASSES, SHARED_PHOTOS
+from tests.pipeline_utils import make_project, run
+
+pytestmark = pytest.mark.slow
+OUTPUTS = ["data/predictions/test.csv", "metrics/test.json", "metrics/train.json", "models/model.pt", "dvc.lock"]
+# Seconds after "Running stage" before the kill: roughly half of each stage's run on this data.
+DELAY = {"prepare": 0.5, "featurize": 5.0, "train": 4.0, "test": 3.0, "evaluate": 1.5, "report": 0.5}
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], dict[str, bytes]]:
+    if not SHARED_PHOTOS.is_dir():
+        pytest.skip(f"real photos not found at {SHARED_PHOTOS}")
+    repo, env = make_project(tmp_path_factory.mktemp("kill"), SHARED_PHOTOS)
+    run(["dvc", "repro"], repo, env)
+    return repo, env, {f: (repo / f).read_bytes() for f in OUTPUTS}
+
+
+def _repro_killed_during(repo: Path, env: dict[str, str], stage: str, target: str) -> str:
+    """Start `dvc repro --force`; when `stage` starts, SIGKILL the whole run or just the stage."""
+    proc = subprocess.Popen(
+        ["dvc", "repro", "--force"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(f"Running stage '{stage}'"):
+                time.sleep(DELAY[stage])
+                if target == "dvc":
+                    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage command with it
+                else:
+                    for child in psutil.Process(proc.pid).children(recursive=True):
+                        if f"src.{stage}" in " ".join(child.cmdline()):
+                            child.kill()
+                break
+        proc.stdout.read()
+    finally:
+        proc.wait(timeout=300)
+    assert any(line.startswith(f"Running stage '{stage}'") for line in lines), "".join(lines)
+    return "".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("stage", "target"),
+    [(s, "dvc") for s in DELAY] + [("featurize", "stage"), ("train", "stage"), ("test", "stage")],
+)
+def test_killed_run_recovers_on_the_next_repro(baseline, stage: str, target: str) -> None:
+    repo, env, expected = baseline
+    _repro_killed_during(repo, env, stage, target)
+
+    out = run(["dvc", "repro"], repo, env)
+    assert "ERROR" not in out
+    assert json.loads(run(["dvc", "status", "--json"], repo, env, stdout_only=True)) == {}
+    for f in OUTPUTS:
+        assert (repo / f).read_bytes() == expected[f], f"{f} differs after recovering from a kill in {stage}"
+    # And they are usable, not just present.
+    assert load_checkpoint(repo / "models/model.pt", expected_classes=CLASSES).classes == CLASSES
+    assert len(read_predictions(repo / "data/predictions/test.csv").labels) == 4
