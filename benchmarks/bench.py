@@ -1,0 +1,273 @@
+"""Performance benchmark: prints a table; run on an otherwise idle machine.
+
+    python benchmarks/bench.py                              # efficientnet_lite0, full naive baseline
+    python benchmarks/bench.py --backbone resnet101 --naive-epochs 1   # naive time extrapolated
+
+Measured in one run, medians of repeats where repeated:
+ 1. ceiling: bare backbone forward passes on pre-made tensors, fp32 and bf16 (images/s);
+ 2. featurisation as the pipeline does it (decode + augment + forward, DataLoader workers),
+    as a fraction of the bf16 ceiling;
+ 3. the original project's loop (fp32 backbone forward on freshly decoded and augmented
+    images every epoch, same epochs and data) against `dvc repro` from scratch, with test
+    macro F1 of both;
+ 4. an lr-only experiment (`dvc exp run -S train.lr=...`) after the full repro;
+ 5. peak RSS of each stage, its command taken from dvc.yaml.
+A backbone whose ImageNet weights cannot be had offline is benchmarked with random
+weights written into a private torch cache (timings are the same; F1 is then meaningless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from src.data import ImageDataset, read_manifest  # noqa: E402
+from src.engine import extract_features, make_loader, prepare_model  # noqa: E402
+from src.metrics import f1_macro  # noqa: E402
+from src.models import BackboneUnavailableError, build_backbone, build_head  # noqa: E402
+from src.params import load_params  # noqa: E402
+from src.runtime import cpu_has_fast_bf16, resolve_runtime, seed_everything  # noqa: E402
+from src.transforms import eval_transform, train_transform  # noqa: E402
+from tests.pipeline_utils import pipeline_env, run  # noqa: E402
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def ceiling(module: torch.nn.Module, size: int, bf16: bool, batch: int, repeats: int) -> float:
+    """Images/s of the backbone alone, inference mode, channels_last, on one pre-made batch."""
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    module = module.eval().to(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            module(x)
+
+    timed(step, 2)  # warm-up: oneDNN picks kernels on the first calls
+    return batch / statistics.median(timed(step, repeats))
+
+
+def naive_baseline(params, backbone, data: Path, epochs: int, measure_epochs: int) -> dict:
+    """The original project's loop: every epoch decodes, augments and runs the fp32 backbone again."""
+    seed_everything(params.seed)
+    rt = resolve_runtime(params.runtime.__class__(device="cpu", precision="fp32", num_workers="auto"))
+    module = prepare_model(backbone.module, rt)
+    classes = params.classes
+    train_set = read_manifest(data / "train.csv", classes)
+    val_set = read_manifest(data / "val.csv", classes)
+    test_set = read_manifest(data / "test.csv", classes)
+    head = build_head(backbone.num_features, len(classes), params.model.dropout)
+    opt = torch.optim.AdamW(head.parameters(), lr=params.train.lr, weight_decay=params.train.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.train.epochs)
+    best, best_loss = None, float("inf")
+    start = time.perf_counter()
+    per_epoch = []
+    for epoch in range(measure_epochs):
+        t0 = time.perf_counter()
+        ds = ImageDataset(train_set, classes, train_transform(backbone.preprocess, params.augment), seed=epoch)
+        feats, labels = extract_features(module, make_loader(ds, params.train.batch_size, rt), rt, "naive train")
+        x, y = torch.from_numpy(feats), torch.from_numpy(labels).long()
+        head.train()
+        for idx in torch.randperm(len(y)).split(params.train.batch_size):
+            loss = torch.nn.functional.cross_entropy(head(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+        vds = ImageDataset(val_set, classes, eval_transform(backbone.preprocess))
+        vf, vl = extract_features(module, make_loader(vds, params.predict.batch_size, rt), rt, "naive val")
+        head.eval()
+        with torch.no_grad():
+            val_loss = torch.nn.functional.cross_entropy(head(torch.from_numpy(vf)), torch.from_numpy(vl).long())
+        if val_loss < best_loss:
+            best, best_loss = copy.deepcopy(head), float(val_loss)
+        per_epoch.append(time.perf_counter() - t0)
+    tds = ImageDataset(test_set, classes, eval_transform(backbone.preprocess))
+    t0 = time.perf_counter()
+    tf, tl = extract_features(module, make_loader(tds, params.predict.batch_size, rt), rt, "naive test")
+    test_time = time.perf_counter() - t0
+    measured = time.perf_counter() - start
+    with torch.no_grad():
+        pred = best.eval()(torch.from_numpy(tf)).argmax(1).numpy()
+    total = measured if measure_epochs == epochs else statistics.median(per_epoch) * epochs + test_time
+    return {
+        "seconds": total,
+        "extrapolated": measure_epochs != epochs,
+        "measured_epochs": measure_epochs,
+        "f1_macro": f1_macro(tl, pred, len(classes)) if measure_epochs == epochs else None,
+    }
+
+
+def copy_repo(dest: Path, backbone: str) -> Path:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    import shutil
+
+    for rel in filter(None, files):
+        if (REPO / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    source = Path(params["prepare"]["source"])
+    params["prepare"]["source"] = str(source if source.is_absolute() else (REPO / source).resolve())
+    params["model"]["backbone"] = backbone
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dest
+
+
+def stage_rss(repo: Path, env: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """(seconds, peak RSS MiB) of each stage command from dvc.yaml, run on its own."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    out = {}
+    for name, stage in stages.items():
+        start = time.perf_counter()
+        proc = subprocess.Popen(shlex.split(stage["cmd"]), cwd=repo, env=env, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status != 0:
+            raise RuntimeError(f"stage {name} failed ({status})")
+        out[name] = (time.perf_counter() - start, usage.ru_maxrss / 1024)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--naive-epochs", type=int, default=None, help="epochs to measure (default: all)")
+    parser.add_argument("--precision-check", action="store_true", help="also run the pipeline with fp32 features")
+    args = parser.parse_args()
+    params = load_params(REPO / "params.yaml")
+    env = pipeline_env()
+    rows: list[tuple[str, str]] = []
+
+    with tempfile.TemporaryDirectory(prefix="abcd-bench-") as tmp:
+        try:
+            backbone = build_backbone(args.backbone, pretrained=True)
+            weights = "ImageNet"
+        except BackboneUnavailableError:
+            # The documented offline route: a weight file in torch's cache (random weights here).
+            backbone = build_backbone(args.backbone, pretrained=False)
+            import torchvision
+
+            enum = {"resnet101": "ResNet101_Weights", "vgg16": "VGG16_Weights"}[args.backbone]
+            url = getattr(torchvision.models, enum).IMAGENET1K_V1.url
+            torch_home = Path(tmp) / "torch"
+            (torch_home / "hub" / "checkpoints").mkdir(parents=True)
+            reference = getattr(torchvision.models, args.backbone)(weights=None)
+            torch.save(reference.state_dict(), torch_home / "hub" / "checkpoints" / os.path.basename(url))
+            env["TORCH_HOME"] = str(torch_home)
+            weights = "random (offline)"
+        size = backbone.preprocess.input_size
+        torch.set_num_threads(os.cpu_count() or 1)
+
+        # 1. ceiling
+        fp32 = ceiling(backbone.module, size, False, args.batch, args.repeats)
+        bf16 = ceiling(backbone.module, size, True, args.batch, args.repeats) if cpu_has_fast_bf16() else None
+        rows.append(("1. ceiling fp32 (img/s)", f"{fp32:.1f}"))
+        rows.append(("1. ceiling bf16 (img/s)", f"{bf16:.1f} ({bf16 / fp32:.1f}x fp32)" if bf16 else "no native bf16"))
+
+        # Full pipeline from scratch in a copy of the repo (also prepares the data for 2 and 3).
+        repo = copy_repo(Path(tmp) / "repo", args.backbone)
+        run(["git", "init", "-q"], repo, env)
+        run(["git", "add", "-A"], repo, env)
+        run(["git", "commit", "-qm", "bench"], repo, env)
+        start = time.perf_counter()
+        run(["dvc", "repro"], repo, env)
+        repro_s = time.perf_counter() - start
+        pipeline_f1 = json.loads((repo / "metrics/test.json").read_text())["test"]["f1_macro"]
+        feat_log = json.loads((repo / "data/features/meta.json").read_text())
+
+        # 2. featurisation throughput, as the stage runs it (train views with augmentation).
+        rt = resolve_runtime(params.runtime)
+        module = prepare_model(backbone.module, rt)
+        samples = read_manifest(repo / "data/prepared/train.csv", params.classes, root=repo)
+        views = params.featurize.views
+        ds = ImageDataset(
+            samples,
+            params.classes,
+            train_transform(backbone.preprocess, params.augment),
+            views=views,
+            seed=params.seed,
+            root=repo,
+        )
+        loader = make_loader(ds, max(1, params.featurize.batch_size // views), rt)
+        times = timed(lambda: extract_features(module, loader, rt, "bench"), max(1, args.repeats // 2))
+        feat = len(samples) * views / statistics.median(times)
+        ref = bf16 if rt.bf16 else fp32
+        rows.append((f"2. featurize, decode+augment+forward, {rt.precision} (img/s)", f"{feat:.1f}"))
+        rows.append(("2. ... as a fraction of the ceiling", f"{feat / ref:.0%}"))
+
+        # 3. naive baseline vs pipeline
+        epochs = params.train.epochs
+        naive = naive_baseline(params, backbone, repo / "data/prepared", epochs, args.naive_epochs or epochs)
+        note = f" (extrapolated from {naive['measured_epochs']} epochs)" if naive["extrapolated"] else ""
+        rows.append((f"3. naive loop, fp32, {epochs} epochs (s)", f"{naive['seconds']:.0f}{note}"))
+        rows.append(("3. pipeline `dvc repro` from scratch (s)", f"{repro_s:.0f}"))
+        rows.append(("3. speed-up", f"{naive['seconds'] / repro_s:.1f}x"))
+        naive_f1 = "n/a" if naive["f1_macro"] is None else f"{naive['f1_macro']:.4f}"
+        rows.append(("3. test macro F1: naive / pipeline", f"{naive_f1} / {pipeline_f1:.4f}"))
+
+        # 4. lr-only experiment
+        start = time.perf_counter()
+        run(["dvc", "exp", "run", "-S", f"train.lr={params.train.lr * 3:g}"], repo, env)
+        exp_s = time.perf_counter() - start
+        rows.append(("4. lr-only `dvc exp run` (s)", f"{exp_s:.0f} ({exp_s / repro_s:.0%} of full repro)"))
+
+        # 6. bf16 against fp32 features: the same pipeline with runtime.precision=fp32
+        if args.precision_check:
+            start = time.perf_counter()
+            run(["dvc", "exp", "run", "-S", "runtime.precision=fp32"], repo, env)
+            fp32_s = time.perf_counter() - start
+            fp32_f1 = json.loads((repo / "metrics/test.json").read_text())["test"]["f1_macro"]
+            rows.append(
+                (
+                    "6. test macro F1: bf16 / fp32 features (exp run s)",
+                    f"{pipeline_f1:.4f} / {fp32_f1:.4f}, "
+                    f"diff {100 * (pipeline_f1 - fp32_f1):+.2f} points ({fp32_s:.0f} s)",
+                )
+            )
+            run(["git", "checkout", "--", "params.yaml"], repo, env)  # back to the default for 5
+
+        # 5. peak RSS per stage
+        for name, (secs, mib) in stage_rss(repo, env).items():
+            rows.append((f"5. stage {name}: time (s), peak RSS (MiB)", f"{secs:.1f}, {mib:.0f}"))
+
+    print(
+        f"\nbackbone {args.backbone} ({weights} weights), features in {feat_log['precision']}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    )
+    print("| measurement | value |\n|---|---|")
+    for k, v in rows:
+        print(f"| {k} | {v} |")
+
+
+if __name__ == "__main__":
+    main()
