@@ -5,12 +5,15 @@ Runs in a copy of the repo on a few real photos per class, with 2 epochs.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -153,11 +156,42 @@ def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced) ->
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == 0.003
 
 
+def _stop_queue_workers(repo: Path) -> None:
+    """Kill DVC queue workers started in ``repo`` (they are detached from the test)."""
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "dvc" in cmdline and ("queue-worker" in cmdline or "--run-all" in cmdline):
+            with contextlib.suppress(psutil.Error):
+                if Path(proc.info["cwd"] or "/").resolve().is_relative_to(repo.resolve()):
+                    proc.kill()
+
+
 def test_queued_grid_search_runs_in_temp_workspaces(reproduced) -> None:
     """Queued experiments run in copies under .dvc/tmp/exps/; cached stages still skip there."""
     repo, env, _ = reproduced
     run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.01,0.1", "-S", "train.epochs=1,2"], repo, env)
-    run(["dvc", "exp", "run", "--run-all", "-j", "2"], repo, env)
+    # Workers are daemons that keep inherited pipes open: give them no pipes, then poll.
+    subprocess.run(
+        ["dvc", "queue", "start", "-j", "2"],
+        cwd=repo,
+        env=env,
+        check=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status = run(["dvc", "queue", "status"], repo, env, stdout_only=True)
+            finished = sum(word in ("Success", "Failed") for line in status.splitlines() for word in line.split())
+            if finished >= 4:
+                break
+            time.sleep(2)
+        assert "Failed" not in status, status
+    finally:
+        _stop_queue_workers(repo)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env, stdout_only=True))
     runs = [
         exp["revs"][0]
