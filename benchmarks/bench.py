@@ -44,7 +44,7 @@ from src.models import BackboneUnavailableError, build_backbone, build_head  # n
 from src.params import load_params  # noqa: E402
 from src.runtime import cpu_has_fast_bf16, resolve_runtime, seed_everything  # noqa: E402
 from src.transforms import eval_transform, train_transform  # noqa: E402
-from tests.pipeline_utils import pipeline_env, run  # noqa: E402
+from tests.pipeline_utils import copy_repo, pipeline_env, run  # noqa: E402
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -120,20 +120,9 @@ def naive_baseline(params, backbone, data: Path, epochs: int, measure_epochs: in
     }
 
 
-def copy_repo(dest: Path, backbone: str) -> Path:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    import shutil
-
-    for rel in filter(None, files):
-        if (REPO / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dest / rel)
+def bench_project(dest: Path, backbone: str) -> Path:
+    """A copy of the repo on the default (full) data, with ``backbone``."""
+    copy_repo(dest)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     source = Path(params["prepare"]["source"])
     params["prepare"]["source"] = str(source if source.is_absolute() else (REPO / source).resolve())
@@ -195,7 +184,7 @@ def main() -> None:
         rows.append(("1. ceiling bf16 (img/s)", f"{bf16:.1f} ({bf16 / fp32:.1f}x fp32)" if bf16 else "no native bf16"))
 
         # Full pipeline from scratch in a copy of the repo (also prepares the data for 2 and 3).
-        repo = copy_repo(Path(tmp) / "repo", args.backbone)
+        repo = bench_project(Path(tmp) / "repo", args.backbone)
         run(["git", "init", "-q"], repo, env)
         run(["git", "add", "-A"], repo, env)
         run(["git", "commit", "-qm", "bench"], repo, env)

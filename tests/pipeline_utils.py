@@ -39,6 +39,22 @@ def pipeline_env() -> dict[str, str]:
     }
 
 
+def copy_repo(dest: Path) -> Path:
+    """Copy this repo's files (tracked, and untracked but not ignored) to ``dest``: no outputs, no .git."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for rel in filter(None, listed):
+        if (REPO / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    return dest
+
+
 def make_project(root: Path, photos: Path) -> tuple[Path, dict[str, str]]:
     """A git+DVC copy of this repo whose params point at PER_CLASS real photos per class, 2 epochs."""
     source = root / "photos"
@@ -48,19 +64,7 @@ def make_project(root: Path, photos: Path) -> tuple[Path, dict[str, str]]:
         for f in rng.sample(sorted((photos / label).iterdir()), PER_CLASS):
             shutil.copyfile(f, source / label / f.name)
 
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    repo = root / "repo"
-    for rel in filter(None, listed):
-        if (REPO / rel).is_file():
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, repo / rel)
-
+    repo = copy_repo(root / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["prepare"]["source"] = str(source)
     params["featurize"].update(views=2, batch_size=16)
