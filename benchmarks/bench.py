@@ -131,17 +131,32 @@ def bench_project(dest: Path, backbone: str) -> Path:
     return dest
 
 
+# Linux carries a process's peak RSS across fork and exec, so a stage forked from this
+# (large) process would report at least our own peak. A small launcher forks it instead.
+_LAUNCH = (
+    "import os, subprocess, sys, time; t = time.perf_counter(); "
+    "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); _, status, usage = os.wait4(p.pid, 0); "
+    "print(status, time.perf_counter() - t, usage.ru_maxrss)"
+)
+
+
 def stage_rss(repo: Path, env: dict[str, str]) -> dict[str, tuple[float, float]]:
     """(seconds, peak RSS MiB) of each stage command from dvc.yaml, run on its own."""
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     out = {}
     for name, stage in stages.items():
-        start = time.perf_counter()
-        proc = subprocess.Popen(shlex.split(stage["cmd"]), cwd=repo, env=env, stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        if status != 0:
-            raise RuntimeError(f"stage {name} failed ({status})")
-        out[name] = (time.perf_counter() - start, usage.ru_maxrss / 1024)
+        launched = subprocess.run(
+            [sys.executable, "-c", _LAUNCH, *shlex.split(stage["cmd"])],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        status, seconds, max_kib = launched.stdout.split()
+        if int(status) != 0:
+            raise RuntimeError(f"stage {name} failed ({status}): {launched.stderr[-2000:]}")
+        out[name] = (float(seconds), int(max_kib) / 1024)
     return out
 
 
