@@ -21,6 +21,7 @@ from sklearn import metrics as skm
 from src import figures
 from src.cli import run
 from src.data import ImageError, load_rgb
+from src.fileio import atomic_write_text
 from src.metrics import calibration_bins, classification_report, confusion
 from src.params import load_params
 from src.predictions import Predictions, read_predictions
@@ -159,8 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     calibration = calibration_bins(pred.labels, pred.probs, cfg.ece_bins)
 
-    args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    args.metrics.write_text(json.dumps({"test": report}, indent=2) + "\n")
+    atomic_write_text(args.metrics, json.dumps({"test": report}, indent=2) + "\n")
     write_plots(pred, report, calibration, args.plots, cfg.worst_mistakes)
     ci = report[f"ci{round(cfg.ci * 100)}"]
     print(

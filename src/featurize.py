@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from src.cli import run
 from src.data import ImageDataset, read_manifest
 from src.engine import extract_features, make_loader, prepare_model
+from src.fileio import atomic_dir
 from src.models import build_backbone
 from src.params import load_params
 from src.runtime import resolve_runtime, seed_everything
@@ -43,35 +43,33 @@ def main(argv: Sequence[str] | None = None) -> None:
         "train": (train_transform(backbone.preprocess, params.augment), params.featurize.views),
         "val": (eval_transform(backbone.preprocess), 1),
     }
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    timings = {}
-    for split, (transform, views) in jobs.items():
-        samples = read_manifest(args.data / f"{split}.csv", params.classes)
-        dataset = ImageDataset(samples, params.classes, transform, views=views, seed=params.seed)
-        # Keep a batch near featurize.batch_size images whatever the number of views.
-        batch = max(1, params.featurize.batch_size // views)
-        start = time.perf_counter()
-        feats, labels = extract_features(module, make_loader(dataset, batch, runtime), runtime, desc=split)
-        timings[split] = time.perf_counter() - start
-        np.savez(
-            tmp / f"{split}.npz", features=feats.astype(np.float32), labels=labels, paths=[s.path for s in samples]
-        )
-        n_img = len(samples) * views
-        print(f"featurize {split}: {feats.shape} in {timings[split]:.1f}s ({n_img / timings[split]:.1f} img/s)")
-    meta = {
-        "backbone": params.model.backbone,
-        "num_features": backbone.num_features,
-        "preprocess": backbone.preprocess.to_dict(),
-        "precision": runtime.precision,
-        "device": str(runtime.device),
-        "views": params.featurize.views,
-        "classes": params.classes,
-    }
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    shutil.rmtree(args.out, ignore_errors=True)
-    tmp.rename(args.out)
+    with atomic_dir(args.out) as tmp:
+        for split, (transform, views) in jobs.items():
+            _featurize_split(tmp, split, transform, views, module, params, runtime, args.data)
+        meta = {
+            "backbone": params.model.backbone,
+            "num_features": backbone.num_features,
+            "preprocess": backbone.preprocess.to_dict(),
+            "precision": runtime.precision,
+            "device": str(runtime.device),
+            "views": params.featurize.views,
+            "classes": params.classes,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _featurize_split(out: Path, split: str, transform, views: int, module, params, runtime, data: Path) -> None:
+    """Features of one split -> ``out/<split>.npz`` (features, labels, paths)."""
+    samples = read_manifest(data / f"{split}.csv", params.classes)
+    dataset = ImageDataset(samples, params.classes, transform, views=views, seed=params.seed)
+    # Keep a batch near featurize.batch_size images whatever the number of views.
+    batch = max(1, params.featurize.batch_size // views)
+    start = time.perf_counter()
+    feats, labels = extract_features(module, make_loader(dataset, batch, runtime), runtime, desc=split)
+    seconds = time.perf_counter() - start
+    np.savez(out / f"{split}.npz", features=feats.astype(np.float32), labels=labels, paths=[s.path for s in samples])
+    rate = len(samples) * views / seconds
+    print(f"featurize {split}: {feats.shape} in {seconds:.1f}s ({rate:.1f} img/s)")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from src.cli import run
 from src.data import Sample, Skipped, scan_source, stratified_split, write_manifest
+from src.fileio import atomic_dir, atomic_write_text
 from src.params import load_params
 
 SPLITS = ("train", "val", "test")
@@ -72,34 +73,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     split = params.prepare.split
     splits = stratified_split(samples, {"train": split.train, "val": split.val, "test": split.test}, params.seed)
 
-    # Build next to the output and swap in at the end, so an interrupted run never
-    # leaves a half-copied dataset that looks complete.
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for name, items in splits.items():
-        local = []
-        for s in items:
-            # Keep the path below the class folder: two sub-folders may reuse a file name.
-            rel = Path(s.label) / Path(s.path).relative_to(source / s.label)
-            (tmp / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(s.path, tmp / "images" / rel)
-            local.append(Sample((args.out / "images" / rel).as_posix(), s.label))
-        write_manifest(tmp / f"{name}.csv", local)
-    with (tmp / "skipped.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(("path", "reason"))
-        writer.writerows((s.path, s.reason) for s in skipped)
-
     report = summarize(samples, skipped, splits, params.classes)
-    (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    shutil.rmtree(args.out, ignore_errors=True)
-    tmp.rename(args.out)
+    # Built beside the output and swapped in at the end: an interrupted run never leaves
+    # a half-copied dataset that looks complete.
+    with atomic_dir(args.out) as tmp:
+        for name, items in splits.items():
+            local = []
+            for s in items:
+                # Keep the path below the class folder: two sub-folders may reuse a file name.
+                rel = Path(s.label) / Path(s.path).relative_to(source / s.label)
+                (tmp / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(s.path, tmp / "images" / rel)
+                local.append(Sample((args.out / "images" / rel).as_posix(), s.label))
+            write_manifest(tmp / f"{name}.csv", local)
+        with (tmp / "skipped.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(("path", "reason"))
+            writer.writerows((s.path, s.reason) for s in skipped)
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     # The tracked metric stays small so that `dvc exp show` keeps its columns for results.
     totals = {name: counts["total"] for name, counts in report["split"].items()}
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(
-        json.dumps({"data": {"kept": report["kept"], "skipped": report["skipped"], **totals}}, indent=2) + "\n"
-    )
+    counts = {"kept": report["kept"], "skipped": report["skipped"], **totals}
+    atomic_write_text(args.report, json.dumps({"data": counts}, indent=2) + "\n")
     sizes = ", ".join(f"{name} {n}" for name, n in totals.items())
     print(f"prepare: kept {report['kept']} images, skipped {report['skipped']}; {sizes} -> {args.out}")
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from src.cli import run
+from src.fileio import atomic_write_text
 from src.params import Params, load_params
 
 PLOTS = [
@@ -113,8 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         params,
         links,
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    atomic_write_text(args.out, text)
     print(f"report: {args.out}")
 
 
