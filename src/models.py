@@ -235,7 +235,7 @@ class Classifier(nn.Module):
     def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, dropout: float) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
+        self.head = build_head(num_features, num_classes, dropout)
         self.backbone.requires_grad_(False)
 
     def train(self, mode: bool = True) -> Classifier:
@@ -249,7 +249,7 @@ class Classifier(nn.Module):
 
 
 def build_head(num_features: int, num_classes: int, dropout: float) -> nn.Sequential:
-    """The head alone, for training on cached features; same layout as ``Classifier.head``."""
+    """The new classifier head: trained alone on cached features, then saved inside ``Classifier``."""
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
 
 

@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not samples:
         raise SystemExit(f"prepare: no usable images under {source}")
     split = params.prepare.split
-    splits = stratified_split(samples, {"train": split.train, "val": split.val, "test": split.test}, params.seed)
+    splits = stratified_split(samples, {name: getattr(split, name) for name in SPLITS}, params.seed)
 
     report = summarize(samples, skipped, splits, params.classes)
     # Built beside the output and swapped in at the end: an interrupted run never leaves
