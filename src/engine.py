@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -23,6 +24,20 @@ def make_loader(dataset: Dataset, batch_size: int, runtime: Runtime) -> DataLoad
         persistent_workers=False,
         pin_memory=runtime.device.type == "cuda",
     )
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """sha256 of a module's parameters and buffers (names, dtypes, shapes, values).
+
+    Ties cached features to the exact weights that made them: the test stage uses them only
+    for a checkpoint whose backbone has the same fingerprint.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def prepare_model(model: nn.Module, runtime: Runtime) -> nn.Module:
@@ -53,11 +68,22 @@ def extract_features(
     return np.concatenate(feats), np.concatenate(labels)
 
 
+def head_proba(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Softmax class probabilities from pooled backbone features: the one place logits become probabilities."""
+    return torch.softmax(model.head(features.float()), dim=1)
+
+
 def predict_proba(model: nn.Module, batches: Iterable, runtime: Runtime, desc: str = "predict") -> np.ndarray:
     """Softmax class probabilities (N, C) of a full classifier over image batches."""
     probs = []
     with inference(model):
         for x, _ in tqdm(batches, desc=desc, unit="batch", leave=False, disable=None):
-            logits = model.head(_features(model.backbone, x, runtime))
-            probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+            probs.append(head_proba(model, _features(model.backbone, x, runtime)).cpu().numpy())
     return np.concatenate(probs) if probs else np.zeros((0, 0), dtype=np.float32)
+
+
+def predict_proba_from_features(model: nn.Module, features: np.ndarray, runtime: Runtime) -> np.ndarray:
+    """Class probabilities (N, C) of a frozen-backbone classifier from its cached pooled features."""
+    head = model.head.to(runtime.device)
+    with inference(head):
+        return head_proba(model, torch.from_numpy(features).to(runtime.device)).cpu().numpy()

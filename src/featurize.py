@@ -3,8 +3,11 @@
     python -m src.featurize --data data/prepared --out data/features
 
 Training images get ``featurize.views`` augmented views each (training samples one
-view per epoch); validation images get the deterministic eval view. Any head-only
-change (lr, epochs, optimizer) then re-runs only `train` onwards.
+view per epoch); validation and test images get the deterministic eval view. Each
+image is decoded once: its views are drawn from that one decode. Any head-only
+change (lr, epochs, optimizer) then re-runs only `train` onwards, and the test stage
+applies the trained head to the cached test features instead of re-running the
+backbone.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 
 from src.cli import run
 from src.data import ImageDataset, read_manifest
-from src.engine import extract_features, make_loader, prepare_model
+from src.engine import extract_features, make_loader, prepare_model, weights_fingerprint
 from src.fileio import atomic_dir
 from src.models import build_backbone
 from src.params import load_params
@@ -42,12 +45,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     jobs = {
         "train": (train_transform(backbone.preprocess, params.augment), params.featurize.views),
         "val": (eval_transform(backbone.preprocess), 1),
+        "test": (eval_transform(backbone.preprocess), 1),
     }
     with atomic_dir(args.out) as tmp:
         for split, (transform, views) in jobs.items():
             _featurize_split(tmp, split, transform, views, module, params, runtime, args.data)
         meta = {
             "backbone": params.model.backbone,
+            "backbone_sha256": weights_fingerprint(backbone.module),
             "num_features": backbone.num_features,
             "preprocess": backbone.preprocess.to_dict(),
             "precision": runtime.precision,

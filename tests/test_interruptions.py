@@ -25,7 +25,7 @@ from tests.pipeline_utils import make_project, run
 pytestmark = pytest.mark.slow
 OUTPUTS = ["data/predictions/test.csv", "metrics/test.json", "metrics/train.json", "models/model.pt", "dvc.lock"]
 # Seconds after "Running stage" before the kill: roughly half of each stage's run on this data.
-DELAY = {"prepare": 0.5, "featurize": 5.0, "train": 4.0, "test": 3.0, "evaluate": 1.5, "report": 0.5}
+DELAY = {"prepare": 0.5, "featurize": 5.0, "train": 4.0, "test": 1.5, "evaluate": 1.5, "report": 0.5}
 
 
 @pytest.fixture(scope="module")

@@ -122,7 +122,7 @@ STAGES = {
         train.main,
         ["--features", "f", "--data", "d", "--model", "m", "--logdir", "l", "--metrics", "x", "--history", "h"],
     ),
-    "test": (test.main, ["--model", "m", "--data", "d", "--out", "o"]),
+    "test": (test.main, ["--model", "m", "--data", "d", "--features", "f", "--out", "o"]),
     "evaluate": (evaluate.main, ["--predictions", "p", "--metrics", "m", "--plots", "o"]),
     "report": (report.main, ["--metrics", "m", "--plots", "p", "--out", "o"]),
 }

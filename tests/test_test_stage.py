@@ -1,0 +1,96 @@
+"""The test stage's two routes: cached features (frozen backbone) and the full model on images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from src import test as test_stage
+from src.data import ImageDataset, Sample, write_manifest
+from src.engine import extract_features, make_loader, prepare_model, weights_fingerprint
+from src.models import Classifier, build_backbone, save_checkpoint
+from src.params import load_params
+from src.predictions import read_predictions
+from src.runtime import resolve_runtime
+from src.transforms import eval_transform
+from tests.conftest import CLASSES, make_image
+
+
+@pytest.fixture
+def project(tmp_path: Path, repo: Path) -> dict[str, Path]:
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["runtime"].update(precision="fp32", num_workers=0)
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(raw))
+    params = load_params(params_path)
+    runtime = resolve_runtime(params.runtime)
+
+    samples = [
+        Sample(str(make_image(tmp_path / "img" / f"{c}{i}.jpg", seed=10 * k + i, size=(96, 80))), c)
+        for k, c in enumerate(CLASSES)
+        for i in range(2)
+    ]
+    write_manifest(tmp_path / "data" / "test.csv", samples)
+
+    torch.manual_seed(0)
+    backbone = build_backbone("efficientnet_lite0", pretrained=False)
+    model = Classifier(backbone.module, backbone.num_features, len(CLASSES), 0.0)
+    save_checkpoint(
+        tmp_path / "model.pt", model, classes=CLASSES, backbone="efficientnet_lite0",
+        preprocess=backbone.preprocess, params={},
+    )  # fmt: skip
+
+    # What featurize writes for the test split, made by this very backbone.
+    module = prepare_model(backbone.module, runtime)
+    dataset = ImageDataset(samples, CLASSES, eval_transform(backbone.preprocess))
+    feats, labels = extract_features(module, make_loader(dataset, 3, runtime), runtime)
+    features = tmp_path / "features"
+    features.mkdir()
+    np.savez(features / "test.npz", features=feats, labels=labels, paths=[s.path for s in samples])
+    meta = {
+        "backbone": "efficientnet_lite0",
+        "backbone_sha256": weights_fingerprint(backbone.module),
+        "preprocess": backbone.preprocess.to_dict(),
+        "precision": runtime.precision,
+        "classes": CLASSES,
+    }
+    (features / "meta.json").write_text(json.dumps(meta))
+    return {"root": tmp_path, "params": params_path, "features": features}
+
+
+def _run(project: dict[str, Path], features: Path, out: str, capsys) -> tuple[np.ndarray, str]:
+    root = project["root"]
+    args = ["--params", str(project["params"]), "--model", str(root / "model.pt"), "--data", str(root / "data")]
+    test_stage.main([*args, "--features", str(features), "--out", str(root / out)])
+    return read_predictions(root / out).probs, capsys.readouterr().out
+
+
+def test_cached_features_give_the_full_models_probabilities(project, capsys) -> None:
+    cached, log_cached = _run(project, project["features"], "a.csv", capsys)
+    full, log_full = _run(project, project["root"] / "missing", "b.csv", capsys)
+    assert "(cached features)" in log_cached
+    assert "running the full model on the images" in log_full and "no cached test features" in log_full
+    np.testing.assert_allclose(cached, full, atol=1e-5)
+
+
+def test_features_of_other_weights_are_not_used(project, capsys) -> None:
+    # A fine-tuned backbone has other weights than the one that made the cache.
+    meta_path = project["features"] / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["backbone_sha256"] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    _, log = _run(project, project["features"], "c.csv", capsys)
+    assert "backbone_sha256 differs" in log and "running the full model" in log
+
+
+def test_weights_fingerprint_sees_one_changed_value() -> None:
+    a = torch.nn.Linear(3, 2)
+    before = weights_fingerprint(a)
+    with torch.no_grad():
+        a.weight[0, 0] += 1e-6
+    assert weights_fingerprint(a) != before
