@@ -216,7 +216,13 @@ def open_source(source: SourceParams, cwd: Path, cache: Path, retries: int = 4, 
         name = PurePosixPath(urllib.request.urlparse(source.location).path).name or "archive"
         archive = cache / f"{source.name}-{name}"
         known = source.sha256
-        sha = download(source.location, archive, known, retries=retries, backoff=backoff)
+        try:
+            sha = download(source.location, archive, known, retries=retries, backoff=backoff)
+        except SourceError as err:
+            raise SourceError(
+                f"source '{source.name}': {err}. Offline? Put a local copy of the classes in a directory and "
+                f"select a set that reads it ({ENV_USE} or prepare.use; README: Data)"
+            ) from None
         if known is None:
             print(
                 f"prepare: sha256 of {source.location} is {sha}; pin it as prepare.sources ... "
