@@ -6,7 +6,8 @@ import yaml
 from PIL import Image
 
 from src.data import read_manifest
-from src.prepare import main, resolve_source
+from src.prepare import main
+from src.sources import resolve_path as resolve_source
 from tests.conftest import CLASSES
 from tests.pipeline_utils import photo_source
 
