@@ -34,10 +34,6 @@ class SplitParams:
     val: float
     test: float | Literal["rest"]
 
-    @property
-    def by_count(self) -> bool:
-        return self.train >= 1
-
     def __post_init__(self) -> None:
         values = (self.train, self.val, self.test)
         if all(isinstance(v, float) and 0.0 < v < 1.0 for v in values):

@@ -51,6 +51,7 @@ SKIP_KINDS = (
     "near_duplicate",
     "conflicting_classes",
     "over_take",
+    "not_in_split",
 )
 
 
@@ -60,7 +61,8 @@ class File:
 
     source: str
     label: str
-    key: str  # <source>/<folder>/<path below it>: unique and machine-independent
+    key: str  # <source>/<folder>/<rel>: unique and machine-independent
+    rel: str  # path below the class folder
     path: Path
 
 
@@ -120,6 +122,15 @@ def take_per_class(
             reason = f"over the limit of {n} {label} images from source '{source}' (take)"
             skipped.append(Skipped(item.key, reason, "over_take"))
     return sorted(kept, key=lambda i: i.key), skipped
+
+
+def layout(files: Sequence[File]) -> dict[str, str]:
+    """key -> path below ``images/``: ``<class>/<rel>``, the source's own layout, as long as no two
+    files share it; files that would collide go to ``<class>/<key>`` instead."""
+    wanted = {f.key: f"{f.label}/{f.rel}" for f in files}
+    taken = Counter(wanted.values())
+    label_of = {f.key: f.label for f in files}
+    return {key: target if taken[target] == 1 else f"{label_of[key]}/{key}" for key, target in wanted.items()}
 
 
 def split_sizes(split: SplitParams) -> dict[str, float | str]:
@@ -221,8 +232,11 @@ def check_classes(sources: Sequence[SourceParams], classes: Sequence[str], chose
 
 def prepare(
     params: PrepareParams, classes: Sequence[str], seed: int, cwd: Path, env: dict[str, str]
-) -> tuple[dict[str, list[Sample]], dict, dict[str, Path], dict[str, float]]:
-    """Everything but the writing: returns (splits of keys, data report, key -> file, timings in seconds)."""
+) -> tuple[dict[str, list[Sample]], dict, dict[str, tuple[Path, str]], dict[str, float]]:
+    """Everything but the writing.
+
+    Returns the splits (of keys), the data report, key -> (file, path below ``images/``), timings in seconds.
+    """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     chosen, why = choose_set(params.use, params.sources, cwd, env)
@@ -230,9 +244,7 @@ def prepare(
     check_classes(sources, classes, chosen)
     cache = resolve_path(params.downloads, cwd)
     opened = [open_source(s, cwd, cache) for s in sources]
-    files = [
-        File(o.params.name, label, key, path) for o in opened for label, key, path in list_files(o) if label in classes
-    ]
+    files = [File(o.params.name, label, key, rel, path) for o in opened for label, key, rel, path in list_files(o)]
     timings["fetch_and_list"] = time.perf_counter() - t0
 
     inspected = inspect_files(files, params.max_pixels)
@@ -253,9 +265,17 @@ def prepare(
     for c in classes:
         split_counts(counts[c], sizes, c)  # a clear error for a class with too few images
     splits = stratified_split([Sample(i.key, i.label) for i in kept], sizes, seed)
+    placed = {s.path for items in splits.values() for s in items}
+    unused = [
+        Skipped(i.key, "not needed: prepare.split asks for fewer images of this class", "not_in_split")
+        for i in kept
+        if i.key not in placed
+    ]
+    skipped = sorted([*skipped, *unused], key=lambda s: s.path)
     timings["dedupe_and_split"] = time.perf_counter() - t0
     report = build_report(files, skipped, splits, classes, chosen, why, opened, params.split)
-    return splits, report, inspected.paths, timings
+    targets = layout([f for f in files if f.key in placed])
+    return splits, report, {key: (inspected.paths[key], target) for key, target in targets.items()}, timings
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -269,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     start = time.perf_counter()
 
-    splits, report, paths, timings = prepare(params.prepare, params.classes, params.seed, Path.cwd(), dict(os.environ))
+    splits, report, files, timings = prepare(params.prepare, params.classes, params.seed, Path.cwd(), dict(os.environ))
     for s in report["skipped"]:
         print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
 
@@ -280,9 +300,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, items in splits.items():
             local = []
             for s in items:
-                rel = Path(s.label) / s.path
+                source, rel = files[s.path]
                 (tmp / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(paths[s.path], tmp / "images" / rel)
+                shutil.copyfile(source, tmp / "images" / rel)
                 local.append(Sample((args.out / "images" / rel).as_posix(), s.label))
             write_manifest(tmp / f"{name}.csv", local)
     timings["copy"] = time.perf_counter() - t0
@@ -291,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         atomic_write_text(args.data_report, json.dumps(report, indent=2) + "\n")
     if args.grid is not None:
         t0 = time.perf_counter()
-        grid = sample_grid(splits, params.classes, params.prepare.grid_samples, lambda key: load_rgb(paths[key]))
+        grid = sample_grid(splits, params.classes, params.prepare.grid_samples, lambda key: load_rgb(files[key][0]))
         args.grid.parent.mkdir(parents=True, exist_ok=True)
         part = args.grid.with_name(args.grid.name + ".tmp")
         grid.save(part, format="PNG")

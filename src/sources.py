@@ -250,10 +250,11 @@ def open_source(source: SourceParams, cwd: Path, cache: Path, retries: int = 4, 
     return Opened(source, root, sha, kind)
 
 
-def list_files(opened: Opened) -> Iterator[tuple[str, str, Path]]:
-    """Every file under the source's class folders, as (label, key, path), sorted.
+def list_files(opened: Opened) -> Iterator[tuple[str, str, str, Path]]:
+    """Every file under the source's class folders, as (label, key, rel, path), sorted.
 
-    ``key`` is ``<source name>/<folder>/<path below it>``: unique, and the same on every machine.
+    ``key`` is ``<source name>/<folder>/<rel>``: unique, and the same on every machine;
+    ``rel`` is the path below the class folder.
     """
     for label, folders in opened.params.folders.items():
         for folder in folders:
@@ -266,7 +267,7 @@ def list_files(opened: Opened) -> Iterator[tuple[str, str, Path]]:
                 )
             for path in sorted(p for p in base.rglob("*") if p.is_file()):
                 rel = path.relative_to(base).as_posix()
-                yield label, f"{opened.params.name}/{PurePosixPath(folder).as_posix()}/{rel}", path
+                yield label, f"{opened.params.name}/{PurePosixPath(folder).as_posix()}/{rel}", rel, path
 
 
 def describe(opened: Sequence[Opened]) -> list[dict]:

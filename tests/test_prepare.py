@@ -55,13 +55,15 @@ def test_prepare_copies_splits_and_reports(params_file: Path, image_tree: Path, 
         "test": 2,
     }
     assert [(s["file"], s["kind"]) for s in full["skipped"]] == [("photos/cats/corrupt.jpg", "undecodable")]
+    for counts in full["per_class"].values():
+        assert counts["found"] == counts["kept"] + counts["skipped"]
     seen = set()
     for split, n in (("train", 24), ("val", 8), ("test", 8)):
         samples = read_manifest(Path(f"data/prepared/{split}.csv"), CLASSES)
         assert len(samples) == n
         assert {s.label for s in samples} == set(CLASSES)  # stratified: every class in every split
         for s in samples:
-            assert Path(s.path).is_file() and s.path.startswith("data/prepared/images/")
+            assert Path(s.path).is_file() and s.path.startswith(f"data/prepared/images/{s.label}/{s.label}_")
         seen |= {s.path for s in samples}
     assert len(seen) == 40
     assert not Path("data/prepared.tmp").exists()

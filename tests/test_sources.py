@@ -132,9 +132,9 @@ def test_download_extract_and_list(
     assert f"sha256 of {server.url + path} is {opened.sha256}" in capsys.readouterr().err  # recorded on first use
     files = list(list_files(opened))
     assert len(files) == PER_CLASS * len(CLASSES)
-    assert {label for label, _, _ in files} == set(CLASSES)
-    label, key, file = files[0]
-    assert key == f"pets/pets/{label}/{file.name}" and file.is_file()
+    assert {label for label, _, _, _ in files} == set(CLASSES)
+    label, key, rel, file = files[0]
+    assert key == f"pets/pets/{label}/{file.name}" and rel == file.name and file.is_file()
     # The second use reads the cache: no new request, and with the pinned sha256 it is checked.
     again = open_source(_source(server.url + path, opened.sha256), tmp_path, tmp_path / "cache")
     assert again.root == opened.root and server.requests == [path]

@@ -16,7 +16,7 @@ from PIL import Image
 from src.data import SplitError, load_rgb, stratified_split, to_rgb
 from src.dedupe import Item, dhash, find_duplicates
 from src.params import ParamsError, parse_params
-from src.prepare import File, inspect_files, main, take_per_class
+from src.prepare import File, inspect_files, layout, main, take_per_class
 from tests.conftest import CLASSES, make_image
 from tests.pipeline_utils import photo_source
 
@@ -74,7 +74,7 @@ def bad_files(tmp_path: Path) -> dict[str, tuple[Path, str | None]]:
 
 
 def test_every_validation_rule(bad_files: dict[str, tuple[Path, str | None]]) -> None:
-    files = [File("src", "ants", f"src/{name}", path) for name, (path, _) in bad_files.items()]
+    files = [File("src", "ants", f"src/{name}", path.name, path) for name, (path, _) in bad_files.items()]
     result = inspect_files(files, max_pixels=40_000_000)
     kinds = {s.path.removeprefix("src/"): s.kind for s in result.skipped}
     for name, (_, expected) in bad_files.items():
@@ -293,3 +293,34 @@ def test_bad_source_params_name_the_key(repo: Path) -> None:
     mirror["folder"] = mirror.pop("folders")
     with pytest.raises(ParamsError, match=r"unknown key 'prepare.sources.mirror\[0\].folder' \(did you mean 'folders'"):
         parse_params(raw)
+
+
+def test_layout_keeps_the_source_names_unless_two_files_collide() -> None:
+    files = [
+        File("s", "ants", "s/train/ants/a.jpg", "a.jpg", Path("x")),
+        File("s", "ants", "s/val/ants/a.jpg", "a.jpg", Path("y")),
+        File("s", "ants", "s/val/ants/b.jpg", "b.jpg", Path("z")),
+        File("t", "bees", "t/bees/a.jpg", "a.jpg", Path("w")),
+    ]
+    assert layout(files) == {
+        "s/train/ants/a.jpg": "ants/s/train/ants/a.jpg",
+        "s/val/ants/a.jpg": "ants/s/val/ants/a.jpg",
+        "s/val/ants/b.jpg": "ants/b.jpg",
+        "t/bees/a.jpg": "bees/a.jpg",
+    }
+
+
+def test_every_found_file_is_kept_or_skipped_with_a_reason(image_tree: Path, repo: Path, tmp_path: Path, monkeypatch):
+    """Counts per class that leave images over are reported as not_in_split, not dropped silently."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["prepare"].update(sources={"p": [photo_source(image_tree, name="p")]}, use="p")
+    params["prepare"]["split"] = {"train": 4, "val": 2, "test": 2}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    main(["--params", "params.yaml", "--out", "prep", "--report", "m.json", "--data-report", "r.json"])
+    report = json.loads(Path("r.json").read_text())
+    for label, counts in report["per_class"].items():
+        assert counts["found"] == counts["kept"] + counts["skipped"] == 10, label
+        assert counts["skipped_by_reason"] == {"not_in_split": 2}
+        assert (counts["train"], counts["val"], counts["test"]) == (4, 2, 2)
+    assert {s["kind"] for s in report["skipped"]} == {"not_in_split"} and len(report["skipped"]) == 8
