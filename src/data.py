@@ -18,21 +18,52 @@ MANIFEST_FIELDS = ("path", "label")
 
 
 class ImageError(UserError, ValueError):
-    """An image file that cannot be used, with the file named."""
+    """An image file that cannot be used, with the file named.
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+    ``kind`` is a short category for the data report: undecodable, too_large, animated, missing.
+    """
+
+    def __init__(self, path: str | Path, reason: str, kind: str = "undecodable") -> None:
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+        self.kind = kind
 
 
-def load_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+# 16-bit and 32-bit integer modes: Pillow's own convert("RGB") clips them at 255 instead of scaling.
+_WIDE_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 16}
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode as HxWx3 uint8 RGB, the same way every time.
+
+    Transparency is composited on white (not dropped, which would expose whatever colour the
+    transparent pixels happen to hold); 16-bit grey is scaled to 8 bits rather than clipped;
+    CMYK, palette, grayscale and the rest go through Pillow's conversion.
+    """
+    if img.mode in _WIDE_MODES:
+        wide = np.asarray(img).astype(np.int64)
+        grey = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if img.mode == "F":
+        grey = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def load_rgb(path: str | Path, max_pixels: int | None = None, allow_animated: bool = True) -> np.ndarray:
     """Fully decode an image file into an HxWx3 uint8 RGB array.
 
     ``Image.open`` only reads the header, so the pixel limit is checked before any
-    memory is spent on a decompression bomb; ``convert`` then forces the whole decode,
+    memory is spent on a decompression bomb; the conversion then forces the whole decode,
     so a truncated JPEG raises here rather than half-way through training. Any mode
-    (grayscale, palette, CMYK, alpha, 16-bit) ends as 8-bit RGB.
+    (grayscale, palette, CMYK, alpha, 16-bit) ends as 8-bit RGB (see :func:`to_rgb`).
+    An animated file (GIF, WebP, APNG) is refused when ``allow_animated`` is false: which
+    frame is "the" picture is not well defined; otherwise its first frame is used.
     """
     try:
         with warnings.catch_warnings():
@@ -41,18 +72,30 @@ def load_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
             with Image.open(path) as img:
                 if max_pixels is not None and img.width * img.height > max_pixels:
                     raise ImageError(
-                        path, f"{img.width}x{img.height} pixels exceeds the limit of {max_pixels} (prepare.max_pixels)"
+                        path,
+                        f"{img.width}x{img.height} pixels exceeds the limit of {max_pixels} (prepare.max_pixels)",
+                        "too_large",
                     )
-                return np.asarray(img.convert("RGB"))
+                frames = getattr(img, "n_frames", 1)
+                if not allow_animated and frames > 1:
+                    raise ImageError(path, f"animated image ({frames} frames)", "animated")
+                return to_rgb(img)
     except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
+        raise ImageError(path, "file not found", "missing") from None
     except ImageError:
         raise
     except Exception as err:
         # Untrusted bytes: Pillow's plugins raise OSError for truncated data, DecompressionBombError
         # for oversized images, and struct/index/value errors for corrupt headers (found by fuzzing).
         # Any of them means "not a usable image"; say so with the file named.
-        raise ImageError(path, f"cannot decode as an image ({type(err).__name__}: {err})") from None
+        bomb = isinstance(err, (Image.DecompressionBombError, Image.DecompressionBombWarning))
+        kind = "too_large" if bomb else "undecodable"
+        raise ImageError(path, f"cannot decode as an image ({type(err).__name__}: {err})", kind) from None
+
+
+def has_image_extension(path: str | Path) -> bool:
+    """Case-insensitive: ``.JPG`` and ``.jpeg`` count."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -65,50 +108,49 @@ class Sample:
 class Skipped:
     path: str
     reason: str
+    kind: str = "undecodable"  # category for the data report's "skipped by reason" counts
 
 
-def scan_source(
-    source: Path, classes: Sequence[str], max_pixels: int | None = None
-) -> tuple[list[Sample], list[Skipped]]:
-    """List every file under ``source/<class>/`` and keep the ones that decode.
+class SplitError(UserError, ValueError):
+    """A class with too few images for the requested split."""
 
-    Nothing is dropped silently: unsupported extensions and undecodable files come
-    back in the skipped list with their reason.
+
+def split_counts(n: int, sizes: dict[str, float | str], label: str = "") -> dict[str, int]:
+    """How many of a class's ``n`` images go to each split.
+
+    ``sizes`` maps split name -> a fraction in (0, 1) (the first split takes what rounding
+    leaves), or -> a count >= 1 per class, with ``"rest"`` for "whatever is left".
+    Every split must get at least one image of every class.
     """
-    if not source.is_dir():
-        raise FileNotFoundError(
-            f"prepare.source: {source} is not a directory; expected a folder with one "
-            f"sub-folder per class ({', '.join(classes)})"
+    names = list(sizes)
+    spec = "/".join(f"{k} {v:g}" if not isinstance(v, str) else f"{k} {v}" for k, v in sizes.items())
+    if all(not isinstance(v, str) and v < 1 for v in sizes.values()):
+        counts = {name: round(sizes[name] * n) for name in names[1:]}
+        counts = {names[0]: n - sum(counts.values()), **counts}
+    else:
+        fixed = {k: int(v) for k, v in sizes.items() if not isinstance(v, str)}
+        need = sum(fixed.values()) + sum(isinstance(v, str) for v in sizes.values())
+        if n < need:
+            raise SplitError(
+                f"class {label or '?'} has {n} usable images; prepare.split ({spec}) needs at least {need} per class"
+            )
+        counts = {k: fixed.get(k, n - sum(fixed.values())) for k in names}
+    empty = [k for k, c in counts.items() if c < 1]
+    if empty:
+        raise SplitError(
+            f"class {label or '?'} has {n} usable images: too few for prepare.split ({spec}), which leaves "
+            f"{', '.join(empty)} with none; add images or change prepare.split"
         )
-    missing = [c for c in classes if not (source / c).is_dir()]
-    if missing:
-        raise FileNotFoundError(
-            f"prepare.source: {source} has no folder for class(es) {', '.join(missing)}; "
-            f"expected sub-folders {', '.join(classes)}"
-        )
-    kept: list[Sample] = []
-    skipped: list[Skipped] = []
-    for label in classes:
-        for path in sorted(p for p in (source / label).rglob("*") if p.is_file()):
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append(Skipped(str(path), f"unsupported extension {path.suffix or '(none)'}"))
-                continue
-            try:
-                load_rgb(path, max_pixels)
-            except ImageError as err:
-                skipped.append(Skipped(str(path), err.reason))
-                continue
-            kept.append(Sample(str(path), label))
-    return kept, skipped
+    return counts
 
 
-def stratified_split(samples: Sequence[Sample], fractions: dict[str, float], seed: int) -> dict[str, list[Sample]]:
-    """Split each class by ``fractions`` (name -> fraction), shuffled with ``seed``.
+def stratified_split(samples: Sequence[Sample], sizes: dict[str, float | str], seed: int) -> dict[str, list[Sample]]:
+    """Split each class by ``sizes`` (see :func:`split_counts`), shuffled with ``seed``.
 
-    The first split takes what rounding leaves, so every sample lands in exactly one
-    split and per-class proportions match the fractions to within one image.
+    Samples are sorted first, so the result depends only on the set of samples and the seed;
+    every sample lands in at most one split (exactly one with fractions or ``rest``).
     """
-    names = list(fractions)
+    names = list(sizes)
     out: dict[str, list[Sample]] = {name: [] for name in names}
     by_label: dict[str, list[Sample]] = {}
     for s in sorted(samples, key=lambda s: (s.label, s.path)):
@@ -117,8 +159,7 @@ def stratified_split(samples: Sequence[Sample], fractions: dict[str, float], see
     for label in sorted(by_label):
         items = by_label[label]
         order = rng.permutation(len(items))
-        counts = {name: round(fractions[name] * len(items)) for name in names[1:]}
-        counts[names[0]] = len(items) - sum(counts.values())
+        counts = split_counts(len(items), sizes, label)
         start = 0
         for name in names:
             out[name].extend(items[i] for i in order[start : start + counts[name]])

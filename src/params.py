@@ -27,25 +27,76 @@ class ParamsError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class SplitParams:
+    """Fractions of each class (three numbers in (0, 1) that sum to 1), or counts per class
+    (whole numbers >= 1; ``test: rest`` gives the test split every image left over)."""
+
     train: float
     val: float
-    test: float
+    test: float | Literal["rest"]
 
     def __post_init__(self) -> None:
-        for name in ("train", "val", "test"):
-            _check(0.0 < getattr(self, name) < 1.0, f"prepare.split.{name}", "a fraction in (0, 1)")
-        total = self.train + self.val + self.test
-        _check(abs(total - 1.0) < 1e-6, "prepare.split", f"fractions that sum to 1 (they sum to {total:g})")
+        values = (self.train, self.val, self.test)
+        if all(isinstance(v, float) and 0.0 < v < 1.0 for v in values):
+            total = sum(values)
+            _check(abs(total - 1.0) < 1e-6, "prepare.split", f"fractions that sum to 1 (they sum to {total:g})")
+            return
+        counts = (self.train, self.val) + (() if self.test == "rest" else (self.test,))
+        _check(
+            all(v >= 1 and float(v).is_integer() for v in counts) and (self.test == "rest" or self.test >= 1),
+            "prepare.split",
+            "fractions in (0, 1) that sum to 1, or counts per class (whole numbers >= 1; test may be 'rest')",
+        )
+
+
+@dataclass(frozen=True)
+class SourceParams:
+    """One place photos come from: an http(s) URL of a zip/tar archive, a local archive, or a local
+    directory. ``folders`` maps each class to folders inside it (relative to its root)."""
+
+    name: str
+    location: str
+    sha256: str | None  # of the archive: checked when set; printed on first download when null
+    folders: dict[str, list[str]]
+    take: int | Literal["all"]  # images per class from this source, after validation and de-duplication
+
+    def __post_init__(self) -> None:
+        _check(
+            all(c.isalnum() or c in "-_." for c in self.name) and not self.name.startswith("."),
+            "prepare.sources[].name",
+            f"a plain name (letters, digits, - _ .), got {self.name!r}",
+        )
+        if self.sha256 is not None:
+            ok = len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256.lower())
+            _check(ok, f"prepare.sources '{self.name}'.sha256", "64 hex digits or null")
+        for label, folders in self.folders.items():
+            _check(bool(folders), f"prepare.sources '{self.name}'.folders.{label}", "a non-empty list of folders")
+        if isinstance(self.take, int):
+            _check(self.take >= 1, f"prepare.sources '{self.name}'.take", "an integer >= 1 or 'all'")
 
 
 @dataclass(frozen=True)
 class PrepareParams:
-    source: str
+    # Named sets of sources; ``use`` picks one ("auto": the first set whose local paths all exist).
+    # The environment variable ABCD_DATA overrides ``use`` (see README: Data).
+    use: str
+    sources: dict[str, list[SourceParams]]
+    downloads: str  # cache for downloaded and extracted archives, relative to the repo root
     split: SplitParams
     max_pixels: int
+    near_duplicate_bits: int  # dHash Hamming distance (of 64 bits) at or below which two pictures are one
+    grid_samples: int  # pictures per class and split in plots/data/samples.png
 
     def __post_init__(self) -> None:
+        _check(bool(self.sources), "prepare.sources", "at least one named set of sources")
+        for name, sources in self.sources.items():
+            _check(bool(sources), f"prepare.sources.{name}", "a non-empty list of sources")
+            names = [s.name for s in sources]
+            _check(len(set(names)) == len(names), f"prepare.sources.{name}", "sources with distinct names")
+        choices = ", ".join(["auto", *self.sources])
+        _check(self.use == "auto" or self.use in self.sources, "prepare.use", f"one of {choices}")
         _check(self.max_pixels >= 1, "prepare.max_pixels", "an integer >= 1")
+        _check(0 <= self.near_duplicate_bits < 64, "prepare.near_duplicate_bits", "an integer in [0, 63]")
+        _check(self.grid_samples >= 0, "prepare.grid_samples", "an integer >= 0")
 
 
 @dataclass(frozen=True)
@@ -153,6 +204,11 @@ class Params:
     def __post_init__(self) -> None:
         _check(len(self.classes) >= 2, "classes", "a list of at least two class names")
         _check(len(set(self.classes)) == len(self.classes), "classes", "distinct class names")
+        for set_name, sources in self.prepare.sources.items():
+            for source in sources:
+                unknown = sorted(set(source.folders) - set(self.classes))
+                key = f"prepare.sources.{set_name} '{source.name}'.folders"
+                _check(not unknown, key, f"keyed by classes ({', '.join(self.classes)}), not {', '.join(unknown)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (tuples as lists), safe for JSON and ``weights_only`` checkpoints."""
@@ -180,6 +236,10 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin in (list, tuple):
         return f"a list ({tp})"
+    if origin is dict:
+        return f"a mapping ({tp})"
+    if tp is type(None):
+        return "null"
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
 
 
@@ -197,6 +257,13 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
                 return _convert(option, value, key)
             except ParamsError:
                 continue
+    elif origin is dict:
+        key_type, item = typing.get_args(tp)
+        if isinstance(value, dict):
+            return {_convert(key_type, k, key): _convert(item, v, f"{key}.{k}") for k, v in value.items()}
+    elif tp is type(None):
+        if value is None:
+            return None
     elif origin is list:
         (item,) = typing.get_args(tp)
         if isinstance(value, list):

@@ -1,59 +1,281 @@
-"""Stage `prepare`: validate the source photos, copy them in, split them into manifests.
+"""Stage `prepare`: fetch the sources, validate every file, drop duplicates, split, copy in.
 
-python -m src.prepare --out data/prepared --report metrics/data.json
+python -m src.prepare --out data/prepared --report metrics/data.json --data-report reports/data.json \
+    --grid plots/data/samples.png
+
+Which set of ``prepare.sources`` is read: ``$ABCD_DATA`` if set, else ``prepare.use``
+(``auto``: the first set whose local paths exist). See README: Data.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import hashlib
 import json
+import os
 import shutil
 import sys
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps
+
 from src.cli import run
-from src.data import Sample, Skipped, scan_source, stratified_split, write_manifest
+from src.data import (
+    ImageError,
+    Sample,
+    Skipped,
+    has_image_extension,
+    load_rgb,
+    split_counts,
+    stratified_split,
+    write_manifest,
+)
+from src.dedupe import Item, dhash, find_duplicates
 from src.fileio import atomic_dir, atomic_write_text
-from src.params import load_params
+from src.params import PrepareParams, SourceParams, SplitParams, load_params
+from src.sources import ENV_USE, Opened, SourceError, choose_set, describe, list_files, open_source, resolve_path
 
 SPLITS = ("train", "val", "test")
+# The order of the "skipped by reason" columns in the report.
+SKIP_KINDS = (
+    "unsupported_extension",
+    "undecodable",
+    "too_large",
+    "animated",
+    "exact_duplicate",
+    "near_duplicate",
+    "conflicting_classes",
+    "over_take",
+    "not_in_split",
+)
 
 
-def summarize(
-    found: Sequence[Sample], skipped: Sequence[Skipped], splits: dict[str, list[Sample]], classes: Sequence[str]
+@dataclass(frozen=True)
+class File:
+    """One file found under a class folder of a source."""
+
+    source: str
+    label: str
+    key: str  # <source>/<folder>/<rel>: unique and machine-independent
+    rel: str  # path below the class folder
+    path: Path
+
+
+@dataclass
+class Inspected:
+    items: list[Item] = field(default_factory=list)
+    paths: dict[str, Path] = field(default_factory=dict)
+    source_of: dict[str, str] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "hash": 0.0})
+
+
+def inspect_files(files: Sequence[File], max_pixels: int) -> Inspected:
+    """Validate every file (extension, full decode, pixel limit, not animated) and hash the valid ones."""
+    out = Inspected()
+    for f in files:
+        if not has_image_extension(f.path):
+            reason = f"unsupported extension {f.path.suffix or '(none)'}"
+            out.skipped.append(Skipped(f.key, reason, "unsupported_extension"))
+            continue
+        t0 = time.perf_counter()
+        try:
+            rgb = load_rgb(f.path, max_pixels, allow_animated=False)
+        except ImageError as err:
+            out.skipped.append(Skipped(f.key, err.reason, err.kind))
+            continue
+        finally:
+            out.seconds["decode"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        item = Item(f.key, f.label, hashlib.sha256(f.path.read_bytes()).hexdigest(), dhash(rgb))
+        out.seconds["hash"] += time.perf_counter() - t0
+        out.items.append(item)
+        out.paths[f.key] = f.path
+        out.source_of[f.key] = f.source
+    return out
+
+
+def take_per_class(
+    items: Sequence[Item], source_of: dict[str, str], takes: dict[str, int | str]
+) -> tuple[list[Item], list[Skipped]]:
+    """At most ``takes[source]`` items per class and source, chosen by content hash.
+
+    The choice depends on the files only, not on ``seed``: changing the split seed changes
+    the split and nothing upstream of it.
+    """
+    kept: list[Item] = []
+    skipped: list[Skipped] = []
+    groups: dict[tuple[str, str], list[Item]] = {}
+    for item in items:
+        groups.setdefault((source_of[item.key], item.label), []).append(item)
+    for (source, label), group in groups.items():
+        take = takes[source]
+        ranked = sorted(group, key=lambda i: i.sha256)
+        n = len(ranked) if take == "all" else int(take)
+        kept.extend(ranked[:n])
+        for item in ranked[n:]:
+            reason = f"over the limit of {n} {label} images from source '{source}' (take)"
+            skipped.append(Skipped(item.key, reason, "over_take"))
+    return sorted(kept, key=lambda i: i.key), skipped
+
+
+def layout(files: Sequence[File]) -> dict[str, str]:
+    """key -> path below ``images/``: ``<class>/<rel>``, the source's own layout, as long as no two
+    files share it; files that would collide go to ``<class>/<key>`` instead."""
+    wanted = {f.key: f"{f.label}/{f.rel}" for f in files}
+    taken = Counter(wanted.values())
+    label_of = {f.key: f.label for f in files}
+    return {key: target if taken[target] == 1 else f"{label_of[key]}/{key}" for key, target in wanted.items()}
+
+
+def split_sizes(split: SplitParams) -> dict[str, float | str]:
+    return {name: getattr(split, name) for name in SPLITS}
+
+
+def build_report(
+    files: Sequence[File],
+    skipped: Sequence[Skipped],
+    splits: dict[str, list[Sample]],
+    classes: Sequence[str],
+    chosen: str,
+    why: str,
+    opened: Sequence[Opened],
+    split: SplitParams,
 ) -> dict:
-    """Counts for the data report: kept/skipped overall, and per split and class."""
+    """The data report: per class found/kept/skipped by reason/per split, and every skipped file."""
+    label_of = {f.key: f.label for f in files}
+    found = Counter(f.label for f in files)
+    kinds = Counter((label_of[s.path], s.kind) for s in skipped)
+    per_split = {name: Counter(s.label for s in items) for name, items in splits.items()}
+    per_class = {}
+    for c in classes:
+        kept = sum(per_split[name][c] for name in SPLITS)
+        by_reason = {k: kinds[(c, k)] for k in SKIP_KINDS if kinds[(c, k)]}
+        per_class[c] = {
+            "found": found[c],
+            "kept": kept,
+            "skipped": sum(by_reason.values()),
+            "skipped_by_reason": by_reason,
+            **{name: per_split[name][c] for name in SPLITS},
+        }
     return {
-        "kept": len(found),
-        "skipped": len(skipped),
-        "per_class": {c: sum(s.label == c for s in found) for c in classes},
-        "split": {
-            name: {"total": len(items), **{c: n for c, n in sorted(Counter(s.label for s in items).items())}}
-            for name, items in splits.items()
+        "source_set": chosen,
+        "chosen_by": why,
+        "sources": describe(opened),
+        "split": split_sizes(split),
+        "totals": {
+            "found": len(files),
+            "kept": sum(len(v) for v in splits.values()),
+            "skipped": len(skipped),
+            **{name: len(splits[name]) for name in SPLITS},
         },
+        "per_class": per_class,
+        "skipped": [{"file": s.path, "class": label_of[s.path], "kind": s.kind, "reason": s.reason} for s in skipped],
     }
 
 
-def resolve_source(source: str, cwd: Path) -> Path:
-    """An absolute path for ``prepare.source``, which is relative to the repo root.
+def summary_table(report: dict) -> str:
+    """A plain-text table of the per-class counts."""
+    head = ("class", "found", "kept", "skipped", *SPLITS)
+    rows = [head]
+    for c, r in report["per_class"].items():
+        rows.append((c, *(str(r[k]) for k in ("found", "kept", "skipped", *SPLITS))))
+    t = report["totals"]
+    rows.append(("total", *(str(t[k]) for k in ("found", "kept", "skipped", *SPLITS))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = [
+        "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows
+    ]
+    reasons: Counter[str] = Counter()
+    for r in report["per_class"].values():
+        reasons.update(r["skipped_by_reason"])
+    if reasons:
+        lines.append("skipped by reason: " + ", ".join(f"{k} {n}" for k, n in sorted(reasons.items())))
+    return "\n".join(lines)
 
-    DVC runs queued and ``--temp`` experiments in a copy of the repo under
-    ``<repo>/.dvc/tmp/exps/``, where a path such as ``../shared/...`` would point
-    inside ``.dvc``; there it is resolved against the repo the copy was made from.
+
+def sample_grid(
+    splits: dict[str, list[Sample]], classes: Sequence[str], per_split: int, load: Callable[[str], np.ndarray]
+) -> Image.Image:
+    """Rows: classes; columns: ``per_split`` pictures of each split (the first of the shuffled split)."""
+    cell, pad, left, top = 112, 4, 56, 22
+    cols = per_split * len(SPLITS)
+    grid = Image.new("RGB", (left + cols * (cell + pad) + pad, top + len(classes) * (cell + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for k, name in enumerate(SPLITS):
+        draw.text((left + k * per_split * (cell + pad) + pad, 4), name, fill="black")
+    for r, label in enumerate(classes):
+        y = top + r * (cell + pad) + pad
+        draw.text((4, y + cell // 2 - 6), label, fill="black")
+        for k, name in enumerate(SPLITS):
+            picks = [s for s in splits[name] if s.label == label][:per_split]
+            for j, s in enumerate(picks):
+                thumb = ImageOps.pad(Image.fromarray(load(s.path)), (cell, cell), color="white")
+                grid.paste(thumb, (left + (k * per_split + j) * (cell + pad) + pad, y))
+    return grid
+
+
+def check_classes(sources: Sequence[SourceParams], classes: Sequence[str], chosen: str) -> None:
+    covered = {label for s in sources for label in s.folders}
+    missing = [c for c in classes if c not in covered]
+    if missing:
+        raise SourceError(
+            f"prepare.sources.{chosen}: no source has folders for class(es) {', '.join(missing)}; "
+            f"every class of {', '.join(classes)} needs at least one"
+        )
+
+
+def prepare(
+    params: PrepareParams, classes: Sequence[str], seed: int, cwd: Path, env: dict[str, str]
+) -> tuple[dict[str, list[Sample]], dict, dict[str, tuple[Path, str]], dict[str, float]]:
+    """Everything but the writing.
+
+    Returns the splits (of keys), the data report, key -> (file, path below ``images/``), timings in seconds.
     """
-    path = Path(source).expanduser()
-    if path.is_absolute():
-        return path
-    root = cwd.resolve()
-    parts = root.parts
-    if ".dvc" in parts:
-        i = parts.index(".dvc")
-        if parts[i + 1 : i + 3] == ("tmp", "exps"):
-            root = Path(*parts[:i])
-    return (root / path).resolve()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    chosen, why = choose_set(params.use, params.sources, cwd, env)
+    sources = params.sources[chosen]
+    check_classes(sources, classes, chosen)
+    cache = resolve_path(params.downloads, cwd)
+    opened = [open_source(s, cwd, cache) for s in sources]
+    files = [File(o.params.name, label, key, rel, path) for o in opened for label, key, rel, path in list_files(o)]
+    timings["fetch_and_list"] = time.perf_counter() - t0
+
+    inspected = inspect_files(files, params.max_pixels)
+    timings["validate"] = inspected.seconds["decode"]  # extension, header, full decode, RGB conversion
+    timings["hash"] = inspected.seconds["hash"]  # sha256 of the bytes + dHash of the decoded picture
+
+    t0 = time.perf_counter()
+    duplicates = find_duplicates(sorted(inspected.items, key=lambda i: i.key), params.near_duplicate_bits)
+    dropped = {d.key for d in duplicates}
+    unique = [i for i in inspected.items if i.key not in dropped]
+    takes = {s.name: s.take for s in sources}
+    kept, over = take_per_class(unique, inspected.source_of, takes)
+    skipped = sorted(
+        [*inspected.skipped, *(Skipped(d.key, d.reason, d.kind) for d in duplicates), *over], key=lambda s: s.path
+    )
+    counts = Counter(i.label for i in kept)
+    sizes = split_sizes(params.split)
+    for c in classes:
+        split_counts(counts[c], sizes, c)  # a clear error for a class with too few images
+    splits = stratified_split([Sample(i.key, i.label) for i in kept], sizes, seed)
+    placed = {s.path for items in splits.values() for s in items}
+    unused = [
+        Skipped(i.key, "not needed: prepare.split asks for fewer images of this class", "not_in_split")
+        for i in kept
+        if i.key not in placed
+    ]
+    skipped = sorted([*skipped, *unused], key=lambda s: s.path)
+    timings["dedupe_and_split"] = time.perf_counter() - t0
+    report = build_report(files, skipped, splits, classes, chosen, why, opened, params.split)
+    targets = layout([f for f in files if f.key in placed])
+    return splits, report, {key: (inspected.paths[key], target) for key, target in targets.items()}, timings
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -61,42 +283,51 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, required=True, help="prepared dataset directory")
     parser.add_argument("--report", type=Path, required=True, help="metrics JSON: kept/skipped/split counts")
+    parser.add_argument("--data-report", type=Path, help="full data report JSON (per class, every skipped file)")
+    parser.add_argument("--grid", type=Path, help="PNG grid of sample pictures per class and split")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    start = time.perf_counter()
 
-    source = resolve_source(params.prepare.source, Path.cwd())
-    samples, skipped = scan_source(source, params.classes, params.prepare.max_pixels)
-    for s in skipped:
-        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
-    if not samples:
-        raise SystemExit(f"prepare: no usable images under {source}")
-    split = params.prepare.split
-    splits = stratified_split(samples, {name: getattr(split, name) for name in SPLITS}, params.seed)
+    splits, report, files, timings = prepare(params.prepare, params.classes, params.seed, Path.cwd(), dict(os.environ))
+    for s in report["skipped"]:
+        print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
 
-    report = summarize(samples, skipped, splits, params.classes)
+    t0 = time.perf_counter()
     # Built beside the output and swapped in at the end: an interrupted run never leaves
     # a half-copied dataset that looks complete.
     with atomic_dir(args.out) as tmp:
         for name, items in splits.items():
             local = []
             for s in items:
-                # Keep the path below the class folder: two sub-folders may reuse a file name.
-                rel = Path(s.label) / Path(s.path).relative_to(source / s.label)
+                source, rel = files[s.path]
                 (tmp / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(s.path, tmp / "images" / rel)
+                shutil.copyfile(source, tmp / "images" / rel)
                 local.append(Sample((args.out / "images" / rel).as_posix(), s.label))
             write_manifest(tmp / f"{name}.csv", local)
-        with (tmp / "skipped.csv").open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(("path", "reason"))
-            writer.writerows((s.path, s.reason) for s in skipped)
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    timings["copy"] = time.perf_counter() - t0
+
+    if args.data_report is not None:
+        atomic_write_text(args.data_report, json.dumps(report, indent=2) + "\n")
+    if args.grid is not None:
+        t0 = time.perf_counter()
+        grid = sample_grid(splits, params.classes, params.prepare.grid_samples, lambda key: load_rgb(files[key][0]))
+        args.grid.parent.mkdir(parents=True, exist_ok=True)
+        part = args.grid.with_name(args.grid.name + ".tmp")
+        grid.save(part, format="PNG")
+        os.replace(part, args.grid)
+        timings["grid"] = time.perf_counter() - t0
     # The tracked metric stays small so that `dvc exp show` keeps its columns for results.
-    totals = {name: counts["total"] for name, counts in report["split"].items()}
-    counts = {"kept": report["kept"], "skipped": report["skipped"], **totals}
+    totals = report["totals"]
+    counts = {"kept": totals["kept"], "skipped": totals["skipped"], **{name: totals[name] for name in SPLITS}}
     atomic_write_text(args.report, json.dumps({"data": counts}, indent=2) + "\n")
-    sizes = ", ".join(f"{name} {n}" for name, n in totals.items())
-    print(f"prepare: kept {report['kept']} images, skipped {report['skipped']}; {sizes} -> {args.out}")
+
+    print(f"prepare: source set '{report['source_set']}' ({report['chosen_by']}; override with ${ENV_USE})")
+    print(summary_table(report))
+    timings["total"] = time.perf_counter() - start
+    print("prepare: timings " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
+    sizes = ", ".join(f"{name} {totals[name]}" for name in SPLITS)
+    print(f"prepare: kept {totals['kept']} images, skipped {totals['skipped']}; {sizes} -> {args.out}")
 
 
 if __name__ == "__main__":

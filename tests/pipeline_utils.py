@@ -55,6 +55,11 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
+def photo_source(path: Path, name: str = "photos", take: int | str = "all") -> dict:
+    """A ``prepare.sources`` entry for a local directory with one folder per class."""
+    return {"name": name, "location": str(path), "sha256": None, "folders": {c: [c] for c in CLASSES}, "take": take}
+
+
 def make_project(root: Path, photos: Path) -> tuple[Path, dict[str, str]]:
     """A git+DVC copy of this repo whose params point at PER_CLASS real photos per class, 2 epochs."""
     source = root / "photos"
@@ -66,7 +71,8 @@ def make_project(root: Path, photos: Path) -> tuple[Path, dict[str, str]]:
 
     repo = copy_repo(root / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["prepare"]["source"] = str(source)
+    params["prepare"]["sources"] = {"photos": [photo_source(source)]}
+    params["prepare"]["use"] = "photos"
     params["featurize"].update(views=2, batch_size=16)
     params["train"].update(epochs=2, batch_size=8)
     params["evaluate"]["bootstrap"] = 100

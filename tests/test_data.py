@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.data import ImageError, Sample, load_rgb, read_manifest, scan_source, stratified_split, write_manifest
+from src.data import ImageError, Sample, load_rgb, read_manifest, stratified_split, write_manifest
 from tests.conftest import CLASSES, make_image
 
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
@@ -52,25 +52,6 @@ def test_truncated_and_non_image_files_are_errors_naming_the_file(tmp_path: Path
         with pytest.raises(ImageError, match=path.name) as info:
             load_rgb(path)
         assert info.value.path == str(path)
-
-
-def test_scan_source_skips_bad_files_with_reasons(image_tree: Path) -> None:
-    (image_tree / "ants" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    (image_tree / "bees" / "README.txt").write_text("hello")
-    kept, skipped = scan_source(image_tree, CLASSES)
-    assert len(kept) == 40
-    reasons = {Path(s.path).name: s.reason for s in skipped}
-    assert set(reasons) == {"broken.jpg", "README.txt"}
-    assert "cannot decode" in reasons["broken.jpg"]
-    assert "unsupported extension .txt" in reasons["README.txt"]
-
-
-def test_scan_source_names_missing_class_folders(tmp_path: Path) -> None:
-    make_image(tmp_path / "ants" / "a.jpg")
-    with pytest.raises(FileNotFoundError, match=r"no folder for class\(es\) bees, cats, dogs"):
-        scan_source(tmp_path, CLASSES)
-    with pytest.raises(FileNotFoundError, match="is not a directory"):
-        scan_source(tmp_path / "nowhere", CLASSES)
 
 
 def test_manifest_round_trip_and_validation(tmp_path: Path) -> None:

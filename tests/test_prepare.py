@@ -3,10 +3,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from src.data import read_manifest
-from src.prepare import main, resolve_source
+from src.prepare import main
+from src.sources import resolve_path as resolve_source
 from tests.conftest import CLASSES
+from tests.pipeline_utils import photo_source
+
+ARGS = ["--out", "data/prepared", "--report", "metrics/data.json", "--data-report", "reports/data.json"]
 
 
 def test_relative_source_resolves_against_the_repo(tmp_path: Path) -> None:
@@ -23,7 +28,8 @@ def test_relative_source_inside_a_dvc_temp_experiment_resolves_against_the_paren
 @pytest.fixture
 def params_file(repo: Path, tmp_path: Path, image_tree: Path) -> Path:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["prepare"]["source"] = str(image_tree)
+    params["prepare"]["sources"] = {"photos": [photo_source(image_tree)]}
+    params["prepare"]["use"] = "photos"
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
@@ -32,19 +38,47 @@ def params_file(repo: Path, tmp_path: Path, image_tree: Path) -> Path:
 def test_prepare_copies_splits_and_reports(params_file: Path, image_tree: Path, tmp_path: Path, monkeypatch) -> None:
     (image_tree / "cats" / "corrupt.jpg").write_bytes(b"\x00" * 100)
     monkeypatch.chdir(tmp_path)
-    main(["--params", str(params_file), "--out", "data/prepared", "--report", "metrics/data.json"])
+    monkeypatch.delenv("ABCD_DATA", raising=False)
+    main(["--params", str(params_file), *ARGS, "--grid", "plots/data/samples.png"])
 
     report = json.loads(Path("metrics/data.json").read_text())
     assert report == {"data": {"kept": 40, "skipped": 1, "train": 24, "val": 8, "test": 8}}
-    skipped = Path("data/prepared/skipped.csv").read_text()
-    assert "corrupt.jpg" in skipped
+    full = json.loads(Path("reports/data.json").read_text())
+    assert full["source_set"] == "photos" and full["chosen_by"] == "prepare.use=photos"
+    assert full["per_class"]["cats"] == {
+        "found": 11,
+        "kept": 10,
+        "skipped": 1,
+        "skipped_by_reason": {"undecodable": 1},
+        "train": 6,
+        "val": 2,
+        "test": 2,
+    }
+    assert [(s["file"], s["kind"]) for s in full["skipped"]] == [("photos/cats/corrupt.jpg", "undecodable")]
+    for counts in full["per_class"].values():
+        assert counts["found"] == counts["kept"] + counts["skipped"]
     seen = set()
     for split, n in (("train", 24), ("val", 8), ("test", 8)):
         samples = read_manifest(Path(f"data/prepared/{split}.csv"), CLASSES)
         assert len(samples) == n
         assert {s.label for s in samples} == set(CLASSES)  # stratified: every class in every split
         for s in samples:
-            assert Path(s.path).is_file() and s.path.startswith("data/prepared/images/")
+            assert Path(s.path).is_file() and s.path.startswith(f"data/prepared/images/{s.label}/{s.label}_")
         seen |= {s.path for s in samples}
     assert len(seen) == 40
     assert not Path("data/prepared.tmp").exists()
+    with Image.open("plots/data/samples.png") as grid:
+        assert grid.width > 3 * 3 * 100 and grid.height > 4 * 100  # 3 per split x 3 splits, 4 classes
+
+
+def test_env_var_overrides_the_source_set(params_file: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ABCD_DATA", "nonesuch")
+    with pytest.raises(ValueError, match=r"\$ABCD_DATA is 'nonesuch'; choose one of auto, photos"):
+        main(["--params", str(params_file), *ARGS])
+    assert not Path("data/prepared").exists()
+    monkeypatch.setenv("ABCD_DATA", "auto")
+    main(["--params", str(params_file), *ARGS])
+    assert json.loads(Path("reports/data.json").read_text())["chosen_by"] == (
+        "$ABCD_DATA=auto: first set whose local paths exist"
+    )
