@@ -1,4 +1,4 @@
-"""Batched forward passes shared by featurize, test and predict: one fast path for all."""
+"""Batched forward passes shared by featurize, test, predict and unknown: one fast path for all."""
 
 from __future__ import annotations
 
@@ -66,24 +66,3 @@ def extract_features(
             feats.append((f.unflatten(0, (-1, views)) if views else f).cpu().numpy())
             labels.append(np.asarray(y))
     return np.concatenate(feats), np.concatenate(labels)
-
-
-def head_proba(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """Softmax class probabilities from pooled backbone features: the one place logits become probabilities."""
-    return torch.softmax(model.head(features.float()), dim=1)
-
-
-def predict_proba(model: nn.Module, batches: Iterable, runtime: Runtime, desc: str = "predict") -> np.ndarray:
-    """Softmax class probabilities (N, C) of a full classifier over image batches."""
-    probs = []
-    with inference(model):
-        for x, _ in tqdm(batches, desc=desc, unit="batch", leave=False, disable=None):
-            probs.append(head_proba(model, _features(model.backbone, x, runtime)).cpu().numpy())
-    return np.concatenate(probs) if probs else np.zeros((0, 0), dtype=np.float32)
-
-
-def predict_proba_from_features(model: nn.Module, features: np.ndarray, runtime: Runtime) -> np.ndarray:
-    """Class probabilities (N, C) of a frozen-backbone classifier from its cached pooled features."""
-    head = model.head.to(runtime.device)
-    with inference(head):
-        return head_proba(model, torch.from_numpy(features).to(runtime.device)).cpu().numpy()

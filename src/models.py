@@ -6,7 +6,7 @@ import os
 import re
 import urllib.error
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +260,8 @@ class LoadedModel:
     backbone: str
     preprocess: Preprocess
     params: dict[str, Any]
+    # Optional keys saved by train (temperature, fitted unknown detectors); {} in older checkpoints.
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def save_checkpoint(
@@ -321,4 +323,5 @@ def load_checkpoint(path: str | Path, expected_classes: Sequence[str] | None = N
         backbone=payload["backbone"],
         preprocess=Preprocess.from_dict(payload["preprocess"]),
         params=payload["params"],
+        extra=dict(payload.get("extra") or {}),
     )

@@ -175,6 +175,22 @@ class PredictParams:
 
 
 @dataclass(frozen=True)
+class UnknownParams:
+    method: str  # a name in src.unknown.METHODS, checked where the registry is imported
+    false_reject: float
+    knn_k: int
+    ood_crops: bool
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.false_reject < 0.5, "unknown.false_reject", "a fraction in [0, 0.5), e.g. 0.02")
+        _check(self.knn_k >= 1, "unknown.knn_k", "an integer >= 1")
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        """What fitting the detectors at train time reads (the method is chosen at predict time)."""
+        return {"false_reject": self.false_reject, "knn_k": self.knn_k}
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     ece_bins: int
     bootstrap: int
@@ -200,6 +216,7 @@ class Params:
     runtime: RuntimeParams
     evaluate: EvaluateParams
     predict: PredictParams
+    unknown: UnknownParams
 
     def __post_init__(self) -> None:
         _check(len(self.classes) >= 2, "classes", "a list of at least two class names")

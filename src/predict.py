@@ -1,93 +1,249 @@
-"""Classify images with the best checkpoint; low-confidence images are reported as unknown.
+"""Classify images; images unlike any class are reported as ``unknown``.
 
-    python -m src.predict path/to/image.jpg [more.jpg ...] [--threshold 0.6]
+    python -m src.predict photo.jpg more/*.png some/dir [--format table|csv|json] [--annotate out/]
 
-Prints one line per image: path, class (or ``unknown``) and the top class probability.
-Exits 1 if any file could not be read (the others are still classified).
+Inputs are files, directories (searched recursively for images) or glob patterns
+(quote them to let this command expand ``**``). Per image: predicted class or
+``unknown``, its calibrated probability, every class probability, the unknown score
+(higher = less like the training images) and an error for files that could not be
+read; the run goes on past them and exits 1 if any failed, 0 otherwise.
+
+``unknown.method`` in params (or --method) picks the detector stored in the checkpoint:
+``max_softmax`` is the original rule (max probability below ``predict.threshold``);
+``energy``, ``mahalanobis`` and ``knn`` use the threshold fitted on validation data.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import glob
+import io
+import json
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
 
+from src.calibration import calibrated_probs
 from src.cli import run
-from src.data import ImageError, load_rgb
-from src.engine import predict_proba, prepare_model
+from src.data import IMAGE_EXTENSIONS, ImageError, load_rgb
+from src.engine import extract_features, prepare_model
 from src.models import LoadedModel, load_checkpoint
 from src.params import load_params
 from src.runtime import Runtime, resolve_runtime
 from src.transforms import eval_transform
+from src.unknown import METHODS, Detector, detector_from_extra, head_logits
 
 UNKNOWN = "unknown"
+FORMATS = ("table", "csv", "json")
 
 
-@dataclass(frozen=True)
-class Decision:
-    label: str  # a class name or UNKNOWN
-    probability: float  # the top class probability, whatever the decision
-    top_class: str
+@dataclass
+class Result:
+    path: str
+    label: str = ""  # a class name, UNKNOWN, or "" when the file could not be read
+    probability: float | None = None  # the top class's calibrated probability
+    probs: dict[str, float] = field(default_factory=dict)
+    unknown_score: float | None = None
+    error: str = ""
 
 
-def decide(probs: np.ndarray, classes: Sequence[str], threshold: float) -> list[Decision]:
-    """The original project's rule: unknown when every class probability is below ``threshold``."""
-    out = []
-    for p in np.atleast_2d(probs):
-        top = int(np.argmax(p))
-        label = classes[top] if p[top] >= threshold else UNKNOWN
-        out.append(Decision(label, float(p[top]), classes[top]))
-    return out
+def expand_inputs(items: Sequence[str]) -> tuple[list[str], list[Result]]:
+    """Image paths from files, directories (recursive) and globs, in order, without duplicates.
+
+    A missing file or a directory or glob with no image in it becomes an error result.
+    """
+    paths: dict[str, None] = {}
+    errors: list[Result] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            what = "directory"
+        elif glob.has_magic(item) and not path.exists():
+            matched = sorted(glob.glob(item, recursive=True))
+            found = [p for p in matched if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXTENSIONS]
+            what = "pattern"
+        else:
+            paths.setdefault(item)  # a plain path, even if unreadable: its error is reported per file
+            continue
+        if not found:
+            errors.append(Result(item, error=f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in this {what}"))
+        for p in found:
+            paths.setdefault(p)
+    return list(paths), errors
+
+
+def decide(probs: np.ndarray, scores: np.ndarray, threshold: float, classes: Sequence[str]) -> list[str]:
+    """The top class, or UNKNOWN where the unknown score is above ``threshold``."""
+    return [UNKNOWN if s > threshold else classes[int(np.argmax(p))] for p, s in zip(probs, scores)]
+
+
+def _batches(paths: Sequence[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(paths), size):
+        yield list(paths[i : i + size])
 
 
 def classify_files(
-    loaded: LoadedModel, paths: Sequence[str], runtime: Runtime, batch_size: int
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Class probabilities per readable file, and an error message per unreadable one."""
+    loaded: LoadedModel, detector: Detector, paths: Sequence[str], runtime: Runtime, batch_size: int
+) -> list[Result]:
+    """One result per path, in order; images are decoded and run one batch at a time."""
     transform = eval_transform(loaded.preprocess)
-    tensors, ok, errors = [], [], {}
-    for path in paths:
-        try:
-            tensors.append(transform(load_rgb(path)))
-            ok.append(path)
-        except ImageError as err:
-            errors[path] = err.reason
-    if not ok:
-        return {}, errors
-    batches = [(torch.stack(tensors[i : i + batch_size]), None) for i in range(0, len(tensors), batch_size)]
-    probs = predict_proba(loaded.model, batches, runtime)
-    return dict(zip(ok, probs)), errors
+    results: list[Result] = []
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=None if len(paths) > batch_size else True)
+    for chunk in _batches(paths, batch_size):
+        tensors, ok = [], []
+        for path in chunk:
+            try:
+                tensors.append(transform(load_rgb(path)))
+                ok.append(Result(path))
+            except ImageError as err:
+                results.append(Result(path, error=err.reason))
+        if tensors:
+            batch = [(torch.stack(tensors), np.zeros(len(tensors), dtype=np.int64))]
+            feats, _ = extract_features(loaded.model.backbone, batch, runtime, desc="batch")
+            logits = head_logits(loaded.model.head, feats)
+            probs = calibrated_probs(logits, detector.temperature)
+            scores = detector.score(feats, logits)
+            for r, p, s, label in zip(ok, probs, scores, decide(probs, scores, detector.threshold, loaded.classes)):
+                r.label, r.probability, r.unknown_score = label, float(p.max()), float(s)
+                r.probs = {c: float(v) for c, v in zip(loaded.classes, p)}
+            results.extend(ok)
+        bar.update(len(chunk))
+    bar.close()
+    order = {p: i for i, p in enumerate(paths)}
+    return sorted(results, key=lambda r: order[r.path])
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "" if v is None else f"{v:.{digits}f}"
+
+
+def format_table(results: Sequence[Result], classes: Sequence[str]) -> str:
+    header = ["path", "prediction", "prob", *classes, "unknown_score", "error"]
+    rows = [
+        [
+            r.path,
+            r.label,
+            _fmt(r.probability),
+            *(_fmt(r.probs.get(c)) for c in classes),
+            _fmt(r.unknown_score, 4),
+            r.error,
+        ]
+        for r in results
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *rows]]
+    return "\n".join(lines) + "\n"
+
+
+def format_csv(results: Sequence[Result], classes: Sequence[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "prediction", "probability", *(f"prob_{c}" for c in classes), "unknown_score", "error"])
+    for r in results:
+        probs = [_fmt(r.probs.get(c), 6) for c in classes]
+        writer.writerow([r.path, r.label, _fmt(r.probability, 6), *probs, _fmt(r.unknown_score, 6), r.error])
+    return buf.getvalue()
+
+
+def format_json(results: Sequence[Result], classes: Sequence[str], detector: Detector) -> str:
+    doc = {
+        "classes": list(classes),
+        "method": detector.name,
+        "threshold": detector.threshold,
+        "temperature": detector.temperature,
+        "results": [
+            {
+                "path": r.path,
+                "prediction": r.label or None,
+                "probability": r.probability,
+                "probabilities": r.probs or None,
+                "unknown_score": r.unknown_score,
+                "error": r.error or None,
+            }
+            for r in results
+        ],
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def annotate(result: Result, out_dir: Path, taken: set[str]) -> Path:
+    """Write a copy of the image with its label and probability drawn in the top-left corner."""
+    image = Image.fromarray(load_rgb(result.path))
+    draw = ImageDraw.Draw(image)
+    size = max(12, image.width // 25)
+    font = ImageFont.load_default(size=size)
+    top = max(result.probs, key=result.probs.__getitem__)
+    text = f"{top} {result.probability:.2f}"
+    if result.label == UNKNOWN:
+        text = f"unknown (best guess {text})"
+    box = draw.textbbox((4, 4), text, font=font)
+    draw.rectangle((0, 0, box[2] + 4, box[3] + 4), fill="black")
+    draw.text((4, 4), text, fill="white" if result.label != UNKNOWN else "orange", font=font)
+    src = Path(result.path)
+    name, n = f"{src.stem}.{result.label}{src.suffix.lower()}", 1
+    while name in taken:  # same file name from different folders
+        n += 1
+        name = f"{src.stem}-{n}.{result.label}{src.suffix.lower()}"
+    taken.add(name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image.save(out_dir / name)
+    return out_dir / name
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images", nargs="+", help="image files to classify")
+    parser.add_argument("inputs", nargs="+", help="image files, directories or glob patterns")
     parser.add_argument("--checkpoint", type=Path, default=Path("models/model.pt"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--threshold", type=float, default=None, help="default: predict.threshold in params")
+    parser.add_argument("--method", choices=list(METHODS), default=None, help="default: unknown.method in params")
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="max_softmax only; default: predict.threshold in params"
+    )
+    parser.add_argument("--format", choices=FORMATS, default="table")
+    parser.add_argument("--annotate", type=Path, default=None, metavar="DIR", help="write labelled copies here")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    method = args.method or params.unknown.method
+    if args.threshold is not None:
+        if method != "max_softmax":
+            parser.error(f"--threshold applies to --method max_softmax; {method} uses the threshold fitted on val")
+        if not 0.0 <= args.threshold <= 1.0:
+            parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
     threshold = params.predict.threshold if args.threshold is None else args.threshold
-    if not 0.0 <= threshold <= 1.0:
-        parser.error(f"--threshold must be in [0, 1], got {threshold}")
 
+    paths, missing = expand_inputs(args.inputs)
     loaded = load_checkpoint(args.checkpoint)
+    detector = detector_from_extra(loaded.extra, method, threshold)
     runtime = resolve_runtime(params.runtime)
     prepare_model(loaded.model, runtime)
-    probs, errors = classify_files(loaded, args.images, runtime, params.predict.batch_size)
-    for path in args.images:
-        if path in errors:
-            print(f"{path}\terror: {errors[path]}", file=sys.stderr)
-            continue
-        d = decide(probs[path], loaded.classes, threshold)[0]
-        suffix = "" if d.label != UNKNOWN else f"  (best guess {d.top_class}, below threshold {threshold:g})"
-        print(f"{path}\t{d.label}\t{d.probability:.3f}{suffix}")
-    return 1 if errors else 0
+    results = missing + classify_files(loaded, detector, paths, runtime, params.predict.batch_size)
+
+    formatters = {
+        "table": lambda: format_table(results, loaded.classes),
+        "csv": lambda: format_csv(results, loaded.classes),
+        "json": lambda: format_json(results, loaded.classes, detector),
+    }
+    sys.stdout.write(formatters[args.format]())
+    if args.annotate is not None:
+        taken: set[str] = set()
+        for r in results:
+            if not r.error:
+                annotate(r, args.annotate, taken)
+    failed = [r for r in results if r.error]
+    for r in failed:
+        print(f"predict: {r.path}: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cli() -> None:

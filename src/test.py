@@ -7,8 +7,10 @@ With a frozen backbone the checkpoint's head is applied to the test features tha
 `featurize` cached, after checking that they were made by exactly this backbone
 (same weights fingerprint, preprocessing and precision): the numbers are then those
 of the full model, without decoding or a backbone pass. Otherwise (a fine-tuned
-backbone, or features from something else) the full model runs on the images,
-through the same loader and forward path as the predict command.
+backbone, or features from something else) the backbone runs on the images, through
+the same loader and forward path as the predict command. Either way the probabilities
+are the predict command's: softmax of the head's logits divided by the checkpoint's
+temperature (fitted on val at the end of training).
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+from src.calibration import calibrated_probs
 from src.cli import run
 from src.data import ImageDataset, Sample, read_manifest
-from src.engine import make_loader, predict_proba, predict_proba_from_features, prepare_model, weights_fingerprint
+from src.engine import extract_features, make_loader, prepare_model, weights_fingerprint
 from src.models import LoadedModel, load_checkpoint
 from src.params import load_params
 from src.predictions import write_predictions
 from src.runtime import Runtime, resolve_runtime
 from src.transforms import eval_transform
+from src.unknown import head_logits
 
 
 def cached_features(
@@ -69,14 +73,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     loaded = load_checkpoint(args.model, expected_classes=params.classes)
     samples = read_manifest(args.data / "test.csv", params.classes)
     feats, route = cached_features(args.features, loaded, samples, runtime)
-    if feats is not None:
-        probs = predict_proba_from_features(loaded.model, feats, runtime)
-    else:
+    if feats is None:
         print(f"test: {route}; running the full model on the images")
         route = "full model on images"
-        prepare_model(loaded.model, runtime)
+        backbone = prepare_model(loaded.model.backbone, runtime)
         dataset = ImageDataset(samples, loaded.classes, eval_transform(loaded.preprocess))
-        probs = predict_proba(loaded.model, make_loader(dataset, params.predict.batch_size, runtime), runtime, "test")
+        loader = make_loader(dataset, params.predict.batch_size, runtime)
+        feats, _ = extract_features(backbone, loader, runtime, "test")
+    probs = calibrated_probs(head_logits(loaded.model.head, feats), float(loaded.extra.get("temperature", 1.0)))
     write_predictions(args.out, [s.path for s in samples], [s.label for s in samples], probs, loaded.classes)
     accuracy = float((probs.argmax(1) == [loaded.classes.index(s.label) for s in samples]).mean())
     print(f"test: {len(samples)} images ({route}), accuracy {accuracy:.3f} -> {args.out}")

@@ -32,6 +32,7 @@ from src.models import Classifier, build_backbone, build_head, save_checkpoint
 from src.params import Params, TrainParams, load_params
 from src.runtime import seed_everything
 from src.transforms import denormalize, eval_transform
+from src.unknown import fit_inference_extras
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float, float], torch.optim.Optimizer]
 OPTIMIZERS: dict[str, OptimizerFactory] = {
@@ -228,6 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = fit(head, train, val, params.train, params.seed, log)
     model = Classifier(backbone.module, backbone.num_features, len(params.classes), params.model.dropout)
     model.head.load_state_dict(result.head.state_dict())
+    # Temperature (val) and unknown detectors (train features, val thresholds), saved with the weights.
+    extras = fit_inference_extras(
+        result.head, *train, *val, **params.unknown.fit_kwargs(), ece_bins=params.evaluate.ece_bins
+    )
     save_checkpoint(
         args.model,
         model,
@@ -239,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "best_epoch": result.best_epoch,
             "val_loss": result.best_val.loss,
             "feature_precision": meta["precision"],
+            **extras,
         },
     )
     summary = f"best epoch {result.best_epoch}: val loss {result.best_val.loss:.4f} acc {result.best_val.accuracy:.3f}"

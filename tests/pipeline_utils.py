@@ -76,6 +76,8 @@ def make_project(root: Path, photos: Path) -> tuple[Path, dict[str, str]]:
     params["featurize"].update(views=2, batch_size=16)
     params["train"].update(epochs=2, batch_size=8)
     params["evaluate"]["bootstrap"] = 100
+    params["unknown"]["knn_k"] = 3  # the training bank has only a few dozen features here
+    params["unknown"]["ood_crops"] = False  # 20 OOD photos instead of 92 images: the unknown stage stays quick
     params["runtime"]["num_workers"] = 0
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 

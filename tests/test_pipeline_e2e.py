@@ -41,8 +41,13 @@ def reproduced(project: tuple[Path, dict[str, str]]) -> tuple[Path, dict[str, st
 
 def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None:
     repo, env, out = reproduced
-    for stage in ("prepare", "featurize", "train", "test", "evaluate", "report"):
+    for stage in ("prepare", "featurize", "train", "test", "evaluate", "ood_data", "unknown", "report"):
         assert f"Running stage '{stage}'" in out
+    unknown = json.loads((repo / "metrics/unknown.json").read_text())
+    assert set(unknown["methods"]) >= {"original_rule", "max_softmax", "energy", "mahalanobis", "knn"}
+    assert unknown["n_ood_photos"] == 20 and unknown["temperature"] > 0
+    for m in unknown["methods"].values():
+        assert 0.0 <= m["auroc"] <= 1.0 and 0.0 <= m["ood_rejected"] <= 1.0
 
     data = json.loads((repo / "metrics/data.json").read_text())["data"]
     assert data == {"kept": 24, "skipped": 0, "train": 16, "val": 4, "test": 4}
@@ -228,6 +233,7 @@ def test_plots_render_offline(reproduced) -> None:
         "Precision-recall curves, one vs rest (test)",
         "Calibration curve (test)",
         "Training curves, loss",
+        "Risk-coverage, test + OOD (accepted OOD image = error)",
     ):
         assert rendered[plot_id][0]["type"] == "vega"
         # The Vega spec carries the data points, so the plot is not empty.
@@ -242,8 +248,9 @@ def test_plots_render_offline(reproduced) -> None:
 def test_predict_command_uses_the_trained_checkpoint(reproduced) -> None:
     repo, env, _ = reproduced
     image = next((repo / "data/prepared/images/cats").iterdir())
-    out = run([sys.executable, "-m", "src.predict", str(image)], repo, env, stdout_only=True)
-    path, label, prob = out.strip().splitlines()[-1].split("\t")[:3]
-    assert path == str(image)
-    assert label in [*CLASSES, "unknown"]
-    assert 0.0 < float(prob.split()[0]) <= 1.0
+    out = run([sys.executable, "-m", "src.predict", str(image), "--format", "csv"], repo, env, stdout_only=True)
+    row = next(csv.DictReader(out.strip().splitlines()))
+    assert row["path"] == str(image)
+    assert row["prediction"] in [*CLASSES, "unknown"]
+    assert 0.0 < float(row["probability"]) <= 1.0 and row["error"] == ""
+    assert float(row["unknown_score"]) >= 0.0  # knn by default: a distance

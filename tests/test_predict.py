@@ -1,55 +1,120 @@
+import csv
+import io
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from src.models import Classifier, build_backbone, save_checkpoint
-from src.predict import UNKNOWN, decide, main
+from src.predict import UNKNOWN, decide, expand_inputs, main
+from src.unknown import fit_inference_extras
 from tests.conftest import CLASSES, make_image
 
 
-def test_unknown_rule_at_the_threshold() -> None:
-    probs = np.array(
-        [
-            [0.6, 0.2, 0.1, 0.1],  # exactly at the threshold: known
-            [0.59, 0.21, 0.1, 0.1],  # every score below: unknown
-            [0.1, 0.1, 0.05, 0.75],
-        ]
+def test_decide_is_unknown_only_above_the_threshold() -> None:
+    probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7], [0.1, 0.1, 0.1, 0.7]])
+    scores = np.array([0.5, 0.5, 0.51])
+    assert decide(probs, scores, 0.5, CLASSES) == ["ants", "dogs", UNKNOWN]
+
+
+def test_inputs_expand_directories_recursively_and_globs(tmp_path: Path) -> None:
+    a = make_image(tmp_path / "d" / "a.jpg")
+    b = make_image(tmp_path / "d" / "sub" / "b.PNG")
+    (tmp_path / "d" / "notes.txt").write_text("not an image")
+    c = make_image(tmp_path / "c.jpg")
+    paths, errors = expand_inputs(
+        [str(tmp_path / "d"), str(tmp_path / "*.jpg"), str(a), str(tmp_path / "none" / "*.jpg"), "missing.jpg"]
     )
-    got = decide(probs, CLASSES, threshold=0.6)
-    assert [d.label for d in got] == ["ants", UNKNOWN, "dogs"]
-    assert got[1].top_class == "ants" and got[1].probability == pytest.approx(0.59)
+    assert paths == [str(a), str(b), str(c), "missing.jpg"]  # in order, no duplicates, .txt skipped
+    assert len(errors) == 1 and errors[0].path.endswith("*.jpg") and "no image files" in errors[0].error
 
 
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A random-weight model saved twice: as before detectors existed, and with fitted extras."""
+    tmp = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
     backbone = build_backbone("efficientnet_lite0", pretrained=False)
     model = Classifier(backbone.module, backbone.num_features, len(CLASSES), 0.0)
-    path = tmp_path / "model.pt"
-    save_checkpoint(
-        path, model, classes=CLASSES, backbone="efficientnet_lite0", preprocess=backbone.preprocess, params={}
-    )
-    return path
+    rng = np.random.default_rng(0)
+    train_x = rng.normal(0, 1, (64, 2, backbone.num_features)).astype(np.float32)
+    val_x = rng.normal(0, 1, (40, backbone.num_features)).astype(np.float32)
+    y_train, y_val = np.arange(64) % 4, np.arange(40) % 4
+    extras = fit_inference_extras(model.head, train_x, y_train, val_x, y_val, false_reject=0.02, knn_k=3, ece_bins=10)
+    out = {}
+    for name, extra in {"plain": {}, "fitted": extras}.items():
+        out[name] = tmp / f"{name}.pt"
+        save_checkpoint(
+            out[name],
+            model,
+            classes=CLASSES,
+            backbone="efficientnet_lite0",
+            preprocess=backbone.preprocess,
+            params={},
+            extra=extra,
+        )
+    return out
 
 
-def test_predict_cli_prints_class_or_unknown(checkpoint: Path, tmp_path: Path, repo: Path, capsys) -> None:
+def _args(checkpoint: Path, repo: Path, *rest: str) -> list[str]:
+    return [*rest, "--checkpoint", str(checkpoint), "--params", str(repo / "params.yaml")]
+
+
+def test_original_rule_threshold_makes_known_or_unknown(checkpoints, tmp_path: Path, repo: Path, capsys) -> None:
     image = make_image(tmp_path / "x.jpg", size=(120, 90))
-    args = [str(image), "--checkpoint", str(checkpoint), "--params", str(repo / "params.yaml")]
+    args = _args(checkpoints["plain"], repo, str(image), "--method", "max_softmax", "--format", "csv")
     assert main([*args, "--threshold", "0"]) == 0
-    path, label, prob = capsys.readouterr().out.strip().split("\t")
-    assert path == str(image) and label in CLASSES and 0.25 <= float(prob) <= 1
+    row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert row["path"] == str(image) and row["prediction"] in CLASSES and row["error"] == ""
+    probs = [float(row[f"prob_{c}"]) for c in CLASSES]
+    assert sum(probs) == pytest.approx(1.0, abs=1e-5) and float(row["probability"]) == pytest.approx(max(probs))
+    assert float(row["unknown_score"]) == pytest.approx(1 - max(probs), abs=1e-5)
     assert main([*args, "--threshold", "1"]) == 0
-    assert capsys.readouterr().out.strip().split("\t")[1] == UNKNOWN
+    assert next(csv.DictReader(io.StringIO(capsys.readouterr().out)))["prediction"] == UNKNOWN
 
 
-def test_predict_cli_reports_unreadable_files_and_goes_on(checkpoint: Path, tmp_path: Path, repo: Path, capsys) -> None:
+def test_threshold_option_is_only_for_the_original_rule(checkpoints, tmp_path: Path, repo: Path, capsys) -> None:
+    image = make_image(tmp_path / "x.jpg")
+    with pytest.raises(SystemExit):
+        main(_args(checkpoints["fitted"], repo, str(image), "--method", "knn", "--threshold", "0.5"))
+    assert "--threshold applies to --method max_softmax" in capsys.readouterr().err
+
+
+def test_old_checkpoint_with_a_feature_method_says_how_to_fix(checkpoints, tmp_path: Path, repo: Path) -> None:
+    image = make_image(tmp_path / "x.jpg")
+    with pytest.raises(ValueError, match="no fitted unknown detector 'knn'"):
+        main(_args(checkpoints["plain"], repo, str(image), "--method", "knn"))
+
+
+def test_json_output_uses_the_fitted_detector(checkpoints, tmp_path: Path, repo: Path, capsys) -> None:
+    images = [make_image(tmp_path / f"{i}.jpg", seed=i) for i in range(3)]
+    assert main(_args(checkpoints["fitted"], repo, str(tmp_path), "--method", "mahalanobis", "--format", "json")) == 0
+    doc = json.loads(capsys.readouterr().out)
+    stored = torch.load(checkpoints["fitted"], weights_only=True)["extra"]
+    assert doc["method"] == "mahalanobis" and doc["threshold"] == pytest.approx(
+        stored["unknown"]["mahalanobis"]["threshold"]
+    )
+    assert [r["path"] for r in doc["results"]] == [str(p) for p in images]
+    for r in doc["results"]:
+        assert (r["prediction"] == UNKNOWN) == (r["unknown_score"] > doc["threshold"])
+        assert set(r["probabilities"]) == set(CLASSES) and r["error"] is None
+
+
+def test_unreadable_files_are_reported_the_run_goes_on_and_exits_1(
+    checkpoints, tmp_path: Path, repo: Path, capsys
+) -> None:
     good = make_image(tmp_path / "good.jpg")
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
-    code = main([str(bad), str(good), "--checkpoint", str(checkpoint), "--params", str(repo / "params.yaml")])
+    code = main(_args(checkpoints["fitted"], repo, str(bad), str(good), "--annotate", str(tmp_path / "ann")))
     out, err = capsys.readouterr()
     assert code == 1
-    assert "good.jpg" in out and "bad.jpg" not in out
-    assert "bad.jpg\terror: cannot decode" in err
+    table = {line.split()[0]: line for line in out.strip().splitlines()[1:]}
+    assert "cannot decode" in table[str(bad)] and table[str(good)].split()[1] in [*CLASSES, UNKNOWN]
+    assert f"predict: {bad}: cannot decode" in err
+    (copy,) = (tmp_path / "ann").iterdir()  # only the readable image gets an annotated copy
+    assert copy.name.startswith("good.") and Image.open(copy).size == Image.open(good).size
+    assert not np.array_equal(np.asarray(Image.open(copy))[:10, :40], np.asarray(Image.open(good))[:10, :40])

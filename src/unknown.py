@@ -1,0 +1,204 @@
+"""Unknown-image scores from the backbone's features and the head's logits: a registry by name.
+
+Every score is "higher = more likely unknown". Each method is fitted from the TRAINING
+features (all augmented views) and stored in the checkpoint as plain tensors, so
+``weights_only`` loading works; its rejection threshold is set on the validation split
+for a target false-reject rate of known images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import logsumexp, softmax
+from sklearn.covariance import LedoitWolf
+
+from src.calibration import calibrated_probs, fit_temperature, nll
+from src.metrics import expected_calibration_error
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Method:
+    """``fit(train_x (N, D), train_y (N,), knn_k) -> state``; ``score(state, feats (N, D), logits, T) -> (N,)``."""
+
+    fit: Callable[[np.ndarray, np.ndarray, int], State]
+    score: Callable[[Mapping[str, torch.Tensor], np.ndarray, np.ndarray, float], np.ndarray]
+    doc: str
+
+
+def _no_state(x: np.ndarray, y: np.ndarray, k: int) -> State:
+    return {}
+
+
+def _max_softmax_score(state, feats, logits, temperature) -> np.ndarray:
+    # 1 - max calibrated probability: "max p < threshold" is "score > 1 - threshold".
+    return 1.0 - softmax(np.asarray(logits, np.float64) / temperature, axis=1).max(axis=1)
+
+
+def _energy_score(state, feats, logits, temperature) -> np.ndarray:
+    # Free energy -T logsumexp(logits / T) (Liu et al. 2020), at T = 1 as in the paper: a
+    # larger total logit mass means more familiar, which the max probability throws away.
+    return -logsumexp(np.asarray(logits, np.float64), axis=1)
+
+
+def _fit_mahalanobis(x: np.ndarray, y: np.ndarray, k: int) -> State:
+    means = np.stack([x[y == c].mean(axis=0) for c in range(int(y.max()) + 1)])
+    centred = x - means[y]
+    # Shared covariance (Lee et al. 2018) with Ledoit-Wolf shrinkage: D can be close to N,
+    # where the sample covariance is singular or badly conditioned.
+    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
+    return {
+        "means": torch.from_numpy(means.astype(np.float32)),
+        "precision": torch.from_numpy(precision.astype(np.float32)),
+    }
+
+
+def _mahalanobis_score(state, feats, logits, temperature) -> np.ndarray:
+    means = state["means"].double().numpy()
+    precision = state["precision"].double().numpy()
+    diff = np.asarray(feats, np.float64)[:, None, :] - means[None]  # (N, C, D)
+    d2 = np.einsum("ncd,de,nce->nc", diff, precision, diff)
+    return d2.min(axis=1)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _fit_knn(x: np.ndarray, y: np.ndarray, k: int) -> State:
+    if k > len(x):
+        raise ValueError(f"params: 'unknown.knn_k' is {k} but the training bank has only {len(x)} features")
+    # fp16 halves the checkpoint's size; cosine distances need no more precision than that.
+    return {"bank": torch.from_numpy(_normalise(x).astype(np.float16)), "k": torch.tensor(k)}
+
+
+def _knn_score(state, feats, logits, temperature) -> np.ndarray:
+    # Distance to the k-th nearest training feature on the unit sphere (Sun et al. 2022).
+    bank = state["bank"].float()
+    k = int(state["k"])
+    q = torch.from_numpy(_normalise(feats))
+    out = []
+    for chunk in q.split(1024):
+        d = 2.0 - 2.0 * chunk @ bank.T  # squared Euclidean distance between unit vectors
+        out.append(d.kthvalue(k, dim=1).values.clamp_min(0).sqrt())
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+METHODS: dict[str, Method] = {
+    "max_softmax": Method(_no_state, _max_softmax_score, "1 - max calibrated class probability (original rule)"),
+    "energy": Method(_no_state, _energy_score, "free energy -logsumexp(logits)"),
+    "mahalanobis": Method(_fit_mahalanobis, _mahalanobis_score, "min Mahalanobis distance to class means"),
+    "knn": Method(_fit_knn, _knn_score, "distance to the k-th nearest training feature (cosine)"),
+}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"params: 'unknown.method' is {name!r}; choose one of {', '.join(METHODS)}") from None
+
+
+def threshold_for_false_reject(known_scores: np.ndarray, false_reject: float) -> float:
+    """Score above which at most ``false_reject`` of ``known_scores`` lie (rejected = score > threshold)."""
+    if len(known_scores) == 0:
+        raise ValueError("threshold_for_false_reject: no known scores")
+    s = np.sort(np.asarray(known_scores, np.float64))
+    allowed = int(np.floor(false_reject * len(s)))  # known images we may reject
+    return float(s[len(s) - 1 - allowed])
+
+
+def head_logits(head: torch.nn.Module, feats: np.ndarray) -> np.ndarray:
+    """The head's logits on (N, D) features, fp32, dropout off."""
+    was = head.training
+    head.eval()
+    with torch.inference_mode():
+        logits = head(torch.as_tensor(np.asarray(feats, np.float32))).numpy()
+    head.train(was)
+    return logits.astype(np.float64)
+
+
+def fit_inference_extras(
+    head: torch.nn.Module,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    *,
+    false_reject: float,
+    knn_k: int,
+    ece_bins: int,
+) -> dict[str, Any]:
+    """Temperature (on val) and every unknown method (fitted on train, thresholded on val), checkpoint-ready.
+
+    ``train_x`` is (N, K, D) augmented views or (N, D); all views are used as samples.
+    """
+    train_x = np.asarray(train_x, np.float32)
+    train_y = np.asarray(train_y)
+    if train_x.ndim == 3:
+        views = train_x.shape[1]
+        train_x, train_y = train_x.reshape(-1, train_x.shape[-1]), np.repeat(train_y, views)
+    val_x, val_y = np.asarray(val_x, np.float32), np.asarray(val_y)
+    logits = head_logits(head, val_x)
+    missing = sorted(set(range(logits.shape[1])) - set(np.unique(train_y).tolist()))
+    if missing:
+        raise ValueError(f"unknown detectors: no training features for class index(es) {missing}")
+    temperature = fit_temperature(logits, val_y)
+    unknown: dict[str, Any] = {}
+    for name, method in METHODS.items():
+        state = method.fit(train_x, train_y, knn_k)
+        val_scores = method.score(state, val_x, logits, temperature)
+        unknown[name] = {"state": state, "threshold": threshold_for_false_reject(val_scores, false_reject)}
+    return {
+        "temperature": temperature,
+        "calibration": {
+            "val_nll_before": nll(logits, val_y),
+            "val_nll_after": nll(logits, val_y, temperature),
+            "val_ece_before": expected_calibration_error(val_y, calibrated_probs(logits, 1.0), ece_bins),
+            "val_ece_after": expected_calibration_error(val_y, calibrated_probs(logits, temperature), ece_bins),
+        },
+        "unknown": unknown,
+        "unknown_false_reject": false_reject,
+    }
+
+
+@dataclass(frozen=True)
+class Detector:
+    """One fitted method with its threshold: ``reject`` where ``score > threshold``."""
+
+    name: str
+    method: Method
+    state: Mapping[str, torch.Tensor]
+    threshold: float
+    temperature: float
+
+    def score(self, feats: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        return self.method.score(self.state, feats, logits, self.temperature)
+
+
+def detector_from_extra(extra: Mapping[str, Any], name: str, max_softmax_threshold: float | None) -> Detector:
+    """The detector ``name`` stored in a checkpoint's ``extra``.
+
+    ``max_softmax`` keeps the original rule: unknown when the (calibrated) max class
+    probability is below ``max_softmax_threshold`` (predict.threshold); with None it uses
+    its val threshold like the others. A checkpoint from before detectors were saved has
+    only the original rule, at temperature 1.
+    """
+    method = get_method(name)
+    temperature = float(extra.get("temperature", 1.0))
+    if name == "max_softmax" and max_softmax_threshold is not None:
+        return Detector(name, method, {}, 1.0 - max_softmax_threshold, temperature)
+    fitted = extra.get("unknown", {})
+    if name not in fitted:
+        raise ValueError(
+            f"the checkpoint has no fitted unknown detector {name!r} (it has: {', '.join(fitted) or 'none'}); "
+            "retrain it (dvc repro train) or choose unknown.method max_softmax"
+        )
+    return Detector(name, method, fitted[name]["state"], float(fitted[name]["threshold"]), temperature)

@@ -1,0 +1,130 @@
+"""Temperature scaling, the unknown-score registry, val thresholds, and their checkpoint round trip."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from src.calibration import calibrated_probs, fit_temperature, nll
+from src.models import Classifier, build_head, load_checkpoint, save_checkpoint
+from src.unknown import METHODS, detector_from_extra, fit_inference_extras, get_method, threshold_for_false_reject
+from src.unknown_eval import detection_metrics, risk_coverage
+
+D, C = 16, 4
+
+
+def _clusters(n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Four tight clusters around +-4 on the first axes; ``shift`` moves every point away from them."""
+    rng = np.random.default_rng(seed)
+    centres = np.zeros((C, D))
+    centres[np.arange(C), np.arange(C)] = 4.0
+    y = rng.integers(0, C, n)
+    x = centres[y] + rng.normal(0, 0.5, (n, D))
+    x[:, C:] += shift
+    return x.astype(np.float32), y
+
+
+def _head() -> torch.nn.Module:
+    head = build_head(D, C, 0.0)
+    with torch.no_grad():  # logits = 2 * x[:, :C]: a head that separates the clusters
+        head[1].weight.zero_()
+        head[1].weight[:, :C] = 2 * torch.eye(C)
+        head[1].bias.zero_()
+    return head
+
+
+def test_fit_temperature_recovers_the_temperature_that_generated_the_labels() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (4000, C))
+    labels = np.array([rng.choice(C, p=p) for p in calibrated_probs(logits, 2.0)])
+    t = fit_temperature(logits, labels)
+    assert t == pytest.approx(2.0, rel=0.1)
+    assert nll(logits, labels, t) < nll(logits, labels, 1.0)
+
+
+def test_threshold_rejects_at_most_the_target_fraction_of_known_scores() -> None:
+    scores = np.arange(100, dtype=float)  # 0..99
+    t = threshold_for_false_reject(scores, 0.02)
+    assert t == 97.0 and np.mean(scores > t) == 0.02
+    assert threshold_for_false_reject(scores, 0.0) == 99.0  # reject nothing known
+    assert np.mean(scores > threshold_for_false_reject(scores, 0.055)) <= 0.055
+
+
+def test_unknown_method_name_lists_the_registry() -> None:
+    with pytest.raises(ValueError, match=r"'unknown.method' is 'mahalonobis'; choose one of max_softmax, energy"):
+        get_method("mahalonobis")
+
+
+@pytest.mark.parametrize("name", ["energy", "mahalanobis", "knn"])
+def test_feature_methods_score_far_points_higher(name: str) -> None:
+    train_x, train_y = _clusters(400, 0)
+    val_x, val_y = _clusters(200, 1)
+    extra = fit_inference_extras(_head(), train_x, train_y, val_x, val_y, false_reject=0.02, knn_k=5, ece_bins=10)
+    det = detector_from_extra(extra, name, None)
+    known_x, _ = _clusters(200, 2)
+    # Energy only sees the logits, so its outliers must have small logits; the others see every axis.
+    far_x = known_x * 0.1 if name == "energy" else _clusters(200, 3, shift=3.0)[0]
+    head = _head().eval()
+    with torch.no_grad():
+        known = det.score(known_x, head(torch.from_numpy(known_x)).numpy())
+        far = det.score(far_x, head(torch.from_numpy(far_x)).numpy())
+    m = detection_metrics(known, far, det.threshold, np.ones(len(far), bool))
+    assert m["auroc"] > 0.99 and m["ood_rejected"] > 0.95 and m["known_rejected"] <= 0.06
+
+
+def test_extras_survive_a_weights_only_checkpoint_round_trip(tmp_path: Path) -> None:
+    train_x, train_y = _clusters(100, 0)
+    views = np.stack([train_x, train_x + 0.01], axis=1)  # (N, K, D) as featurize writes them
+    val_x, val_y = _clusters(60, 1)
+    extra = fit_inference_extras(_head(), views, train_y, val_x, val_y, false_reject=0.05, knn_k=3, ece_bins=10)
+    assert set(extra["unknown"]) == set(METHODS)
+    assert extra["unknown"]["knn"]["state"]["bank"].shape == (200, D)  # every view is in the bank
+    model = Classifier(torch.nn.Identity(), D, C, 0.0)
+    model.head = _head()
+    path = tmp_path / "m.pt"
+    # Identity backbone is not a registered one: patch the loader's factory for this test.
+    from src import models
+
+    models.BACKBONES["identity_test"] = lambda pretrained: models.Backbone(torch.nn.Identity(), D, None)
+    try:
+        pre = models.Preprocess(8, 8, (0.5,) * 3, (0.5,) * 3, "bilinear")
+        save_checkpoint(
+            path, model, classes=list("abcd"), backbone="identity_test", preprocess=pre, params={}, extra=extra
+        )
+        loaded = load_checkpoint(path)
+    finally:
+        del models.BACKBONES["identity_test"]
+    assert loaded.extra["temperature"] == pytest.approx(extra["temperature"])
+    for name in METHODS:
+        before = detector_from_extra(extra, name, None)
+        after = detector_from_extra(loaded.extra, name, None)
+        logits = _head()(torch.from_numpy(val_x)).detach().numpy()
+        np.testing.assert_allclose(after.score(val_x, logits), before.score(val_x, logits), rtol=1e-5)
+        assert after.threshold == before.threshold
+
+
+def test_max_softmax_keeps_the_original_rule_and_old_checkpoints_have_only_it() -> None:
+    det = detector_from_extra({}, "max_softmax", 0.6)  # a checkpoint saved before detectors existed
+    assert det.temperature == 1.0
+    logits = np.log(np.array([[0.61, 0.19, 0.1, 0.1], [0.59, 0.21, 0.1, 0.1]]))
+    assert list(det.score(np.zeros((2, D)), logits) > det.threshold) == [False, True]
+    with pytest.raises(ValueError, match=r"no fitted unknown detector 'knn'.*dvc repro train"):
+        detector_from_extra({}, "knn", 0.6)
+
+
+def test_risk_coverage_accepts_low_scores_first() -> None:
+    scores = np.array([0.1, 0.2, 0.3, 0.4])
+    errors = np.array([False, False, True, True])
+    cov, risk = risk_coverage(scores, errors)
+    assert cov[-1] == 1.0 and risk[-1] == 0.5
+    assert risk[np.searchsorted(cov, 0.5)] == 0.0  # the two lowest scores are both right
+    assert np.all(np.diff(cov) >= 0)
+
+
+def test_fitting_refuses_a_class_without_training_features() -> None:
+    x, y = _clusters(100, 0)
+    val_x, val_y = _clusters(40, 1)
+    keep = y != 3  # the last class: not visible from the labels' range alone
+    with pytest.raises(ValueError, match=r"no training features for class index\(es\) \[3\]"):
+        fit_inference_extras(_head(), x[keep], y[keep], val_x, val_y, false_reject=0.02, knn_k=3, ece_bins=10)
