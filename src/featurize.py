@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from src.cli import run
-from src.data import ImageDataset, read_manifest
+from src.data import ImageDataset, Sample, read_manifest
 from src.engine import extract_features, make_loader, prepare_model, weights_fingerprint
 from src.fileio import atomic_dir
 from src.models import build_backbone
+from src.ood_data import read_ood_manifest
 from src.params import load_params
 from src.runtime import resolve_runtime, seed_everything
 from src.transforms import eval_transform, train_transform
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--data", type=Path, required=True, help="prepared dataset (manifests)")
+    parser.add_argument("--ood", type=Path, required=True, help="OOD set (src.ood_data), for the unknown stage")
     parser.add_argument("--out", type=Path, required=True, help="feature cache directory")
     args = parser.parse_args(argv)
     params = load_params(args.params)
@@ -42,14 +44,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     backbone = build_backbone(params.model.backbone, pretrained=True)
     module = prepare_model(backbone.module, runtime)
+    manifests = {split: read_manifest(args.data / f"{split}.csv", params.classes) for split in ("train", "val", "test")}
+    manifests["ood"] = [Sample(p, None) for p in read_ood_manifest(args.ood / "manifest.csv")[0]]
     jobs = {
         "train": (train_transform(backbone.preprocess, params.augment), params.featurize.views),
         "val": (eval_transform(backbone.preprocess), 1),
         "test": (eval_transform(backbone.preprocess), 1),
+        "ood": (eval_transform(backbone.preprocess), 1),
     }
     with atomic_dir(args.out) as tmp:
         for split, (transform, views) in jobs.items():
-            _featurize_split(tmp, split, transform, views, module, params, runtime, args.data)
+            _featurize_split(tmp, split, manifests[split], transform, views, module, params, runtime)
         meta = {
             "backbone": params.model.backbone,
             "backbone_sha256": weights_fingerprint(backbone.module),
@@ -63,9 +68,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _featurize_split(out: Path, split: str, transform, views: int, module, params, runtime, data: Path) -> None:
-    """Features of one split -> ``out/<split>.npz`` (features, labels, paths)."""
-    samples = read_manifest(data / f"{split}.csv", params.classes)
+def _featurize_split(out: Path, split: str, samples: list[Sample], transform, views: int, module, params, runtime):
+    """Features of one split -> ``out/<split>.npz`` (features, labels (-1: none), paths)."""
     dataset = ImageDataset(samples, params.classes, transform, views=views, seed=params.seed)
     # Keep a batch near featurize.batch_size images whatever the number of views.
     batch = max(1, params.featurize.batch_size // views)

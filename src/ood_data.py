@@ -161,5 +161,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"ood_data: {len(rows)} images from {len(PHOTOS)} distinct photos -> {args.out}")
 
 
+def read_ood_manifest(path: Path) -> tuple[list[str], list[str], list[str]]:
+    """(paths, source photo per image, region per image) of the OOD set."""
+    if not path.is_file():
+        raise FileNotFoundError(f"OOD manifest not found: {path} (run: dvc repro ood_data)")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"path", "photo", "region"} <= set(rows[0]):
+        raise ValueError(f"{path}: expected columns path,photo,package,region and at least one row")
+    for line, r in enumerate(rows, start=2):
+        if not Path(r["path"]).is_file():
+            raise ValueError(f"{path}:{line}: image {r['path']!r} does not exist")
+    return [r["path"] for r in rows], [r["photo"] for r in rows], [r["region"] for r in rows]
+
+
 if __name__ == "__main__":
     run(main, "ood_data")

@@ -1,7 +1,7 @@
 """Stage `unknown`: how well each unknown detector separates known test images from OOD photos.
 
     python -m src.unknown_eval --model models/model.pt --data data/prepared --ood data/ood \
-        --metrics metrics/unknown.json --plots plots/unknown
+        --features data/features --metrics metrics/unknown.json --plots plots/unknown
 
 Every method stored in the checkpoint is scored at the threshold fitted on validation
 (for the target false-reject rate), plus the original rule (max probability below
@@ -14,7 +14,6 @@ over test + OOD (an accepted OOD image counts as an error).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,31 +24,17 @@ from sklearn.metrics import roc_auc_score
 from src import figures
 from src.calibration import calibrated_probs
 from src.cli import run
-from src.data import ImageDataset, Sample, read_manifest
-from src.engine import extract_features, make_loader, prepare_model
+from src.data import Sample, read_manifest
+from src.feature_cache import features_for
 from src.fileio import atomic_dir, atomic_write_text
 from src.metrics import expected_calibration_error
 from src.models import load_checkpoint
+from src.ood_data import read_ood_manifest
 from src.params import load_params
 from src.runtime import resolve_runtime
-from src.transforms import eval_transform
 from src.unknown import METHODS, detector_from_extra, head_logits
 
 CURVE_POINTS = 101  # risk-coverage curves are resampled to this many coverages
-
-
-def read_ood_manifest(path: Path) -> tuple[list[str], list[str], list[str]]:
-    """(paths, source photo per image, region per image) of the OOD set."""
-    if not path.is_file():
-        raise FileNotFoundError(f"OOD manifest not found: {path} (run: dvc repro ood_data)")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"path", "photo", "region"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected columns path,photo,package,region and at least one row")
-    for line, r in enumerate(rows, start=2):
-        if not Path(r["path"]).is_file():
-            raise ValueError(f"{path}:{line}: image {r['path']!r} does not exist")
-    return [r["path"] for r in rows], [r["photo"] for r in rows], [r["region"] for r in rows]
 
 
 def detection_metrics(
@@ -82,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="prepared dataset (test manifest)")
     parser.add_argument("--ood", type=Path, required=True, help="OOD set written by src.ood_data")
+    parser.add_argument("--features", type=Path, required=True, help="featurize's cache (used when it matches)")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--plots", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -93,13 +79,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     test = read_manifest(args.data / "test.csv", params.classes)
     ood_paths, ood_photos, ood_regions = read_ood_manifest(args.ood / "manifest.csv")
 
-    prepare_model(loaded.model, runtime)
-    transform = eval_transform(loaded.preprocess)
-    feats = {}
-    for name, samples in {"test": test, "ood": [Sample(p, None) for p in ood_paths]}.items():
-        dataset = ImageDataset(samples, loaded.classes, transform)
-        loader = make_loader(dataset, params.predict.batch_size, runtime)
-        feats[name], _ = extract_features(loaded.model.backbone, loader, runtime, desc=name)
+    feats = {
+        name: features_for(loaded, name, samples, args.features, runtime, params.predict.batch_size)
+        for name, samples in {"test": test, "ood": [Sample(p, None) for p in ood_paths]}.items()
+    }
     logits = {k: head_logits(loaded.model.head, v) for k, v in feats.items()}
     labels = np.array([loaded.classes.index(s.label) for s in test])
     wrong = logits["test"].argmax(1) != labels

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from src import evaluate, featurize, prepare, report, test, train
+from src import evaluate, featurize, ood_data, prepare, report, test, train, unknown_eval
 from src.cli import run
 from src.data import ImageError, load_rgb
 
@@ -117,13 +117,18 @@ def test_an_image_just_under_the_limit_decodes(tmp_path: Path) -> None:
 
 STAGES = {
     "prepare": (prepare.main, ["--out", "o", "--report", "r.json"]),
-    "featurize": (featurize.main, ["--data", "d", "--out", "o"]),
+    "ood_data": (ood_data.main, ["--out", "o"]),
+    "featurize": (featurize.main, ["--data", "d", "--ood", "q", "--out", "o"]),
     "train": (
         train.main,
         ["--features", "f", "--data", "d", "--model", "m", "--logdir", "l", "--metrics", "x", "--history", "h"],
     ),
     "test": (test.main, ["--model", "m", "--data", "d", "--features", "f", "--out", "o"]),
     "evaluate": (evaluate.main, ["--predictions", "p", "--metrics", "m", "--plots", "o"]),
+    "unknown": (
+        unknown_eval.main,
+        ["--model", "m", "--data", "d", "--ood", "q", "--features", "f", "--metrics", "x", "--plots", "p"],
+    ),
     "report": (report.main, ["--metrics", "m", "--plots", "p", "--out", "o"]),
 }
 BAD = [

@@ -73,8 +73,8 @@ def _run(project: dict[str, Path], features: Path, out: str, capsys) -> tuple[np
 def test_cached_features_give_the_full_models_probabilities(project, capsys) -> None:
     cached, log_cached = _run(project, project["features"], "a.csv", capsys)
     full, log_full = _run(project, project["root"] / "missing", "b.csv", capsys)
-    assert "(cached features)" in log_cached
-    assert "running the full model on the images" in log_full and "no cached test features" in log_full
+    assert "test: 8 images, cached features" in log_cached
+    assert "running the backbone on the images" in log_full and "no cached test features" in log_full
     np.testing.assert_allclose(cached, full, atol=1e-5)
 
 
@@ -85,7 +85,7 @@ def test_features_of_other_weights_are_not_used(project, capsys) -> None:
     meta["backbone_sha256"] = "0" * 64
     meta_path.write_text(json.dumps(meta))
     _, log = _run(project, project["features"], "c.csv", capsys)
-    assert "backbone_sha256 differs" in log and "running the full model" in log
+    assert "backbone_sha256 differs" in log and "running the backbone" in log
 
 
 def test_weights_fingerprint_sees_one_changed_value() -> None:

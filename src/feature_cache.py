@@ -1,0 +1,69 @@
+"""Use featurize's cached features for a checkpoint only when they are provably its own.
+
+The test and unknown stages need backbone features of the test and OOD images. With a
+frozen backbone, `featurize` has already computed them; recomputing would cost most of
+a head-only experiment. They are used only if the cache was made by the very same
+backbone weights (a sha256 of its state dict), preprocessing, precision and images;
+anything else (a fine-tuned backbone, another checkpoint) runs the backbone instead,
+through the same loader and forward path as the predict command.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from src.data import ImageDataset, Sample
+from src.engine import extract_features, make_loader, prepare_model, weights_fingerprint
+from src.models import LoadedModel
+from src.runtime import Runtime
+from src.transforms import eval_transform
+
+
+def cached_features(
+    features: Path, split: str, loaded: LoadedModel, paths: Sequence[str], runtime: Runtime
+) -> tuple[np.ndarray | None, str]:
+    """``features/<split>.npz`` if it is this checkpoint's own for exactly ``paths``, else None and why."""
+    meta_path, npz_path = features / "meta.json", features / f"{split}.npz"
+    if not (meta_path.is_file() and npz_path.is_file()):
+        return None, f"no cached {split} features in {features}"
+    meta = json.loads(meta_path.read_text())
+    expected = {
+        "backbone": loaded.backbone,
+        "backbone_sha256": weights_fingerprint(loaded.model.backbone),
+        "preprocess": loaded.preprocess.to_dict(),
+        "precision": runtime.precision,
+        "classes": loaded.classes,
+    }
+    for key, value in expected.items():
+        if meta.get(key) != value:
+            return None, f"{meta_path}: {key} differs from the checkpoint's (fine-tuned or other backbone)"
+    with np.load(npz_path) as npz:
+        feats, cached_paths = npz["features"], [str(p) for p in npz["paths"]]
+    if cached_paths != list(paths):
+        return None, f"{npz_path}: images differ from the ones asked for"
+    return feats, "cached features"
+
+
+def features_for(
+    loaded: LoadedModel,
+    split: str,
+    samples: Sequence[Sample],
+    features: Path,
+    runtime: Runtime,
+    batch_size: int,
+    log=print,
+) -> np.ndarray:
+    """Pooled backbone features (N, D) of ``samples``: from the cache when valid, else computed."""
+    feats, why = cached_features(features, split, loaded, [s.path for s in samples], runtime)
+    if feats is not None:
+        log(f"{split}: {len(samples)} images, cached features")
+        return feats
+    log(f"{split}: {why}; running the backbone on the images")
+    backbone = prepare_model(loaded.model.backbone, runtime)
+    dataset = ImageDataset(samples, loaded.classes, eval_transform(loaded.preprocess))
+    feats, _ = extract_features(backbone, make_loader(dataset, batch_size, runtime), runtime, split)
+    return feats
