@@ -26,6 +26,7 @@ PLOTS = [
     ("Calibration", "test/calibration.png"),
     ("Training curves", "train_history.png"),
     ("Most confident mistakes", "test/worst_mistakes.png"),
+    ("Risk-coverage, test + OOD", "unknown/risk_coverage.png"),
 ]
 
 
@@ -33,7 +34,9 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
-def render(data: dict, train: dict, test: dict, params: Params, plot_links: Sequence[tuple[str, str]]) -> str:
+def render(
+    data: dict, train: dict, test: dict, params: Params, plot_links: Sequence[tuple[str, str]], unknown: dict
+) -> str:
     """The report as Markdown text; pure, so tests can check it without files."""
     t = test["test"]
     ci_key = next(k for k in t if k.startswith("ci"))
@@ -80,6 +83,24 @@ def render(data: dict, train: dict, test: dict, params: Params, plot_links: Sequ
         f"{d['kept']} images kept, {d['skipped']} skipped; "
         f"split train {d['train']} / val {d['val']} / test {d['test']}.",
         "",
+        "## Unknown detection",
+        "",
+        f"{unknown['n_known_test']} known test images against {unknown['n_ood_images']} out-of-distribution images "
+        f"({unknown['n_ood_photos']} distinct photos); thresholds fitted on val for "
+        f"{unknown['target_false_reject']:.0%} false rejects, except the original rule (`predict.threshold`). "
+        f"Temperature {unknown['temperature']:.3f}: test ECE {_fmt(unknown['ece_test_before'])} before, "
+        f"{_fmt(unknown['ece_test_after'])} after. `unknown.method` (`{params.unknown.method}`) is what predict uses.",
+        "",
+        "| method | AUROC | OOD rejected | OOD photos rejected | known test rejected |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in unknown["methods"].items():
+        lines.append(
+            f"| {name} | {_fmt(m['auroc'])} | {m['ood_rejected']:.1%} | {m['ood_photos_rejected']:.1%} "
+            f"| {m['known_rejected']:.1%} |"
+        )
+    lines += [
+        "",
         "## Plots",
         "",
     ]
@@ -97,7 +118,7 @@ def _read(path: Path) -> dict:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--metrics", type=Path, required=True, help="directory with data/train/test.json")
+    parser.add_argument("--metrics", type=Path, required=True, help="directory with data/train/test/unknown.json")
     parser.add_argument("--plots", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -113,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _read(args.metrics / "test.json"),
         params,
         links,
+        _read(args.metrics / "unknown.json"),
     )
     atomic_write_text(args.out, text)
     print(f"report: {args.out}")

@@ -37,14 +37,29 @@ TEST = {
 }
 TRAIN = {"best_epoch": 3, "val": {"loss": 0.1, "accuracy": 0.9, "f1_macro": 0.88}}
 DATA = {"data": {"kept": 10, "skipped": 1, "train": 6, "val": 2, "test": 2}}
+UNKNOWN = {
+    "n_known_test": 4,
+    "n_ood_images": 5,
+    "n_ood_photos": 2,
+    "target_false_reject": 0.02,
+    "temperature": 0.9,
+    "ece_test_before": 0.05,
+    "ece_test_after": 0.04,
+    "methods": {
+        "knn": {"auroc": 0.99, "ood_rejected": 0.8, "ood_photos_rejected": 1.0, "known_rejected": 0.0},
+    },
+}
 
 
 def test_report_has_metrics_with_intervals_data_and_plots(repo: Path) -> None:
-    text = render(DATA, TRAIN, TEST, load_params(repo / "params.yaml"), [("ROC curves", "../plots/test/roc.png")])
+    links = [("ROC curves", "../plots/test/roc.png")]
+    text = render(DATA, TRAIN, TEST, load_params(repo / "params.yaml"), links, UNKNOWN)
     assert "| metric | value | 95% CI (bootstrap) |" in text
     assert "| macro F1 | 0.7333 | [0.4000, 1.0000] |" in text
     assert "| log loss | 0.4940 | [0.2000, 0.8000] |" in text
     assert "| bees | 0.6667 | 1.0000 | 0.8000 | 2 | n/a | n/a |" in text
     assert "10 images kept, 1 skipped; split train 6 / val 2 / test 2." in text
     assert "best epoch 3" in text
+    assert "| knn | 0.9900 | 80.0% | 100.0% | 0.0% |" in text
+    assert "Temperature 0.900: test ECE 0.0500 before, 0.0400 after" in text
     assert "![ROC curves](../plots/test/roc.png)" in text
