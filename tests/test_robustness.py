@@ -120,7 +120,8 @@ STAGES = {
     "featurize": (featurize.main, ["--data", "d", "--out", "o"]),
     "train": (
         train.main,
-        ["--features", "f", "--data", "d", "--model", "m", "--logdir", "l", "--metrics", "x", "--history", "h"],
+        ["--features", "f", "--data", "d", "--model", "m", "--last", "k", "--logdir", "l", "--metrics", "x"]
+        + ["--history", "h"],
     ),
     "test": (test.main, ["--model", "m", "--data", "d", "--out", "o"]),
     "evaluate": (evaluate.main, ["--predictions", "p", "--metrics", "m", "--plots", "o"]),
