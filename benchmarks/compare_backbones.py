@@ -33,13 +33,13 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.data import ImageDataset, read_manifest  # noqa: E402
-from src.metrics import f1_macro, log_loss  # noqa: E402
-from src.models import Classifier, build_backbone, build_head, set_trainable_blocks  # noqa: E402
-from src.params import load_params  # noqa: E402
-from src.runtime import resolve_runtime, seed_everything  # noqa: E402
-from src.train import evaluate, fit, prefix_activations  # noqa: E402
-from src.transforms import eval_transform, train_transform  # noqa: E402
+from src.data import ImageDataset, read_manifest
+from src.metrics import f1_macro, log_loss
+from src.models import Classifier, build_backbone, build_head, set_trainable_blocks
+from src.params import load_params
+from src.runtime import resolve_runtime, seed_everything
+from src.train import evaluate, fit, prefix_activations
+from src.transforms import eval_transform, train_transform
 
 PROBE_C = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
@@ -75,7 +75,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--data", type=Path, default=Path("data/prepared"))
-    parser.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+    offline = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    parser.add_argument("--backbones", nargs="+", default=offline)
     parser.add_argument("--blocks", type=int, default=2, help="trainable_blocks of the fine-tuned mode")
     parser.add_argument("--out", type=Path, help="JSON results")
     args = parser.parse_args()
