@@ -78,6 +78,7 @@ def main() -> None:
     offline = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
     parser.add_argument("--backbones", nargs="+", default=offline)
     parser.add_argument("--blocks", type=int, default=2, help="trainable_blocks of the fine-tuned mode")
+    parser.add_argument("--views", type=int, help="training views per image (default: featurize.views)")
     parser.add_argument("--out", type=Path, help="JSON results")
     args = parser.parse_args()
     params = load_params(args.params)
@@ -92,7 +93,7 @@ def main() -> None:
         set_trainable_blocks(backbone, args.blocks)
         prefix, suffix = backbone.split(args.blocks)
         pre = backbone.preprocess
-        views = params.featurize.views
+        views = args.views or params.featurize.views
         jobs = {
             "train_views": ("train", train_transform(pre, params.augment), views),
             "train": ("train", eval_transform(pre), 1),
@@ -106,7 +107,7 @@ def main() -> None:
             acts[key] = prefix_activations(prefix, loader, runtime)
         prefix_s = time.perf_counter() - start
         feats = {key: (_apply(suffix, x), y) for key, (x, y) in acts.items()}
-        row = {"backbone": name, "input_size": pre.input_size, "prefix_seconds": round(prefix_s, 1)}
+        row = {"backbone": name, "input_size": pre.input_size, "views": views, "prefix_seconds": round(prefix_s, 1)}
 
         t = time.perf_counter()
         row["linear_probe"] = linear_probe(feats["train"], feats["val"], feats["test"])
