@@ -68,7 +68,6 @@ def test_pretrained_efficientnet_lite0_sees_an_ant(shared_photos: Path) -> None:
         ("efficientnet_lite2", 1280, 260),
         ("resnet18", 512, 224),
         ("resnet50", 2048, 224),
-        ("resnet101", 2048, 224),
         ("vgg16", 4096, 224),
         ("mobilenet_v3_large", 1280, 224),
         ("efficientnet_b0", 1280, 224),
@@ -135,7 +134,6 @@ def test_offline_torchvision_backbone_fails_clearly(torch_home: Path, monkeypatc
     ("name", "enum"),
     [
         ("resnet18", "ResNet18_Weights"),
-        ("resnet101", "ResNet101_Weights"),
         ("mobilenet_v3_large", "MobileNet_V3_Large_Weights"),
         ("efficientnet_b0", "EfficientNet_B0_Weights"),
     ],
