@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", default=offline)
     parser.add_argument("--blocks", type=int, default=2, help="trainable_blocks of the fine-tuned mode")
     parser.add_argument("--views", type=int, help="training views per image (default: featurize.views)")
+    parser.add_argument("--no-finetune", action="store_true", help="probe and frozen head only (fast)")
     parser.add_argument("--out", type=Path, help="JSON results")
     args = parser.parse_args()
     params = load_params(args.params)
@@ -126,6 +127,10 @@ def main() -> None:
             "seconds": round(time.perf_counter() - t, 1),
         }
 
+        if args.no_finetune:
+            results.append(row)
+            print(json.dumps(row), flush=True)
+            continue
         tuned_params = dataclasses.replace(params.train, trainable_blocks=args.blocks)
         seed_everything(params.seed)
         t = time.perf_counter()
@@ -145,7 +150,7 @@ def main() -> None:
             args.out.write_text(json.dumps(results, indent=2) + "\n")
         del acts, feats
 
-    modes = ["linear_probe", "frozen", f"blocks{args.blocks}"]
+    modes = ["linear_probe", "frozen"] + ([] if args.no_finetune else [f"blocks{args.blocks}"])
     print("\n| backbone | mode | val F1 | val log loss | test F1 | test log loss |")
     print("|---|---|---|---|---|---|")
     for row in results:

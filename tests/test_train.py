@@ -189,3 +189,20 @@ def test_fine_tuning_keeps_batchnorm_statistics_and_trains_bn_affine() -> None:
     assert not model.backbone[-1].training  # backbone stays in eval mode after training
     assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])
     assert not torch.equal(bn.weight.detach(), weight)
+
+
+def test_resume_refuses_a_last_checkpoint_made_with_other_params(tmp_path, repo) -> None:
+    from src.params import load_params
+    from src.train import _resume_state
+
+    params = load_params(repo / "params.yaml")
+    path = tmp_path / "last.pt"
+    resuming = dataclasses.replace(params, train=dataclasses.replace(params.train, resume=True))
+    assert _resume_state(path, resuming) is None  # nothing to resume: start from epoch 1
+    other = dataclasses.replace(params, train=dataclasses.replace(params.train, lr=params.train.lr * 2))
+    torch.save({"format": 1, "params": other.to_dict(), "state": {"epoch": 3}}, path)
+    with pytest.raises(ValueError, match="made with other params; resuming needs the same ones"):
+        _resume_state(path, resuming)
+    torch.save({"format": 1, "params": params.to_dict(), "state": {"epoch": 3}}, path)  # resume: false there
+    assert _resume_state(path, resuming) == {"epoch": 3}
+    assert _resume_state(path, params) is None  # train.resume: false starts over
