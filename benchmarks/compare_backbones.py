@@ -127,23 +127,20 @@ def main() -> None:
             "seconds": round(time.perf_counter() - t, 1),
         }
 
-        if args.no_finetune:
-            results.append(row)
-            print(json.dumps(row), flush=True)
-            continue
-        tuned_params = dataclasses.replace(params.train, trainable_blocks=args.blocks)
-        seed_everything(params.seed)
-        t = time.perf_counter()
-        module = Classifier(copy.deepcopy(suffix), backbone.num_features, k, params.model.dropout)
-        module.backbone.requires_grad_(True)
-        res = fit(module, acts["train_views"], acts["val"], tuned_params, params.seed, num_classes=k)
-        _, test_probs = evaluate(res.head, *acts["test"])
-        row[f"blocks{args.blocks}"] = {
-            "best_epoch": res.best_epoch,
-            "val": _scores(acts["val"][1], res.val_probs),
-            "test": _scores(acts["test"][1], test_probs),
-            "seconds": round(time.perf_counter() - t, 1),
-        }
+        if not args.no_finetune:
+            tuned_params = dataclasses.replace(params.train, trainable_blocks=args.blocks)
+            seed_everything(params.seed)
+            t = time.perf_counter()
+            module = Classifier(copy.deepcopy(suffix), backbone.num_features, k, params.model.dropout)
+            module.backbone.requires_grad_(True)
+            res = fit(module, acts["train_views"], acts["val"], tuned_params, params.seed, num_classes=k)
+            _, test_probs = evaluate(res.head, *acts["test"])
+            row[f"blocks{args.blocks}"] = {
+                "best_epoch": res.best_epoch,
+                "val": _scores(acts["val"][1], res.val_probs),
+                "test": _scores(acts["test"][1], test_probs),
+                "seconds": round(time.perf_counter() - t, 1),
+            }
         results.append(row)
         print(json.dumps(row), flush=True)
         if args.out:
