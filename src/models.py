@@ -50,11 +50,40 @@ class Preprocess:
 
 @dataclass
 class Backbone:
-    """A feature extractor: images (N,3,H,W) -> pooled features (N, num_features)."""
+    """A feature extractor: images (N,3,H,W) -> pooled features (N, num_features).
+
+    ``blocks`` are the module's stages in forward order, the last one ending in the pooled
+    features: ``nn.Sequential(*blocks)`` computes the same as ``module``. Fine-tuning
+    unfreezes the last N of them and can cache the output of the frozen rest.
+    """
 
     module: nn.Module
     num_features: int
     preprocess: Preprocess
+    blocks: tuple[nn.Module, ...] = ()
+
+    def split(self, trainable_blocks: int) -> tuple[nn.Sequential, nn.Sequential]:
+        """(frozen prefix, trainable suffix) sharing this backbone's modules; suffix = last N blocks."""
+        n = trainable_blocks
+        if not 0 <= n <= len(self.blocks):
+            raise ValueError(
+                f"train.trainable_blocks: {n} is out of range; this backbone has {len(self.blocks)} blocks"
+            )
+        cut = len(self.blocks) - n
+        return nn.Sequential(*self.blocks[:cut]), nn.Sequential(*self.blocks[cut:])
+
+
+def set_trainable_blocks(backbone: Backbone, trainable_blocks: int) -> None:
+    """Freeze the backbone except its last ``trainable_blocks`` blocks.
+
+    BatchNorm everywhere, the unfrozen blocks too, keeps its ImageNet running statistics
+    (the backbone always runs in eval mode, see ``Classifier.train``): batches of a few
+    dozen images would give noisy statistics, and a frozen prefix's cached activations
+    stay valid. The BN affine weight and bias of unfrozen blocks do train.
+    """
+    _, suffix = backbone.split(trainable_blocks)
+    backbone.module.requires_grad_(False)
+    suffix.requires_grad_(True)
 
 
 BackboneFactory = Callable[[bool], Backbone]
@@ -160,12 +189,19 @@ def _efficientnet_lite(variant: int) -> BackboneFactory:
             model.load_state_dict(convert_lukemelas_state_dict(state, model), strict=True)
         num_features = model.num_features
         model.reset_classifier(0)  # pooled features out, ImageNet head dropped
-        return Backbone(model, num_features, _preprocess_from_timm(model))
+        # timm's forward_features + forward_head (its dropout is inert: the backbone runs in eval mode).
+        blocks = (
+            nn.Sequential(model.conv_stem, model.bn1),
+            *model.blocks,
+            nn.Sequential(model.conv_head, model.bn2, model.global_pool),
+        )
+        return Backbone(model, num_features, _preprocess_from_timm(model), blocks)
 
     return factory
 
 
-register_backbone("efficientnet_lite0")(_efficientnet_lite(0))
+for _variant in (0, 1, 2):
+    register_backbone(f"efficientnet_lite{_variant}")(_efficientnet_lite(_variant))
 
 
 # --- torchvision backbones (weights downloaded online, cached by torch) -------------------------
@@ -183,7 +219,7 @@ def _torchvision_weights_state(name: str, weights: Any) -> dict[str, torch.Tenso
         raise BackboneUnavailableError(
             f"backbone {name}: cannot download its ImageNet weights ({weights.url}): {err}. "
             f"Offline, put the file in torch's cache ({cached}) or use the offline backbone "
-            f"'efficientnet_lite0' (dvc exp run -S model.backbone=efficientnet_lite0)"
+            f"'efficientnet_lite0/1/2' (dvc exp run -S model.backbone=efficientnet_lite0)"
         ) from None
 
 
@@ -198,8 +234,36 @@ def _preprocess_from_torchvision(weights: Any) -> Preprocess:
     )
 
 
-def _torchvision(name: str, weights_enum: str, head_attr: str) -> BackboneFactory:
-    """``head_attr`` names the final layer replaced by identity: ``fc`` or ``classifier.6``."""
+def _resnet_blocks(m: nn.Module) -> tuple[nn.Module, ...]:
+    stem = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
+    return (stem, m.layer1, m.layer2, m.layer3, nn.Sequential(m.layer4, m.avgpool, nn.Flatten(1)))
+
+
+def _vgg_blocks(m: nn.Module) -> tuple[nn.Module, ...]:
+    # features: five conv groups, each ending in a max-pool; the last block is the pooled MLP.
+    groups, current = [], []
+    for layer in m.features:
+        current.append(layer)
+        if isinstance(layer, nn.MaxPool2d):
+            groups.append(nn.Sequential(*current))
+            current = []
+    return (*groups, nn.Sequential(m.avgpool, nn.Flatten(1), m.classifier))
+
+
+def _features_blocks(m: nn.Module) -> tuple[nn.Module, ...]:
+    """MobileNetV3 / EfficientNet (torchvision): ``features`` stages, then pool + classifier."""
+    *stages, last = m.features
+    return (*stages, nn.Sequential(last, m.avgpool, nn.Flatten(1), m.classifier))
+
+
+def _torchvision(
+    name: str, weights_enum: str, head_attr: str, blocks: Callable[[nn.Module], tuple[nn.Module, ...]]
+) -> BackboneFactory:
+    """``head_attr`` names the final layer replaced by identity: ``fc``, ``classifier.6``, ...
+
+    Whatever else the family's head holds (VGG's and MobileNetV3's hidden layers, dropout)
+    stays in the backbone; only the ImageNet output layer is replaced by the new head.
+    """
 
     def factory(pretrained: bool) -> Backbone:
         import torchvision
@@ -217,20 +281,27 @@ def _torchvision(name: str, weights_enum: str, head_attr: str) -> BackboneFactor
             parent[int(last)] = nn.Identity()
         else:
             setattr(parent, last, nn.Identity())
-        return Backbone(model, head.in_features, _preprocess_from_torchvision(weights))
+        return Backbone(model, head.in_features, _preprocess_from_torchvision(weights), blocks(model))
 
     return factory
 
 
-register_backbone("resnet101")(_torchvision("resnet101", "ResNet101_Weights", "fc"))
-register_backbone("vgg16")(_torchvision("vgg16", "VGG16_Weights", "classifier.6"))
+for _name, _enum, _head, _blocks in (
+    ("resnet18", "ResNet18_Weights", "fc", _resnet_blocks),
+    ("resnet50", "ResNet50_Weights", "fc", _resnet_blocks),
+    ("resnet101", "ResNet101_Weights", "fc", _resnet_blocks),
+    ("vgg16", "VGG16_Weights", "classifier.6", _vgg_blocks),
+    ("mobilenet_v3_large", "MobileNet_V3_Large_Weights", "classifier.3", _features_blocks),
+    ("efficientnet_b0", "EfficientNet_B0_Weights", "classifier.1", _features_blocks),
+):
+    register_backbone(_name)(_torchvision(_name, _enum, _head, _blocks))
 
 
 # --- classifier and checkpoints -----------------------------------------------------------------
 
 
 class Classifier(nn.Module):
-    """Frozen backbone + trainable head (dropout, linear)."""
+    """Backbone (frozen here; see ``set_trainable_blocks``) + trainable head (dropout, linear)."""
 
     def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, dropout: float) -> None:
         super().__init__()
@@ -240,7 +311,8 @@ class Classifier(nn.Module):
 
     def train(self, mode: bool = True) -> Classifier:
         super().train(mode)
-        # A frozen backbone keeps its ImageNet BatchNorm statistics and no dropout.
+        # The backbone always runs in eval mode, fine-tuned blocks included: ImageNet
+        # BatchNorm statistics, no backbone dropout or stochastic depth.
         self.backbone.eval()
         return self
 
@@ -260,6 +332,8 @@ class LoadedModel:
     backbone: str
     preprocess: Preprocess
     params: dict[str, Any]
+    # 0: backbone as pretrained (its features can be cached); N > 0: its last N blocks were fine-tuned.
+    trainable_blocks: int = 0
     # Optional keys saved by train (temperature, fitted unknown detectors); {} in older checkpoints.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -273,6 +347,7 @@ def save_checkpoint(
     preprocess: Preprocess,
     params: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
+    trainable_blocks: int = 0,
 ) -> None:
     """Write a ``weights_only``-loadable checkpoint atomically (temp file, then rename)."""
     payload = {
@@ -285,6 +360,7 @@ def save_checkpoint(
         "preprocess": preprocess.to_dict(),
         "params": dict(params),
         "extra": dict(extra or {}),
+        "trainable_blocks": int(trainable_blocks),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -292,7 +368,9 @@ def save_checkpoint(
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path, expected_classes: Sequence[str] | None = None) -> LoadedModel:
+def load_checkpoint(
+    path: str | Path, expected_classes: Sequence[str] | None = None, expected_backbone: str | None = None
+) -> LoadedModel:
     """Load a checkpoint written by :func:`save_checkpoint`, without unpickling objects."""
     path = Path(path)
     if not path.is_file():
@@ -310,6 +388,10 @@ def load_checkpoint(path: str | Path, expected_classes: Sequence[str] | None = N
     classes = list(payload["classes"])
     if expected_classes is not None and classes != list(expected_classes):
         raise ValueError(f"{path}: checkpoint was trained for classes {classes}, expected {list(expected_classes)}")
+    if expected_backbone is not None and payload["backbone"] != expected_backbone:
+        raise ValueError(
+            f"{path}: checkpoint was trained with backbone {payload['backbone']!r}, expected {expected_backbone!r}"
+        )
     backbone = build_backbone(payload["backbone"], pretrained=False)
     model = Classifier(backbone.module, payload["num_features"], len(classes), payload["dropout"])
     try:
@@ -323,5 +405,6 @@ def load_checkpoint(path: str | Path, expected_classes: Sequence[str] | None = N
         backbone=payload["backbone"],
         preprocess=Preprocess.from_dict(payload["preprocess"]),
         params=payload["params"],
+        trainable_blocks=int(payload.get("trainable_blocks", 0)),
         extra=dict(payload.get("extra") or {}),
     )

@@ -116,6 +116,9 @@ class AugmentParams:
     contrast: float
     saturation: float
     hue: float
+    rotate: float  # max degrees either way; 0 = off
+    blur: float  # probability of a Gaussian blur
+    noise: float  # probability of Gaussian pixel noise
 
     def __post_init__(self) -> None:
         lo, hi = self.scale
@@ -124,6 +127,9 @@ class AugmentParams:
         for name in ("brightness", "contrast", "saturation"):
             _check(0.0 <= getattr(self, name) <= 1.0, f"augment.{name}", "a value in [0, 1]")
         _check(0.0 <= self.hue <= 0.5, "augment.hue", "a value in [0, 0.5]")
+        _check(0.0 <= self.rotate <= 180.0, "augment.rotate", "degrees in [0, 180]")
+        for name in ("blur", "noise"):
+            _check(0.0 <= getattr(self, name) <= 1.0, f"augment.{name}", "a probability in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,14 @@ class TrainParams:
     lr: float
     weight_decay: float
     scheduler: str
+    warmup_epochs: int
+    trainable_blocks: int
+    backbone_lr: float
+    label_smoothing: float
+    class_weights: str
+    grad_clip: float
+    patience: int
+    resume: bool
     deterministic: bool
 
     def __post_init__(self) -> None:
@@ -151,6 +165,12 @@ class TrainParams:
         _check(self.batch_size >= 1, "train.batch_size", "an integer >= 1")
         _check(self.lr > 0, "train.lr", "a number > 0")
         _check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0")
+        _check(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs", "an integer in [0, train.epochs)")
+        _check(self.trainable_blocks >= 0, "train.trainable_blocks", "an integer >= 0 (0: frozen backbone)")
+        _check(self.backbone_lr > 0, "train.backbone_lr", "a number > 0")
+        _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "a value in [0, 1)")
+        _check(self.grad_clip >= 0, "train.grad_clip", "a max gradient norm >= 0 (0: off)")
+        _check(self.patience >= 0, "train.patience", "an integer >= 0 (0: no early stopping)")
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,15 @@
-"""Stage `train`: fit the classifier head on cached features; keep the best epoch.
+"""Stage `train`: fit the classifier head (and optionally the backbone's last blocks); keep the best epoch.
 
     python -m src.train --features data/features --data data/prepared --model models/model.pt \
-        --logdir runs/train --metrics metrics/train.json --history plots/train_history.csv
+        --last models/last.pt --logdir runs/train --metrics metrics/train.json --history plots/train_history.csv
 
-Train and validation alternate each epoch; the epoch with the lowest validation loss
-is kept. The saved checkpoint is the full model (backbone + head), so test and
-predict need nothing else.
+With ``train.trainable_blocks: 0`` the head trains on featurize's cached features. With
+N > 0 the backbone's last N blocks are fine-tuned too, from the images: the frozen
+prefix runs once per augmented view (the same views as featurize's), and the last
+blocks + head train on its cached output. Train and validation alternate each epoch;
+the epoch with the lowest validation loss is kept. The saved checkpoint is the full
+model (backbone + head), so test and predict need nothing else; ``--last`` holds the
+state after the latest epoch, from which ``train.resume: true`` continues.
 """
 
 from __future__ import annotations
@@ -13,37 +17,48 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
+import os
 import shutil
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from src import figures
 from src.cli import run
 from src.data import ImageDataset, read_manifest
 from src.fileio import atomic_write_text
-from src.metrics import f1_macro
-from src.models import Classifier, build_backbone, build_head, save_checkpoint
+from src.metrics import confusion, f1_macro
+from src.models import CHECKPOINT_FORMAT, Classifier, build_backbone, build_head, save_checkpoint, set_trainable_blocks
 from src.params import Params, TrainParams, load_params
-from src.runtime import seed_everything
-from src.transforms import denormalize, eval_transform
+from src.runtime import Runtime, inference, resolve_runtime, seed_everything
+from src.transforms import denormalize, eval_transform, train_transform
 from src.unknown import fit_inference_extras
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter], float, float], torch.optim.Optimizer]
+OptimizerFactory = Callable[[list[dict], float, float], torch.optim.Optimizer]
 OPTIMIZERS: dict[str, OptimizerFactory] = {
-    "sgd": lambda p, lr, wd: torch.optim.SGD(p, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd),
-    "adam": lambda p, lr, wd: torch.optim.Adam(p, lr=lr, weight_decay=wd),
-    "adamw": lambda p, lr, wd: torch.optim.AdamW(p, lr=lr, weight_decay=wd),
+    "sgd": lambda groups, lr, wd: torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd),
+    "adam": lambda groups, lr, wd: torch.optim.Adam(groups, lr=lr, weight_decay=wd),
+    "adamw": lambda groups, lr, wd: torch.optim.AdamW(groups, lr=lr, weight_decay=wd),
 }
-SchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
-SCHEDULERS: dict[str, SchedulerFactory] = {
-    "none": lambda opt, epochs: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
-    "cosine": lambda opt, epochs: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs),
+# lr multiplier as a function of progress t in [0, 1) through the epochs after warm-up.
+SCHEDULERS: dict[str, Callable[[float], float]] = {
+    "none": lambda t: 1.0,
+    "cosine": lambda t: 0.5 * (1.0 + math.cos(math.pi * t)),
+    "step": lambda t: 0.1 ** math.floor(3 * t),  # x0.1 after 1/3 and after 2/3 of the epochs
+}
+# Per-class loss weights from the training label counts.
+CLASS_WEIGHTS: dict[str, Callable[[torch.Tensor], torch.Tensor | None]] = {
+    "none": lambda counts: None,
+    "balanced": lambda counts: counts.sum() / (len(counts) * counts.clamp(min=1)),
 }
 
 
@@ -55,9 +70,30 @@ def _choose(registry: dict, key: str, value: str):
 
 
 def check_choices(train: TrainParams) -> None:
-    """Fail at stage start, not after featurising, on an unknown optimizer or schedule."""
+    """Fail at stage start, not after featurising, on an unknown optimizer, schedule or weighting."""
     _choose(OPTIMIZERS, "train.optimizer", train.optimizer)
     _choose(SCHEDULERS, "train.scheduler", train.scheduler)
+    _choose(CLASS_WEIGHTS, "train.class_weights", train.class_weights)
+
+
+def lr_factor(epoch: int, params: TrainParams) -> float:
+    """lr multiplier for 0-based ``epoch``: linear warm-up, then the schedule over the rest."""
+    warm = params.warmup_epochs
+    if epoch < warm:
+        return (epoch + 1) / (warm + 1)
+    return _choose(SCHEDULERS, "train.scheduler", params.scheduler)((epoch - warm) / (params.epochs - warm))
+
+
+def param_groups(model: nn.Module, params: TrainParams) -> list[dict]:
+    """The head at ``train.lr``; any other trainable parameter (fine-tuned blocks) at ``train.backbone_lr``."""
+    head = getattr(model, "head", model)
+    head_params = [p for p in head.parameters() if p.requires_grad]
+    ids = {id(p) for p in head_params}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    groups = [{"params": head_params, "lr": params.lr}]
+    if rest:
+        groups.append({"params": rest, "lr": params.backbone_lr})
+    return groups
 
 
 @dataclass
@@ -67,26 +103,38 @@ class EpochStats:
 
 
 def train_one_epoch(
-    head: nn.Module,
+    model: nn.Module,
     features: torch.Tensor,
     labels: torch.Tensor,
     optimizer: torch.optim.Optimizer,
-    batch_size: int,
+    params: TrainParams,
     generator: torch.Generator,
+    class_weights: torch.Tensor | None = None,
+    desc: str = "train",
 ) -> EpochStats:
-    """One pass over the training set. ``features`` is (N, K, D): one random view per image."""
-    head.train()
+    """One pass over the training set. ``features`` is (N, K, ...): one random view per image.
+
+    The inputs are pooled features (frozen backbone) or a frozen prefix's activations
+    (fine-tuning): ``model`` maps them to logits either way.
+    """
+    model.train()
     n, views = features.shape[0], features.shape[1]
     view = torch.randint(views, (n,), generator=generator)
     x_all = features[torch.arange(n), view]
     order = torch.randperm(n, generator=generator)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     total_loss, correct = 0.0, 0
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        logits = head(x_all[idx])
-        loss = nn.functional.cross_entropy(logits, labels[idx])
+    starts = range(0, n, params.batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=None):
+        idx = order[start : start + params.batch_size]
+        logits = model(x_all[idx])
+        loss = nn.functional.cross_entropy(
+            logits, labels[idx], weight=class_weights, label_smoothing=params.label_smoothing
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if params.grad_clip > 0:
+            nn.utils.clip_grad_norm_(trainable, params.grad_clip)
         optimizer.step()
         total_loss += loss.item() * len(idx)
         correct += (logits.argmax(1) == labels[idx]).sum().item()
@@ -94,10 +142,12 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> tuple[EpochStats, torch.Tensor]:
-    """Loss, accuracy and probabilities on (N, D) features."""
-    head.eval()
-    logits = head(features)
+def evaluate(
+    model: nn.Module, features: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
+) -> tuple[EpochStats, torch.Tensor]:
+    """Plain cross-entropy (no smoothing or weights: the log loss), accuracy and probabilities."""
+    model.eval()
+    logits = torch.cat([model(features[i : i + batch_size]) for i in range(0, len(features), batch_size)])
     loss = nn.functional.cross_entropy(logits, labels).item()
     acc = (logits.argmax(1) == labels).float().mean().item()
     return EpochStats(loss, acc), torch.softmax(logits, dim=1)
@@ -105,12 +155,31 @@ def evaluate(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> t
 
 @dataclass
 class FitResult:
-    head: nn.Module
+    head: nn.Module  # the module that was fitted (head, or fine-tuned blocks + head), at its best epoch
     best_epoch: int
     best_val: EpochStats
     history: list[dict[str, float]]
     val_probs: torch.Tensor
     interrupted: bool = False
+    stopped_early: bool = False
+
+
+def _state(model, optimizer, scheduler, generator, history, best, stale) -> dict:
+    """Everything needed to continue a run exactly: plain data and tensors (``weights_only``-loadable)."""
+    return {
+        "epoch": len(history),
+        "model": copy.deepcopy(model.state_dict()),
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": copy.deepcopy(history),
+        "best_epoch": best.best_epoch,
+        "best_model": best.head.state_dict(),
+        "best_val": [best.best_val.loss, best.best_val.accuracy],
+        "best_probs": best.val_probs,
+        "stale": stale,
+    }
 
 
 def fit(
@@ -119,20 +188,49 @@ def fit(
     val: tuple[torch.Tensor, torch.Tensor],
     params: TrainParams,
     seed: int,
-    log: Callable[[dict[str, float]], None] = lambda row: None,
+    log: Callable[[dict[str, float], torch.Tensor], None] = lambda row, probs: None,
+    resume: Mapping[str, Any] | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
+    num_classes: int | None = None,
 ) -> FitResult:
-    """Alternate training and validation for ``params.epochs``; return the best head by val loss."""
+    """Alternate training and validation; return the best model by val loss.
+
+    Stops after ``params.epochs``, or earlier when val loss has not improved for
+    ``params.patience`` epochs. ``on_epoch_end`` gets the full training state after each
+    epoch; passing such a state back as ``resume`` continues exactly where it stopped.
+    """
+    if num_classes is None:
+        num_classes = int(max(int(train[1].max()), int(val[1].max())) + 1)
+    counts = torch.bincount(train[1], minlength=num_classes).float()
+    class_weights = _choose(CLASS_WEIGHTS, "train.class_weights", params.class_weights)(counts)
     optimizer = _choose(OPTIMIZERS, "train.optimizer", params.optimizer)(
-        head.parameters(), params.lr, params.weight_decay
+        param_groups(head, params), params.lr, params.weight_decay
     )
-    scheduler = _choose(SCHEDULERS, "train.scheduler", params.scheduler)(optimizer, params.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, params))
     generator = torch.Generator().manual_seed(seed)
     best: FitResult | None = None
     history: list[dict[str, float]] = []
+    stale = 0
+    if resume is not None:
+        head.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        history = list(resume["history"])
+        best_head = copy.deepcopy(head)
+        best_head.load_state_dict(resume["best_model"])
+        best = FitResult(
+            best_head, resume["best_epoch"], EpochStats(*resume["best_val"]), history, resume["best_probs"]
+        )
+        stale = int(resume["stale"])
     try:
-        for epoch in range(1, params.epochs + 1):
+        for epoch in range(len(history) + 1, params.epochs + 1):
+            if params.patience and stale >= params.patience:
+                best.stopped_early = True
+                break
             lr = optimizer.param_groups[0]["lr"]
-            tr = train_one_epoch(head, *train, optimizer, params.batch_size, generator)
+            tr = train_one_epoch(head, *train, optimizer, params, generator, class_weights, f"epoch {epoch}")
             va, probs = evaluate(head, *val)
             scheduler.step()
             row = {
@@ -141,12 +239,18 @@ def fit(
                 "train_accuracy": tr.accuracy,
                 "val_loss": va.loss,
                 "val_accuracy": va.accuracy,
+                "val_f1": f1_macro(val[1].numpy(), probs.argmax(1).numpy(), probs.shape[1]),
                 "lr": lr,
             }
             history.append(row)
-            log(row)
+            log(row, probs)
             if best is None or va.loss < best.best_val.loss:
                 best = FitResult(copy.deepcopy(head), epoch, va, history, probs)
+                stale = 0
+            else:
+                stale += 1
+            if on_epoch_end is not None:
+                on_epoch_end(_state(head, optimizer, scheduler, generator, history, best, stale))
     except KeyboardInterrupt:
         # Ctrl-C stops between steps; the best epoch so far goes back to the caller to save.
         if best is None:
@@ -182,56 +286,165 @@ def log_val_images(writer, params: Params, val_samples, val_labels: torch.Tensor
     writer.add_images("val/samples", images, global_step=result.best_epoch)
 
 
+@torch.no_grad()
+def prefix_activations(prefix: nn.Module, batches: Iterable, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen prefix's outputs for every image (or view: N,K,3,H,W -> N,K,C,h,w), as fp32 on the CPU.
+
+    Computed once, so fine-tuning the last blocks costs one prefix pass per view instead
+    of one per epoch. The views are the same seeded draws as featurize's.
+    """
+    prefix = prefix.to(runtime.device, memory_format=torch.channels_last).eval()
+    outs, labels = [], []
+    for x, y in tqdm(batches, desc="prefix", unit="batch", leave=False, disable=None):
+        views = x.shape[1] if x.ndim == 5 else None
+        flat = (x.flatten(0, 1) if views else x).to(runtime.device).contiguous(memory_format=torch.channels_last)
+        with runtime.autocast():
+            a = prefix(flat)
+        a = a.float().cpu().contiguous()
+        outs.append(a.unflatten(0, (-1, views)) if views else a)
+        labels.append(torch.as_tensor(y))
+    prefix.cpu()
+    return torch.cat(outs), torch.cat(labels).long()
+
+
+def _pooled(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], trainable_blocks: int):
+    """(features, labels) as pooled backbone features: as cached, or the fine-tuned suffix run on prefix activations."""
+    x, y = data
+    if trainable_blocks == 0:
+        return x, y
+    flat = x.flatten(0, 1) if x.ndim == 5 else x  # (N, K, C, h, w) views -> one batch axis
+    with inference(model.backbone):
+        feats = torch.cat([model.backbone(chunk) for chunk in flat.split(64)]).float()
+    return (feats.unflatten(0, x.shape[:2]) if x.ndim == 5 else feats), y
+
+
+def _check_features(meta: Mapping[str, Any], params: Params, path: Path) -> None:
+    if meta["backbone"] != params.model.backbone or meta["classes"] != params.classes:
+        raise ValueError(
+            f"{path}: features are for backbone {meta['backbone']!r} and classes {meta['classes']}, "
+            f"params ask for {params.model.backbone!r} and {params.classes} (run: dvc repro featurize)"
+        )
+
+
+def _resume_state(path: Path, params: Params) -> dict | None:
+    """The last checkpoint's training state when ``train.resume`` is set and it belongs to these params."""
+    if not params.train.resume:
+        return None
+    if not path.is_file():
+        print(f"train: train.resume is set but {path} does not exist; starting from epoch 1", file=sys.stderr)
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if _resumable(payload.get("params", {})) != _resumable(params.to_dict()):
+        raise ValueError(
+            f"{path}: the last checkpoint was made with other params; resuming needs the same ones "
+            "(set train.resume: false to start over)"
+        )
+    print(f"train: resuming after epoch {payload['state']['epoch']} from {path}")
+    return payload["state"]
+
+
+def _resumable(params: Mapping[str, Any]) -> dict:
+    """Params that must match to resume: all but train.resume itself and runtime (where it runs)."""
+    out = {k: v for k, v in params.items() if k != "runtime"}
+    out["train"] = {k: v for k, v in out.get("train", {}).items() if k != "resume"}
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--features", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True, help="prepared dataset (for TensorBoard images)")
-    parser.add_argument("--model", type=Path, required=True, help="checkpoint to write")
+    parser.add_argument("--data", type=Path, required=True, help="prepared dataset (images, manifests)")
+    parser.add_argument("--model", type=Path, required=True, help="best checkpoint to write")
+    parser.add_argument("--last", type=Path, required=True, help="last-epoch training state (for train.resume)")
     parser.add_argument("--logdir", type=Path, required=True, help="TensorBoard run directory")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--history", type=Path, required=True, help="per-epoch CSV (a DVC plot)")
     args = parser.parse_args(argv)
     params: Params = load_params(args.params)
-    check_choices(params.train)
+    tp = params.train
+    check_choices(tp)
     seed_everything(params.seed)
-    torch.use_deterministic_algorithms(params.train.deterministic)
+    torch.use_deterministic_algorithms(tp.deterministic)
+    resume = _resume_state(args.last, params)
 
-    meta = json.loads((args.features / "meta.json").read_text())
-    if meta["backbone"] != params.model.backbone or meta["classes"] != params.classes:
-        raise ValueError(
-            f"{args.features}: features are for backbone {meta['backbone']!r} and classes {meta['classes']}, "
-            f"params ask for {params.model.backbone!r} and {params.classes} (run: dvc repro featurize)"
-        )
-    train = _load_features(args.features / "train.npz", params.classes)
-    val = _load_features(args.features / "val.npz", params.classes)
     val_samples = read_manifest(args.data / "val.csv", params.classes)
     # Built before training so that a missing weight file fails now, not after the epochs.
     backbone = build_backbone(params.model.backbone, pretrained=True)
+    k = len(params.classes)
+    if tp.trainable_blocks == 0:
+        meta = json.loads((args.features / "meta.json").read_text())
+        _check_features(meta, params, args.features)
+        train = _load_features(args.features / "train.npz", params.classes)
+        val = _load_features(args.features / "val.npz", params.classes)
+        module: nn.Module = build_head(meta["num_features"], k, params.model.dropout)
+        precision = meta["precision"]
+    else:
+        # Fine-tuning: the frozen prefix runs once per view; the last blocks + head train on its output.
+        runtime = resolve_runtime(params.runtime)
+        set_trainable_blocks(backbone, tp.trainable_blocks)
+        prefix, suffix = backbone.split(tp.trainable_blocks)
+        train_samples = read_manifest(args.data / "train.csv", params.classes)
+        views = params.featurize.views
+        jobs = {
+            "train": (train_samples, train_transform(backbone.preprocess, params.augment), views),
+            "val": (val_samples, eval_transform(backbone.preprocess), 1),
+        }
+        cached = {}
+        for split, (samples, transform, n_views) in jobs.items():
+            dataset = ImageDataset(samples, params.classes, transform, views=n_views, seed=params.seed)
+            loader = DataLoader(dataset, batch_size=max(1, 64 // n_views), num_workers=runtime.num_workers)
+            cached[split] = prefix_activations(prefix, loader, runtime)
+            print(f"train: {split} prefix activations {tuple(cached[split][0].shape)}")
+        train, val = cached["train"], cached["val"]
+        module = Classifier(suffix, backbone.num_features, k, params.model.dropout)
+        suffix.requires_grad_(True)  # Classifier froze it
+        precision = runtime.precision
 
     from torch.utils.tensorboard import SummaryWriter
 
     shutil.rmtree(args.logdir, ignore_errors=True)
     writer = SummaryWriter(str(args.logdir))
 
-    def log(row: dict[str, float]) -> None:
+    def log(row: dict[str, float], probs: torch.Tensor) -> None:
         step = int(row["epoch"])
         for split in ("train", "val"):
             writer.add_scalar(f"loss/{split}", row[f"{split}_loss"], step)
             writer.add_scalar(f"accuracy/{split}", row[f"{split}_accuracy"], step)
+        writer.add_scalar("f1_macro/val", row["val_f1"], step)
         writer.add_scalar("lr", row["lr"], step)
+        cm = confusion(val[1].numpy(), probs.argmax(1).numpy(), k)
+        for i, name in enumerate(params.classes):
+            writer.add_scalar(f"precision/{name}", cm[i, i] / max(cm[:, i].sum(), 1), step)
+            writer.add_scalar(f"recall/{name}", cm[i, i] / max(cm[i].sum(), 1), step)
         print(
             f"epoch {step:3d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
-            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f}  lr {row['lr']:.2e}"
+            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} f1 {row['val_f1']:.3f}  "
+            f"lr {row['lr']:.2e}"
         )
 
-    head = build_head(meta["num_features"], len(params.classes), params.model.dropout)
-    result = fit(head, train, val, params.train, params.seed, log)
-    model = Classifier(backbone.module, backbone.num_features, len(params.classes), params.model.dropout)
-    model.head.load_state_dict(result.head.state_dict())
+    def save_last(state: dict) -> None:
+        # Atomic like the best checkpoint: a run killed while writing leaves the previous one.
+        args.last.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.last.with_name(args.last.name + ".tmp")
+        torch.save({"format": CHECKPOINT_FORMAT, "params": params.to_dict(), "state": state}, tmp)
+        os.replace(tmp, args.last)
+
+    result = fit(module, train, val, tp, params.seed, log, resume=resume, on_epoch_end=save_last, num_classes=k)
+    model = Classifier(backbone.module, backbone.num_features, k, params.model.dropout)
+    if tp.trainable_blocks == 0:
+        model.head.load_state_dict(result.head.state_dict())
+    else:
+        # The fitted suffix shares its modules with backbone.module: loading the best state updates both.
+        module.load_state_dict(result.head.state_dict())
+        model.head.load_state_dict(module.head.state_dict())
     # Temperature (val) and unknown detectors (train features, val thresholds), saved with the weights.
     extras = fit_inference_extras(
-        result.head, *train, *val, **params.unknown.fit_kwargs(), ece_bins=params.evaluate.ece_bins
+        result.head if tp.trainable_blocks == 0 else model.head,
+        *_pooled(module, train, tp.trainable_blocks),
+        *_pooled(module, val, tp.trainable_blocks),
+        **params.unknown.fit_kwargs(),
+        ece_bins=params.evaluate.ece_bins,
     )
     save_checkpoint(
         args.model,
@@ -243,39 +456,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra={
             "best_epoch": result.best_epoch,
             "val_loss": result.best_val.loss,
-            "feature_precision": meta["precision"],
+            "feature_precision": precision,
             **extras,
         },
+        trainable_blocks=tp.trainable_blocks,
     )
     summary = f"best epoch {result.best_epoch}: val loss {result.best_val.loss:.4f} acc {result.best_val.accuracy:.3f}"
     if result.interrupted:
         writer.close()
         print(
             f"train: interrupted after epoch {len(result.history)}; {summary}, saved to {args.model}. "
-            "DVC records nothing for an interrupted stage: run `dvc repro` to train to the end.",
+            "DVC records nothing for an interrupted stage: run `dvc repro` to train to the end "
+            "(or `dvc exp run -S train.resume=true` to continue from the last epoch).",
             file=sys.stderr,
         )
         return 130
+    if result.stopped_early:
+        summary += f" (early stop after epoch {len(result.history)}: no better val loss for {tp.patience} epochs)"
     print(summary)
 
+    val_pred = result.val_probs.argmax(1).numpy()
+    val_f1 = f1_macro(val[1].numpy(), val_pred, k)
+    cm = confusion(val[1].numpy(), val_pred, k)
+    writer.add_figure(
+        "val/confusion",
+        figures.confusion_figure(cm, params.classes, f"val, best epoch {result.best_epoch}"),
+        global_step=result.best_epoch,
+    )
     log_val_images(writer, params, val_samples, val[1], result, backbone.preprocess)
     hparams = {
-        "lr": params.train.lr,
-        "optimizer": params.train.optimizer,
-        "epochs": params.train.epochs,
         "backbone": params.model.backbone,
         "dropout": params.model.dropout,
+        "trainable_blocks": tp.trainable_blocks,
+        "optimizer": tp.optimizer,
+        "lr": tp.lr,
+        "backbone_lr": tp.backbone_lr,
+        "weight_decay": tp.weight_decay,
+        "scheduler": tp.scheduler,
+        "warmup_epochs": tp.warmup_epochs,
+        "epochs": tp.epochs,
+        "batch_size": tp.batch_size,
+        "label_smoothing": tp.label_smoothing,
+        "class_weights": tp.class_weights,
+        "views": params.featurize.views,
     }
     writer.add_hparams(
         hparams,
-        {"hparam/val_loss": result.best_val.loss, "hparam/val_accuracy": result.best_val.accuracy},
+        {
+            "hparam/val_loss": result.best_val.loss,
+            "hparam/val_accuracy": result.best_val.accuracy,
+            "hparam/val_f1": val_f1,
+            "hparam/best_epoch": result.best_epoch,
+        },
         run_name=".",
     )
     writer.close()
 
-    val_f1 = f1_macro(val[1].numpy(), result.val_probs.argmax(1).numpy(), len(params.classes))
     val_metrics = {"loss": result.best_val.loss, "accuracy": result.best_val.accuracy, "f1_macro": val_f1}
-    atomic_write_text(args.metrics, json.dumps({"best_epoch": result.best_epoch, "val": val_metrics}, indent=2) + "\n")
+    train_metrics = {"best_epoch": result.best_epoch, "epochs_run": len(result.history), "val": val_metrics}
+    atomic_write_text(args.metrics, json.dumps(train_metrics, indent=2) + "\n")
     figures.save(figures.history_figure(result.history, result.best_epoch), args.history.with_suffix(".png"))
     lines = [",".join(result.history[0])] + [",".join(str(v) for v in row.values()) for row in result.history]
     atomic_write_text(args.history, "\n".join(lines) + "\n")

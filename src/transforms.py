@@ -62,11 +62,24 @@ def eval_transform(pre: Preprocess) -> SeededTransform:
 
 
 def train_transform(pre: Preprocess, aug: AugmentParams) -> SeededTransform:
-    """Random resized crop, horizontal flip and colour jitter, then the same normalisation."""
+    """Rotation, random resized crop, horizontal flip, colour jitter, blur and noise, then normalisation.
+
+    A transform switched off in params (0) is left out of the pipeline rather than added
+    with p=0, so the random draws, and the cached views, of the other transforms stay the same.
+    """
     size = pre.input_size
+    rotate = (
+        # Reflected borders: no black corners for the crop to pick up as a class cue.
+        [A.Rotate(limit=aug.rotate, interpolation=_interpolation(pre), border_mode=cv2.BORDER_REFLECT_101, p=1.0)]
+        if aug.rotate > 0
+        else []
+    )
+    blur = [A.GaussianBlur(blur_limit=(3, 7), p=aug.blur)] if aug.blur > 0 else []
+    noise = [A.GaussNoise(std_range=(0.02, 0.08), p=aug.noise)] if aug.noise > 0 else []
     return SeededTransform(
         A.Compose(
             [
+                *rotate,
                 A.RandomResizedCrop(size=(size, size), scale=aug.scale, interpolation=_interpolation(pre)),
                 A.HorizontalFlip(p=aug.hflip),
                 A.ColorJitter(
@@ -76,6 +89,8 @@ def train_transform(pre: Preprocess, aug: AugmentParams) -> SeededTransform:
                     hue=aug.hue,
                     p=0.8,
                 ),
+                *blur,
+                *noise,
                 *_normalize(pre),
             ]
         )

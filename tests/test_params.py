@@ -14,7 +14,7 @@ def raw(repo: Path) -> dict:
 def test_default_params_load(repo: Path) -> None:
     p = load_params(repo / "params.yaml")
     assert p.classes == ["ants", "bees", "cats", "dogs"]
-    assert p.model.backbone == "efficientnet_lite0"
+    assert p.model.backbone == "efficientnet_lite2"
     assert p.predict.threshold == 0.6
     assert isinstance(p.augment.scale, tuple) and len(p.augment.scale) == 2
     assert p.to_dict()["augment"]["scale"] == list(p.augment.scale)  # plain data for checkpoints

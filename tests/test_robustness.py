@@ -121,7 +121,22 @@ STAGES = {
     "featurize": (featurize.main, ["--data", "d", "--ood", "q", "--out", "o"]),
     "train": (
         train.main,
-        ["--features", "f", "--data", "d", "--model", "m", "--logdir", "l", "--metrics", "x", "--history", "h"],
+        [
+            "--features",
+            "f",
+            "--data",
+            "d",
+            "--model",
+            "m",
+            "--last",
+            "k",
+            "--logdir",
+            "l",
+            "--metrics",
+            "x",
+            "--history",
+            "h",
+        ],
     ),
     "test": (test.main, ["--model", "m", "--data", "d", "--features", "f", "--out", "o"]),
     "evaluate": (evaluate.main, ["--predictions", "p", "--metrics", "m", "--plots", "o"]),
@@ -167,12 +182,12 @@ def test_every_stage_refuses_bad_params_before_any_work(
 def test_unknown_choices_fail_at_stage_start(repo: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["model"]["backbone"] = "resnet9"
-    params["train"]["scheduler"] = "step"
+    params["train"]["scheduler"] = "linear"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     for stage, expected in (
-        ("featurize", "unknown backbone 'resnet9'; choose one of efficientnet_lite0, resnet101, vgg16"),
-        ("train", "'train.scheduler' is 'step'; choose one of cosine, none"),
+        ("featurize", "unknown backbone 'resnet9'; choose one of efficientnet_b0, efficientnet_lite0"),
+        ("train", "'train.scheduler' is 'linear'; choose one of cosine, none, step"),
     ):
         main, args = STAGES[stage]
         monkeypatch.setattr(sys, "argv", [stage, *args])

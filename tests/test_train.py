@@ -1,12 +1,29 @@
+import dataclasses
+import math
+
 import pytest
 import torch
 
-from src.models import build_head
+from src.models import Classifier, build_backbone, build_head, set_trainable_blocks
 from src.params import TrainParams
-from src.train import check_choices, fit
+from src.train import CLASS_WEIGHTS, check_choices, fit, lr_factor, param_groups
 
 PARAMS = TrainParams(
-    epochs=30, batch_size=16, optimizer="adamw", lr=0.01, weight_decay=0.0, scheduler="cosine", deterministic=True
+    epochs=30,
+    batch_size=16,
+    optimizer="adamw",
+    lr=0.01,
+    weight_decay=0.0,
+    scheduler="cosine",
+    warmup_epochs=0,
+    trainable_blocks=0,
+    backbone_lr=0.001,
+    label_smoothing=0.0,
+    class_weights="none",
+    grad_clip=0.0,
+    patience=0,
+    resume=False,
+    deterministic=True,
 )
 
 
@@ -42,16 +59,21 @@ def test_fit_is_seeded() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "choices"), [("optimizer", "rmsprop", "adam, adamw, sgd"), ("scheduler", "step", "cosine, none")]
+    ("field", "value", "choices"),
+    [
+        ("optimizer", "rmsprop", "adam, adamw, sgd"),
+        ("scheduler", "linear", "cosine, none, step"),
+        ("class_weights", "inverse", "balanced, none"),
+    ],
 )
 def test_unknown_choices_list_the_registry(field: str, value: str, choices: str) -> None:
-    bad = TrainParams(**{**PARAMS.__dict__, field: value})
+    bad = dataclasses.replace(PARAMS, **{field: value})
     with pytest.raises(ValueError, match=f"'train.{field}' is '{value}'; choose one of {choices}"):
         check_choices(bad)
 
 
 def test_ctrl_c_keeps_the_best_epoch_so_far() -> None:
-    def interrupt_at_epoch_4(row: dict) -> None:
+    def interrupt_at_epoch_4(row: dict, probs: torch.Tensor) -> None:
         if row["epoch"] == 4:
             raise KeyboardInterrupt
 
@@ -65,7 +87,7 @@ def test_ctrl_c_keeps_the_best_epoch_so_far() -> None:
 
 
 def test_ctrl_c_before_any_epoch_propagates() -> None:
-    def interrupt(row: dict) -> None:
+    def interrupt(row: dict, probs: torch.Tensor) -> None:
         raise KeyboardInterrupt
 
     class Boom(torch.nn.Linear):
@@ -74,3 +96,113 @@ def test_ctrl_c_before_any_epoch_propagates() -> None:
 
     with pytest.raises(KeyboardInterrupt):
         fit(Boom(8, 4), _blobs(16, 1, 0), _blobs(8, None, 1), PARAMS, seed=0, log=interrupt)
+
+
+def test_resuming_from_the_last_state_gives_the_uninterrupted_result() -> None:
+    params = dataclasses.replace(PARAMS, epochs=6, warmup_epochs=1)
+    train, val = _blobs(64, 3, 0), _blobs(32, None, 1)
+    torch.manual_seed(0)
+    full = fit(build_head(8, 4, 0.3), train, val, params, seed=5)
+
+    states: list[dict] = []
+
+    def stop_after_epoch_3(row: dict, probs: torch.Tensor) -> None:
+        if row["epoch"] == 4:
+            raise KeyboardInterrupt  # killed during epoch 4: the last complete state is epoch 3's
+
+    torch.manual_seed(0)
+    fit(build_head(8, 4, 0.3), train, val, params, seed=5, log=stop_after_epoch_3, on_epoch_end=states.append)
+    assert [s["epoch"] for s in states] == [1, 2, 3]
+    torch.manual_seed(123)  # a new process: different global RNG until the state restores it
+    resumed = fit(build_head(8, 4, 0.3), train, val, params, seed=5, resume=states[-1])
+    assert resumed.history == full.history
+    assert resumed.best_epoch == full.best_epoch
+    for k, v in full.head.state_dict().items():
+        assert torch.equal(resumed.head.state_dict()[k], v)
+
+
+def test_early_stopping_after_patience_epochs_without_a_better_val_loss() -> None:
+    # lr so high that val loss stops improving quickly.
+    params = dataclasses.replace(PARAMS, epochs=40, patience=3, lr=5.0, scheduler="none", optimizer="sgd")
+    torch.manual_seed(0)
+    result = fit(build_head(8, 4, 0.0), _blobs(64, 2, 0), _blobs(32, None, 1), params, seed=0)
+    assert result.stopped_early
+    assert len(result.history) == result.best_epoch + 3
+
+
+def test_lr_warms_up_then_follows_the_schedule() -> None:
+    p = dataclasses.replace(PARAMS, epochs=10, warmup_epochs=2)
+    assert [lr_factor(e, p) for e in (0, 1)] == pytest.approx([1 / 3, 2 / 3])
+    assert lr_factor(2, p) == 1.0 and lr_factor(6, p) == pytest.approx(0.5)
+    assert lr_factor(9, p) == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    step = dataclasses.replace(p, scheduler="step")
+    assert [lr_factor(e, step) for e in (2, 4, 5, 7, 9)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+
+
+def test_balanced_class_weights_are_inverse_frequencies() -> None:
+    w = CLASS_WEIGHTS["balanced"](torch.tensor([10.0, 30.0, 20.0, 20.0]))
+    assert w.tolist() == pytest.approx([2.0, 2 / 3, 1.0, 1.0])
+    assert CLASS_WEIGHTS["none"](torch.tensor([1.0, 2.0])) is None
+
+
+def test_label_smoothing_class_weights_and_clipping_train() -> None:
+    params = dataclasses.replace(PARAMS, label_smoothing=0.1, class_weights="balanced", grad_clip=1.0)
+    torch.manual_seed(0)
+    result = fit(build_head(8, 4, 0.1), _blobs(200, 3, 0), _blobs(80, None, 1), params, seed=0)
+    assert result.best_val.accuracy > 0.95
+    # Smoothing keeps the training loss above the entropy floor it imposes.
+    assert result.history[-1]["train_loss"] > 0.1
+
+
+def _tail(blocks: int) -> tuple[Classifier, torch.nn.Sequential]:
+    torch.manual_seed(0)
+    backbone = build_backbone("efficientnet_lite0", pretrained=False)
+    set_trainable_blocks(backbone, blocks)
+    prefix, suffix = backbone.split(blocks)
+    model = Classifier(suffix, backbone.num_features, 4, 0.0)
+    suffix.requires_grad_(True)
+    return model, prefix
+
+
+def test_set_trainable_blocks_unfreezes_only_the_last_blocks() -> None:
+    backbone = build_backbone("efficientnet_lite0", pretrained=False)
+    set_trainable_blocks(backbone, 2)
+    trainable = {n for n, p in backbone.module.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("blocks.6.", "conv_head.", "bn2.")) for n in trainable)
+    assert any(n.startswith("blocks.6.") for n in trainable) and "conv_head.weight" in trainable
+    with pytest.raises(ValueError, match=r"train\.trainable_blocks: 10 is out of range; this backbone has 9 blocks"):
+        set_trainable_blocks(backbone, 10)
+
+
+def test_fine_tuning_keeps_batchnorm_statistics_and_trains_bn_affine() -> None:
+    model, _ = _tail(2)
+    groups = param_groups(model, dataclasses.replace(PARAMS, lr=0.01, backbone_lr=0.001))
+    assert [g["lr"] for g in groups] == [0.01, 0.001]
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.head.parameters()}
+    bn = model.backbone[-1][1]  # bn2 of the conv head
+    stats = (bn.running_mean.clone(), bn.running_var.clone())
+    weight = bn.weight.detach().clone()
+    x = torch.randn(16, 2, 192, 7, 7)  # the frozen prefix's output for lite0, 2 views
+    y = torch.arange(16) % 4
+    params = dataclasses.replace(PARAMS, epochs=2, trainable_blocks=2)
+    fit(model, (x, y), (x[:, 0], y), params, seed=0, num_classes=4)
+    assert not model.backbone[-1].training  # backbone stays in eval mode after training
+    assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])
+    assert not torch.equal(bn.weight.detach(), weight)
+
+
+def test_resume_refuses_a_last_checkpoint_made_with_other_params(tmp_path, repo) -> None:
+    from src.params import load_params
+    from src.train import _resume_state
+
+    params = load_params(repo / "params.yaml")
+    path = tmp_path / "last.pt"
+    resuming = dataclasses.replace(params, train=dataclasses.replace(params.train, resume=True))
+    assert _resume_state(path, resuming) is None  # nothing to resume: start from epoch 1
+    other = dataclasses.replace(params, train=dataclasses.replace(params.train, lr=params.train.lr * 2))
+    torch.save({"format": 1, "params": other.to_dict(), "state": {"epoch": 3}}, path)
+    with pytest.raises(ValueError, match="made with other params; resuming needs the same ones"):
+        _resume_state(path, resuming)
+    torch.save({"format": 1, "params": params.to_dict(), "state": {"epoch": 3}}, path)  # resume: false there
+    assert _resume_state(path, resuming) == {"epoch": 3}
+    assert _resume_state(path, params) is None  # train.resume: false starts over

@@ -1,4 +1,7 @@
+import dataclasses
+
 import numpy as np
+import pytest
 import torch
 
 from src.models import Preprocess
@@ -6,7 +9,9 @@ from src.params import AugmentParams
 from src.transforms import denormalize, eval_transform, train_transform
 
 PRE = Preprocess(input_size=32, resize_size=36, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic")
-AUG = AugmentParams(scale=(0.3, 1.0), hflip=0.5, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02)
+AUG = AugmentParams(
+    scale=(0.3, 1.0), hflip=0.5, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, rotate=0.0, blur=0.0, noise=0.0
+)
 
 
 def _image(h: int = 60, w: int = 90) -> np.ndarray:
@@ -33,3 +38,20 @@ def test_train_transform_is_a_function_of_its_seed() -> None:
     assert a.shape == (3, 32, 32)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_switched_off_transforms_leave_the_other_draws_unchanged() -> None:
+    """rotate/blur/noise at 0 are left out, so the default policy's views do not move when they exist."""
+    on = dataclasses.replace(AUG, rotate=20.0, blur=1.0, noise=1.0)
+    names = [type(t).__name__ for t in train_transform(PRE, on).compose.transforms]
+    assert {"Rotate", "GaussianBlur", "GaussNoise"} <= set(names)
+    off = [type(t).__name__ for t in train_transform(PRE, AUG).compose.transforms]
+    assert not {"Rotate", "GaussianBlur", "GaussNoise"} & set(off)
+
+
+@pytest.mark.parametrize("field", ["rotate", "blur", "noise"])
+def test_each_optional_augmentation_changes_the_view(field: str) -> None:
+    value = 30.0 if field == "rotate" else 1.0
+    a = train_transform(PRE, AUG)(_image(), 3)
+    b = train_transform(PRE, dataclasses.replace(AUG, **{field: value}))(_image(), 3)
+    assert a.shape == b.shape and not torch.equal(a, b)

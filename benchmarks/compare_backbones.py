@@ -1,0 +1,163 @@
+"""Backbones frozen vs fine-tuned vs a linear probe, measured in one run on the prepared splits.
+
+    python benchmarks/compare_backbones.py --data data/prepared \
+        --backbones efficientnet_lite0 efficientnet_lite1 efficientnet_lite2 --blocks 2 --out compare.json
+
+Per backbone, the frozen prefix (all but the last ``--blocks`` blocks) runs once over the
+training views (``featurize.views`` seeded augmented views per image, as in the pipeline)
+and the eval view of train/val/test; then, with params.yaml's train/model settings:
+ - linear probe: multinomial logistic regression (scikit-learn, lbfgs) on standardised
+   eval-view features of the training images, its L2 strength chosen on val log loss;
+ - frozen: the pipeline's head training (``train.trainable_blocks: 0``) on the views' features;
+ - fine-tuned: the pipeline's fine-tuning of the last ``--blocks`` blocks + head.
+Features of the frozen modes come from the same prefix outputs through the pretrained
+last blocks, so the three modes see identical inputs. Val metrics are for choosing
+settings; test metrics are reported once, for the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.data import ImageDataset, read_manifest
+from src.metrics import f1_macro, log_loss
+from src.models import Classifier, build_backbone, build_head, set_trainable_blocks
+from src.params import load_params
+from src.runtime import resolve_runtime, seed_everything
+from src.train import evaluate, fit, prefix_activations
+from src.transforms import eval_transform, train_transform
+
+PROBE_C = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+
+
+def _scores(labels: torch.Tensor | np.ndarray, probs: torch.Tensor | np.ndarray) -> dict[str, float]:
+    y, p = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+    return {"f1_macro": f1_macro(y, p.argmax(1), p.shape[1]), "log_loss": log_loss(y, p)}
+
+
+@torch.no_grad()
+def _apply(module: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    module.eval()
+    flat = x.flatten(0, 1) if x.ndim == 5 else x
+    out = torch.cat([module(flat[i : i + batch]).float() for i in range(0, len(flat), batch)])
+    return out.unflatten(0, x.shape[:2]) if x.ndim == 5 else out
+
+
+def linear_probe(train, val, test) -> dict:
+    """L2-regularised multinomial logistic regression; C chosen by val log loss."""
+    scaler = StandardScaler().fit(train[0].numpy())
+    xs = [scaler.transform(s[0].numpy()) for s in (train, val, test)]
+    best = None
+    for c in PROBE_C:
+        clf = LogisticRegression(C=c, max_iter=5000).fit(xs[0], train[1].numpy())
+        v = _scores(val[1], clf.predict_proba(xs[1]))
+        if best is None or v["log_loss"] < best[1]["log_loss"]:
+            best = (clf, v, c)
+    clf, v, c = best
+    return {"C": c, "val": v, "test": _scores(test[1], clf.predict_proba(xs[2]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--data", type=Path, default=Path("data/prepared"))
+    offline = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    parser.add_argument("--backbones", nargs="+", default=offline)
+    parser.add_argument("--blocks", type=int, default=2, help="trainable_blocks of the fine-tuned mode")
+    parser.add_argument("--views", type=int, help="training views per image (default: featurize.views)")
+    parser.add_argument("--no-finetune", action="store_true", help="probe and frozen head only (fast)")
+    parser.add_argument("--out", type=Path, help="JSON results")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    runtime = resolve_runtime(params.runtime)
+    torch.use_deterministic_algorithms(params.train.deterministic)
+    samples = {s: read_manifest(args.data / f"{s}.csv", params.classes) for s in ("train", "val", "test")}
+    k = len(params.classes)
+    results = []
+    for name in args.backbones:
+        start = time.perf_counter()
+        backbone = build_backbone(name, pretrained=True)
+        set_trainable_blocks(backbone, args.blocks)
+        prefix, suffix = backbone.split(args.blocks)
+        pre = backbone.preprocess
+        views = args.views or params.featurize.views
+        jobs = {
+            "train_views": ("train", train_transform(pre, params.augment), views),
+            "train": ("train", eval_transform(pre), 1),
+            "val": ("val", eval_transform(pre), 1),
+            "test": ("test", eval_transform(pre), 1),
+        }
+        acts = {}
+        for key, (split, transform, n_views) in jobs.items():
+            dataset = ImageDataset(samples[split], params.classes, transform, views=n_views, seed=params.seed)
+            loader = DataLoader(dataset, batch_size=max(1, 64 // n_views), num_workers=runtime.num_workers)
+            acts[key] = prefix_activations(prefix, loader, runtime)
+        prefix_s = time.perf_counter() - start
+        feats = {key: (_apply(suffix, x), y) for key, (x, y) in acts.items()}
+        row = {"backbone": name, "input_size": pre.input_size, "views": views, "prefix_seconds": round(prefix_s, 1)}
+
+        t = time.perf_counter()
+        row["linear_probe"] = linear_probe(feats["train"], feats["val"], feats["test"])
+        row["linear_probe"]["seconds"] = round(time.perf_counter() - t, 1)
+
+        frozen_params = dataclasses.replace(params.train, trainable_blocks=0)
+        seed_everything(params.seed)
+        t = time.perf_counter()
+        head = build_head(backbone.num_features, k, params.model.dropout)
+        res = fit(head, feats["train_views"], feats["val"], frozen_params, params.seed, num_classes=k)
+        _, test_probs = evaluate(res.head, *feats["test"])
+        row["frozen"] = {
+            "best_epoch": res.best_epoch,
+            "val": _scores(feats["val"][1], res.val_probs),
+            "test": _scores(feats["test"][1], test_probs),
+            "seconds": round(time.perf_counter() - t, 1),
+        }
+
+        if not args.no_finetune:
+            tuned_params = dataclasses.replace(params.train, trainable_blocks=args.blocks)
+            seed_everything(params.seed)
+            t = time.perf_counter()
+            module = Classifier(copy.deepcopy(suffix), backbone.num_features, k, params.model.dropout)
+            module.backbone.requires_grad_(True)
+            res = fit(module, acts["train_views"], acts["val"], tuned_params, params.seed, num_classes=k)
+            _, test_probs = evaluate(res.head, *acts["test"])
+            row[f"blocks{args.blocks}"] = {
+                "best_epoch": res.best_epoch,
+                "val": _scores(acts["val"][1], res.val_probs),
+                "test": _scores(acts["test"][1], test_probs),
+                "seconds": round(time.perf_counter() - t, 1),
+            }
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+        del acts, feats
+
+    modes = ["linear_probe", "frozen"] + ([] if args.no_finetune else [f"blocks{args.blocks}"])
+    print("\n| backbone | mode | val F1 | val log loss | test F1 | test log loss |")
+    print("|---|---|---|---|---|---|")
+    for row in results:
+        for mode in modes:
+            r = row[mode]
+            print(
+                f"| {row['backbone']} | {mode} | {r['val']['f1_macro']:.4f} | {r['val']['log_loss']:.4f} | "
+                f"{r['test']['f1_macro']:.4f} | {r['test']['log_loss']:.4f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
