@@ -8,6 +8,7 @@ for a target false-reject rate of known images.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -107,12 +108,19 @@ def get_method(name: str) -> Method:
 
 
 def threshold_for_false_reject(known_scores: np.ndarray, false_reject: float) -> float:
-    """Score above which at most ``false_reject`` of ``known_scores`` lie (rejected = score > threshold)."""
+    """Threshold such that a new known image is rejected (score > threshold) with probability <= ``false_reject``.
+
+    The plain empirical quantile of n validation scores holds the rate on those n images only:
+    a new image is rejected with probability (floor(alpha n) + 1) / (n + 1), above alpha
+    (2.2% for alpha 2%, n 184). The conformal rank ceil((n + 1)(1 - alpha)) makes
+    ``false_reject`` a bound in expectation for any image exchangeable with the validation
+    ones (split conformal prediction; Angelopoulos & Bates 2021).
+    """
     if len(known_scores) == 0:
         raise ValueError("threshold_for_false_reject: no known scores")
     s = np.sort(np.asarray(known_scores, np.float64))
-    allowed = int(np.floor(false_reject * len(s)))  # known images we may reject
-    return float(s[len(s) - 1 - allowed])
+    rank = math.ceil((len(s) + 1) * (1.0 - false_reject))  # 1-based; beyond n: reject no known score
+    return float(s[min(rank, len(s)) - 1])
 
 
 def head_logits(head: torch.nn.Module, feats: np.ndarray) -> np.ndarray:
