@@ -320,9 +320,23 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x).float())
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with its mask drawn by ``torch.rand``.
+
+    Same semantics (inverted dropout, identity in eval mode) and the same state dict; but
+    on the pinned torch's CPU build the fused dropout kernel takes ~10 ms for a 64x1280
+    batch against ~0.3 ms here, which was a fifth of a head-only training run.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return x * (torch.rand_like(x) >= self.p) / (1.0 - self.p)
+
+
 def build_head(num_features: int, num_classes: int, dropout: float) -> nn.Sequential:
     """The new classifier head: trained alone on cached features, then saved inside ``Classifier``."""
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
+    return nn.Sequential(Dropout(dropout), nn.Linear(num_features, num_classes))
 
 
 @dataclass

@@ -229,3 +229,17 @@ def test_checkpoint_with_pickled_code_is_refused_without_running_it(tmp_path: Pa
 def test_missing_checkpoint_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*nope\.pt"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_head_dropout_is_inverted_dropout_and_identity_in_eval() -> None:
+    from src.models import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.25)
+    x = torch.ones(200, 500)
+    y = drop(x)
+    kept = y != 0
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.75))  # survivors scaled by 1/(1-p)
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
