@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -11,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from src.models import state_fingerprint
 from src.runtime import Runtime, inference
 
 
@@ -27,17 +27,8 @@ def make_loader(dataset: Dataset, batch_size: int, runtime: Runtime) -> DataLoad
 
 
 def weights_fingerprint(module: nn.Module) -> str:
-    """sha256 of a module's parameters and buffers (names, dtypes, shapes, values).
-
-    Ties cached features to the exact weights that made them: the test stage uses them only
-    for a checkpoint whose backbone has the same fingerprint.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
+    """sha256 of a module's parameters and buffers: see :func:`src.models.state_fingerprint`."""
+    return state_fingerprint(module.state_dict())
 
 
 def prepare_model(model: nn.Module, runtime: Runtime) -> nn.Module:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from src.data import ImageDataset, Sample
-from src.engine import extract_features, make_loader, prepare_model, weights_fingerprint
+from src.engine import extract_features, make_loader, prepare_model
 from src.models import LoadedModel
 from src.runtime import Runtime
 from src.transforms import eval_transform
@@ -33,7 +33,7 @@ def cached_features(
     meta = json.loads(meta_path.read_text())
     expected = {
         "backbone": loaded.backbone,
-        "backbone_sha256": weights_fingerprint(loaded.model.backbone),
+        "backbone_sha256": loaded.backbone_sha256,
         "preprocess": loaded.preprocess.to_dict(),
         "precision": runtime.precision,
         "classes": loaded.classes,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import re
 import urllib.error
@@ -339,17 +341,62 @@ def build_head(num_features: int, num_classes: int, dropout: float) -> nn.Sequen
     return nn.Sequential(Dropout(dropout), nn.Linear(num_features, num_classes))
 
 
+def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of a state dict (names, dtypes, shapes, values), whatever the memory layout.
+
+    Ties cached features to the exact weights that made them: the test and unknown stages
+    use featurize's cache only for a checkpoint whose backbone has the same fingerprint.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 @dataclass
 class LoadedModel:
-    model: Classifier
+    """A validated checkpoint. The full model is built on first use of ``model``: importing and
+    building a backbone costs seconds, which stages that only need the head (on cached
+    features) do not pay."""
+
     classes: list[str]
     backbone: str
     preprocess: Preprocess
     params: dict[str, Any]
+    num_features: int
+    dropout: float
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
+    source: str = ""
     # 0: backbone as pretrained (its features can be cached); N > 0: its last N blocks were fine-tuned.
     trainable_blocks: int = 0
     # Optional keys saved by train (temperature, fitted unknown detectors); {} in older checkpoints.
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @functools.cached_property
+    def model(self) -> Classifier:
+        backbone = build_backbone(self.backbone, pretrained=False)
+        model = Classifier(backbone.module, self.num_features, len(self.classes), self.dropout)
+        try:
+            model.load_state_dict(self.state_dict, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{self.source}: weights do not fit backbone {self.backbone!r}: {err}") from None
+        return model.eval()
+
+    @functools.cached_property
+    def head(self) -> nn.Sequential:
+        """The classifier head alone (the full model's own once that is built)."""
+        if "model" in self.__dict__:
+            return self.model.head
+        head = build_head(self.num_features, len(self.classes), self.dropout)
+        head.load_state_dict({k[len("head.") :]: v for k, v in self.state_dict.items() if k.startswith("head.")})
+        return head.eval()
+
+    @functools.cached_property
+    def backbone_sha256(self) -> str:
+        prefix = "backbone."
+        return state_fingerprint({k[len(prefix) :]: v for k, v in self.state_dict.items() if k.startswith(prefix)})
 
 
 def save_checkpoint(
@@ -383,9 +430,17 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: str | Path, expected_classes: Sequence[str] | None = None, expected_backbone: str | None = None
+    path: str | Path,
+    expected_classes: Sequence[str] | None = None,
+    expected_backbone: str | None = None,
+    lazy: bool = False,
 ) -> LoadedModel:
-    """Load a checkpoint written by :func:`save_checkpoint`, without unpickling objects."""
+    """Load a checkpoint written by :func:`save_checkpoint`, without unpickling objects.
+
+    With ``lazy`` the full model is built (and its weights checked against the backbone) on
+    first use of ``.model`` instead of now.
+    """
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (train one with: dvc repro train)")
@@ -406,19 +461,18 @@ def load_checkpoint(
         raise ValueError(
             f"{path}: checkpoint was trained with backbone {payload['backbone']!r}, expected {expected_backbone!r}"
         )
-    backbone = build_backbone(payload["backbone"], pretrained=False)
-    model = Classifier(backbone.module, payload["num_features"], len(classes), payload["dropout"])
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit backbone {payload['backbone']!r}: {err}") from None
-    model.eval()
-    return LoadedModel(
-        model=model,
+    loaded = LoadedModel(
         classes=classes,
         backbone=payload["backbone"],
         preprocess=Preprocess.from_dict(payload["preprocess"]),
         params=payload["params"],
+        num_features=int(payload["num_features"]),
+        dropout=float(payload["dropout"]),
+        state_dict=payload["state_dict"],
+        source=str(path),
         trainable_blocks=int(payload.get("trainable_blocks", 0)),
         extra=dict(payload.get("extra") or {}),
     )
+    if not lazy:
+        loaded.model  # noqa: B018 (builds and checks the weights now)
+    return loaded

@@ -37,10 +37,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     runtime = resolve_runtime(params.runtime)
 
-    loaded = load_checkpoint(args.model, expected_classes=params.classes)
+    # Lazy: with valid cached features the backbone is never built (a head-only experiment saves seconds).
+    loaded = load_checkpoint(args.model, expected_classes=params.classes, lazy=True)
     samples = read_manifest(args.data / "test.csv", params.classes)
     feats = features_for(loaded, "test", samples, args.features, runtime, params.predict.batch_size)
-    probs = calibrated_probs(head_logits(loaded.model.head, feats), float(loaded.extra.get("temperature", 1.0)))
+    probs = calibrated_probs(head_logits(loaded.head, feats), float(loaded.extra.get("temperature", 1.0)))
     write_predictions(args.out, [s.path for s in samples], [s.label for s in samples], probs, loaded.classes)
     accuracy = float((probs.argmax(1) == [loaded.classes.index(s.label) for s in samples]).mean())
     print(f"test: {len(samples)} images, accuracy {accuracy:.3f} -> {args.out}")

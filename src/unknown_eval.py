@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     runtime = resolve_runtime(params.runtime)
-    loaded = load_checkpoint(args.model, expected_classes=params.classes)
+    loaded = load_checkpoint(args.model, expected_classes=params.classes, lazy=True)
     if "unknown" not in loaded.extra:
         raise ValueError(f"{args.model}: no fitted unknown detectors in the checkpoint (run: dvc repro train)")
     test = read_manifest(args.data / "test.csv", params.classes)
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         name: features_for(loaded, name, samples, args.features, runtime, params.predict.batch_size)
         for name, samples in {"test": test, "ood": [Sample(p, None) for p in ood_paths]}.items()
     }
-    logits = {k: head_logits(loaded.model.head, v) for k, v in feats.items()}
+    logits = {k: head_logits(loaded.head, v) for k, v in feats.items()}
     labels = np.array([loaded.classes.index(s.label) for s in test])
     wrong = logits["test"].argmax(1) != labels
     full = np.array([r == "full" for r in ood_regions])
