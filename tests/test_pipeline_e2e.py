@@ -128,7 +128,7 @@ def _metrics_of(shown: list, name: str) -> dict:
 def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced) -> None:
     repo, env, _ = reproduced
     outs = {}
-    for name, lr in (("lr-low", "0.003"), ("lr-high", "0.5")):
+    for name, lr in (("lr-low", "0.001"), ("lr-high", "0.5")):
         outs[name] = run(["dvc", "exp", "run", "-n", name, "-S", f"train.lr={lr}"], repo, env)
     for out in outs.values():
         for stage in ("prepare", "featurize"):
@@ -149,7 +149,7 @@ def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced) ->
 
     exp_diff = run(["dvc", "exp", "diff", "lr-low", "lr-high", "--json"], repo, env, stdout_only=True)
     lr_change = json.loads(exp_diff)["params"]["params.yaml"]["train.lr"]
-    assert (lr_change["old"], lr_change["new"]) == (0.003, 0.5)
+    assert (lr_change["old"], lr_change["new"]) == (0.001, 0.5)
     table = run(["dvc", "exp", "show", "--sort-by", "val.loss", "--sort-order", "asc", "--csv"], repo, env)
     assert "lr-low" in table and "lr-high" in table
 
@@ -158,7 +158,7 @@ def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced) ->
     assert "lr-low" in page and "lr-high" in page and "cdn.jsdelivr" not in page
 
     run(["dvc", "exp", "apply", "lr-low"], repo, env)
-    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == 0.003
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == 0.001
 
 
 def _stop_queue_workers(repo: Path) -> None:
