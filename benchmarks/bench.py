@@ -1,6 +1,6 @@
 """Performance benchmark: prints a table; run on an otherwise idle machine.
 
-    python benchmarks/bench.py                              # efficientnet_lite0, full naive baseline
+    python benchmarks/bench.py                              # the default backbone, full naive baseline
     python benchmarks/bench.py --backbone resnet101 --naive-epochs 1   # naive time extrapolated
 
 Measured in one run, medians of repeats where repeated:
@@ -162,13 +162,14 @@ def stage_rss(repo: Path, env: dict[str, str]) -> dict[str, tuple[float, float]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--backbone", default=None, help="default: model.backbone in params.yaml")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--naive-epochs", type=int, default=None, help="epochs to measure (default: all)")
     parser.add_argument("--precision-check", action="store_true", help="also run the pipeline with fp32 features")
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
+    args.backbone = args.backbone or params.model.backbone
     env = pipeline_env()
     rows: list[tuple[str, str]] = []
 
