@@ -124,8 +124,12 @@ def bench_project(dest: Path, backbone: str) -> Path:
     """A copy of the repo on the default (full) data, with ``backbone``."""
     copy_repo(dest)
     params = yaml.safe_load((dest / "params.yaml").read_text())
-    source = Path(params["prepare"]["source"])
-    params["prepare"]["source"] = str(source if source.is_absolute() else (REPO / source).resolve())
+    # The copy lives elsewhere: make the local source sets' relative paths absolute.
+    for entries in params["prepare"]["sources"].values():
+        for entry in entries:
+            location = entry["location"]
+            if "://" not in location and not Path(location).is_absolute():
+                entry["location"] = str((REPO / location).resolve())
     params["model"]["backbone"] = backbone
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return dest
