@@ -162,17 +162,18 @@ def _small_classifier(seed: int = 0) -> tuple[Classifier, models.Backbone]:
     return Classifier(backbone.module, backbone.num_features, len(CLASSES), 0.2), backbone
 
 
-def test_checkpoint_round_trip(tmp_path: Path) -> None:
+def _saved(tmp_path: Path, **kwargs):
+    """(path, model, backbone) of a small lite0 classifier saved as a checkpoint for CLASSES."""
     model, backbone = _small_classifier()
     path = tmp_path / "model.pt"
     save_checkpoint(
-        path,
-        model,
-        classes=CLASSES,
-        backbone="efficientnet_lite0",
-        preprocess=backbone.preprocess,
-        params={"train": {"lr": 0.001}},
+        path, model, classes=CLASSES, backbone="efficientnet_lite0", preprocess=backbone.preprocess, **kwargs
     )
+    return path, model, backbone
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    path, model, backbone = _saved(tmp_path, params={"train": {"lr": 0.001}})
     loaded = load_checkpoint(path, expected_classes=CLASSES)
     assert loaded.classes == CLASSES and loaded.preprocess == backbone.preprocess
     assert loaded.params == {"train": {"lr": 0.001}}
@@ -184,28 +185,14 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 
 
 def test_checkpoint_records_fine_tuning_and_refuses_another_backbone(tmp_path: Path) -> None:
-    model, backbone = _small_classifier()
-    path = tmp_path / "model.pt"
-    save_checkpoint(
-        path,
-        model,
-        classes=CLASSES,
-        backbone="efficientnet_lite0",
-        preprocess=backbone.preprocess,
-        params={},
-        trainable_blocks=2,
-    )
+    path, _, _ = _saved(tmp_path, params={}, trainable_blocks=2)
     assert load_checkpoint(path, CLASSES, expected_backbone="efficientnet_lite0").trainable_blocks == 2
     with pytest.raises(ValueError, match="trained with backbone 'efficientnet_lite0', expected 'efficientnet_lite2'"):
         load_checkpoint(path, CLASSES, expected_backbone="efficientnet_lite2")
 
 
 def test_checkpoint_for_other_classes_is_refused(tmp_path: Path) -> None:
-    model, backbone = _small_classifier()
-    path = tmp_path / "model.pt"
-    save_checkpoint(
-        path, model, classes=CLASSES, backbone="efficientnet_lite0", preprocess=backbone.preprocess, params={}
-    )
+    path, _, _ = _saved(tmp_path, params={})
     with pytest.raises(
         ValueError, match=r"trained for classes \['ants', 'bees', 'cats', 'dogs'\], expected \['cats', 'dogs'\]"
     ):
