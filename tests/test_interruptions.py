@@ -24,8 +24,20 @@ from tests.pipeline_utils import make_project, run
 
 pytestmark = pytest.mark.slow
 OUTPUTS = ["data/predictions/test.csv", "metrics/test.json", "metrics/train.json", "models/model.pt", "dvc.lock"]
-# Seconds after "Running stage" before the kill: roughly half of each stage's run on this data.
-DELAY = {"prepare": 0.5, "featurize": 5.0, "train": 4.0, "test": 1.5, "evaluate": 1.5, "report": 0.5}
+# Seconds after the stage's process appears before the kill: well inside each stage's run on
+# this data. The kill must land while the stage runs: a SIGKILL of dvc itself just after a stage,
+# while it rewrites dvc.lock, can leave a lock that no longer validates (seen once in CI), which
+# is DVC's own write, not a stage's.
+DELAY = {
+    "prepare": 0.3,
+    "ood_data": 0.3,
+    "featurize": 3.0,
+    "train": 2.0,
+    "test": 0.3,
+    "evaluate": 0.3,
+    "unknown": 0.3,
+    "report": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +47,20 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     repo, env = make_project(tmp_path_factory.mktemp("kill"), SHARED_PHOTOS)
     run(["dvc", "repro"], repo, env)
     return repo, env, {f: (repo / f).read_bytes() for f in OUTPUTS}
+
+
+def _stage_process(dvc_pid: int, stage: str, timeout: float = 60.0) -> psutil.Process:
+    """The running `python -m src.<stage>` child of dvc (src.unknown_eval for `unknown`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in psutil.Process(dvc_pid).children(recursive=True):
+            try:
+                if f"src.{stage}" in " ".join(child.cmdline()):
+                    return child
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.01)
+    raise AssertionError(f"no process for stage {stage} within {timeout} s")
 
 
 def _repro_killed_during(repo: Path, env: dict[str, str], stage: str, target: str) -> str:
@@ -53,13 +79,13 @@ def _repro_killed_during(repo: Path, env: dict[str, str], stage: str, target: st
         for line in proc.stdout:
             lines.append(line)
             if line.startswith(f"Running stage '{stage}'"):
+                child = _stage_process(proc.pid, stage)
                 time.sleep(DELAY[stage])
+                assert child.is_running(), f"stage {stage} ended before the kill: lower DELAY[{stage!r}]"
                 if target == "dvc":
                     os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage command with it
                 else:
-                    for child in psutil.Process(proc.pid).children(recursive=True):
-                        if f"src.{stage}" in " ".join(child.cmdline()):
-                            child.kill()
+                    child.kill()
                 break
         proc.stdout.read()
     finally:
