@@ -1,13 +1,13 @@
 """Stage `featurize`: run the frozen backbone once and cache pooled features.
 
-    python -m src.featurize --data data/prepared --out data/features
+    python -m src.featurize --data data/prepared --ood data/ood --out data/features
 
 Training images get ``featurize.views`` augmented views each (training samples one
-view per epoch); validation and test images get the deterministic eval view. Each
+view per epoch); validation, test and OOD images get the deterministic eval view. Each
 image is decoded once: its views are drawn from that one decode. Any head-only
-change (lr, epochs, optimizer) then re-runs only `train` onwards, and the test stage
-applies the trained head to the cached test features instead of re-running the
-backbone.
+change (lr, epochs, optimizer) then re-runs only `train` onwards, and the test and
+unknown stages apply the trained head to the cached features instead of re-running
+the backbone (see src/feature_cache.py).
 """
 
 from __future__ import annotations
