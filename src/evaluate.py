@@ -1,10 +1,13 @@
-"""Stage `evaluate`: metrics and plots from the predictions CSV (no torch).
+"""Stage `evaluate`: metrics and plots from the predictions CSVs (no torch).
 
-    python -m src.evaluate --predictions data/predictions/test.csv --metrics metrics/test.json --plots plots/test
+    python -m src.evaluate --predictions data/predictions/test.csv --ood-predictions data/predictions/ood.csv \
+        --detectors data/predictions/detectors.json --ood data/ood --metrics metrics/test.json \
+        --unknown-metrics metrics/unknown.json --plots plots/test --unknown-plots plots/unknown
 
-Writes one nested metrics JSON (with bootstrap confidence intervals), plot data files
-for `dvc plots` (confusion, ROC and precision-recall per class, calibration) and the
-same plots as PNGs, plus a grid of the most confident mistakes.
+Classification (test split): one nested metrics JSON with bootstrap confidence intervals,
+plot data files for `dvc plots` (confusion, ROC and precision-recall per class,
+calibration), the same plots as PNGs, and a grid of the most confident mistakes.
+Unknown detection (test split against the OOD set): see src/unknown_metrics.py.
 """
 
 from __future__ import annotations
@@ -16,15 +19,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn import metrics as skm
 
 from src import figures
 from src.cli import run
-from src.data import ImageError, load_rgb
-from src.fileio import atomic_write_text
-from src.metrics import calibration_bins, classification_report, confusion
+from src.data import load_thumbnail
+from src.fileio import atomic_dir, atomic_write_text
+from src.metrics import calibration_bins, classification_report, confusion, precision_recall_curve, roc_curve
+from src.ood_data import read_ood_manifest
 from src.params import load_params
 from src.predictions import Predictions, read_predictions
+from src.unknown_metrics import unknown_report, write_unknown_plots
 
 
 def curve_points(pred: Predictions, kind: str) -> dict[str, list[dict[str, float]]]:
@@ -35,11 +39,11 @@ def curve_points(pred: Predictions, kind: str) -> dict[str, list[dict[str, float
         if not 0 < positives.sum() < len(positives):
             continue  # undefined without both positives and negatives
         if kind == "roc":
-            fpr, tpr, thr = skm.roc_curve(positives, pred.probs[:, i])
-            thr = np.minimum(thr, 1.0)  # sklearn puts +inf first; keep the CSV numeric
+            fpr, tpr, thr = roc_curve(positives, pred.probs[:, i])
+            thr = np.minimum(thr, 1.0)  # +inf comes first; keep the CSV numeric
             out[name] = [{"fpr": float(a), "tpr": float(b), "threshold": float(t)} for a, b, t in zip(fpr, tpr, thr)]
         else:
-            precision, recall, thr = skm.precision_recall_curve(positives, pred.probs[:, i])
+            precision, recall, thr = precision_recall_curve(positives, pred.probs[:, i])
             thr = np.append(thr, 1.0)  # the last (recall 0) point has no threshold
             out[name] = [
                 {"recall": float(r), "precision": float(p), "threshold": float(t)}
@@ -122,28 +126,29 @@ def write_plots(pred: Predictions, report: dict, calibration: list[dict], out: P
     )
 
     picks = worst_mistakes(pred, worst)
-    images, titles = [], []
+    # The grid is illustration: an unreadable file is a grey tile, not a failed evaluation.
+    images = [load_thumbnail(pred.images[i], 192) for i in picks]
+    titles = []
     for i in picks:
-        try:
-            images.append(load_rgb(pred.images[i]))
-        except ImageError as err:  # the grid is illustration: a missing file must not fail evaluation
-            images.append(np.zeros((8, 8, 3), np.uint8))
-            print(f"evaluate: worst-mistakes grid: {err}")
         p = pred.predicted[i]
-        titles.append(
-            f"pred {classes[p]} {pred.probs[i, p]:.2f}\ntrue {classes[pred.labels[i]]}\n{Path(pred.images[i]).name}"
-        )
+        name = Path(pred.images[i]).name
+        titles.append(f"pred {classes[p]} {pred.probs[i, p]:.2f}\ntrue {classes[pred.labels[i]]}\n{name[:28]}")
     if not picks:
         titles, images = ["no mistakes"], [np.full((8, 8, 3), 255, np.uint8)]
-    figures.save(figures.image_grid(images, titles, ["red"] * len(titles)), out / "worst_mistakes.png")
+    figures.save_image(figures.image_grid(images, titles, ["red"] * len(titles)), out / "worst_mistakes.png")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--predictions", type=Path, required=True)
+    parser.add_argument("--predictions", type=Path, required=True, help="test predictions CSV")
+    parser.add_argument("--ood-predictions", type=Path, required=True, help="OOD predictions CSV")
+    parser.add_argument("--detectors", type=Path, required=True, help="JSON written by the test stage")
+    parser.add_argument("--ood", type=Path, required=True, help="OOD set (its manifest: which images are whole photos)")
     parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--unknown-metrics", type=Path, required=True)
     parser.add_argument("--plots", type=Path, required=True, help="directory for plot data and PNGs")
+    parser.add_argument("--unknown-plots", type=Path, required=True, help="directory for risk-coverage data and PNG")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     cfg = params.evaluate
@@ -161,7 +166,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     calibration = calibration_bins(pred.labels, pred.probs, cfg.ece_bins)
 
     atomic_write_text(args.metrics, json.dumps({"test": report}, indent=2) + "\n")
-    write_plots(pred, report, calibration, args.plots, cfg.worst_mistakes)
+    with atomic_dir(args.plots) as tmp:
+        write_plots(pred, report, calibration, tmp, cfg.worst_mistakes)
+
+    ood = read_predictions(args.ood_predictions, labelled=False)
+    if not args.detectors.is_file():
+        raise FileNotFoundError(f"detectors JSON not found: {args.detectors} (run: dvc repro test)")
+    detectors = json.loads(args.detectors.read_text())
+    ood_paths, _, regions = read_ood_manifest(args.ood / "manifest.csv")
+    if ood_paths != ood.images:
+        raise ValueError(
+            f"{args.ood_predictions}: images differ from {args.ood / 'manifest.csv'} (run: dvc repro test)"
+        )
+    unknown, curves = unknown_report(
+        pred, ood, np.array([r == "full" for r in regions]), detectors, params.predict.threshold, cfg.ece_bins
+    )
+    atomic_write_text(args.unknown_metrics, json.dumps(unknown, indent=2) + "\n")
+    with atomic_dir(args.unknown_plots) as tmp:
+        write_unknown_plots(curves, unknown, tmp)
     ci = report[f"ci{round(cfg.ci * 100)}"]
     print(
         f"evaluate: accuracy {report['accuracy']:.4f}  "
@@ -169,6 +191,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"log loss {report['log_loss']:.4f} [{ci['log_loss']['low']:.4f}, {ci['log_loss']['high']:.4f}]  "
         f"ECE {report['ece']:.4f}  macro ROC-AUC {report['roc_auc_macro']:.4f}"
     )
+    for name, m in unknown["methods"].items():
+        print(
+            f"unknown {name:27s} AUROC {m['auroc']:.3f}  OOD rejected {m['ood_rejected']:.3f} "
+            f"(photos {m['ood_photos_rejected']:.3f})  known rejected {m['known_rejected']:.3f}"
+        )
 
 
 if __name__ == "__main__":

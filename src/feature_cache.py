@@ -20,7 +20,6 @@ from src.data import ImageDataset, Sample
 from src.engine import extract_features, make_loader, prepare_model
 from src.models import LoadedModel
 from src.runtime import Runtime
-from src.transforms import eval_transform
 
 
 def cached_features(
@@ -63,6 +62,8 @@ def features_for(
         log(f"{split}: {len(samples)} images, cached features")
         return feats
     log(f"{split}: {why}; running the backbone on the images")
+    from src.transforms import eval_transform  # albumentations' import (0.6 s) only when images are decoded
+
     backbone = prepare_model(loaded.model.backbone, runtime)
     dataset = ImageDataset(samples, loaded.classes, eval_transform(loaded.preprocess))
     feats, _ = extract_features(backbone, make_loader(dataset, batch_size, runtime), runtime, split)

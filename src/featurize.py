@@ -4,7 +4,8 @@
 
 Training images get ``featurize.views`` augmented views each (training samples one
 view per epoch); validation, test and OOD images get the deterministic eval view. Each
-image is decoded once: its views are drawn from that one decode. Any head-only
+image is decoded once: its views are drawn from that one decode. The backbone's weights
+are saved beside the features (``backbone.pt``) for train's checkpoint. Any head-only
 change (lr, epochs, optimizer) then re-runs only `train` onwards, and the test and
 unknown stages apply the trained head to the cached features instead of re-running
 the backbone (see src/feature_cache.py).
@@ -19,12 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from src.cli import run
 from src.data import ImageDataset, Sample, read_manifest
 from src.engine import extract_features, make_loader, prepare_model, weights_fingerprint
 from src.fileio import atomic_dir
-from src.models import build_backbone
+from src.models import BACKBONE_WEIGHTS, build_backbone
 from src.ood_data import read_ood_manifest
 from src.params import load_params
 from src.runtime import resolve_runtime, seed_everything
@@ -66,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "classes": params.classes,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        # The weights that made these features: train puts them in the checkpoint as they are.
+        state = {k: v.detach().cpu().contiguous() for k, v in backbone.module.state_dict().items()}
+        torch.save(state, tmp / BACKBONE_WEIGHTS)
 
 
 def _featurize_split(out: Path, split: str, samples: list[Sample], transform, views: int, module, params, runtime):

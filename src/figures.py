@@ -1,4 +1,4 @@
-"""PNG figures for plots/ and TensorBoard (matplotlib, headless)."""
+"""PNG figures for plots/ and TensorBoard: charts with matplotlib (headless), image grids with Pillow."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
 
 
 def save(fig: Figure, path: Path) -> None:
@@ -99,14 +100,28 @@ def history_figure(history: Sequence[Mapping[str, float]], best_epoch: int) -> F
     return fig
 
 
-def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], colors: Sequence[str], cols: int = 4) -> Figure:
-    """Images (HxWx3, uint8 or float in [0, 1]) with a coloured title each."""
+def image_grid(
+    images: Sequence[np.ndarray], titles: Sequence[str], colors: Sequence[str], cols: int = 4, tile: int = 192
+) -> np.ndarray:
+    """Square thumbnails (HxWx3 uint8, resized to ``tile``) with a coloured caption each, as one HxWx3 uint8 image.
+
+    Drawn with Pillow, not matplotlib: rendering a 16-panel figure took 0.45 s of a
+    head-only experiment, this takes a few milliseconds.
+    """
+    font = ImageFont.load_default(size=12)
+    line = 15
+    caption = line * max((t.count("\n") + 1 for t in titles), default=1) + 6
     rows = max(1, (len(images) + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.7, rows * 3.0), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, img, title, color in zip(axes.ravel(), images, titles, colors):
-        ax.imshow(img)
-        ax.set_title(title, color=color, fontsize=8)
-    fig.tight_layout()
-    return fig
+    grid = Image.new("RGB", (cols * (tile + 6) + 6, rows * (tile + caption + 6) + 6), "white")
+    draw = ImageDraw.Draw(grid)
+    for n, (img, title, color) in enumerate(zip(images, titles, colors)):
+        x, y = 6 + (n % cols) * (tile + 6), 6 + (n // cols) * (tile + caption + 6)
+        grid.paste(Image.fromarray(np.asarray(img, np.uint8)).resize((tile, tile), Image.BILINEAR), (x, y))
+        for i, text in enumerate(title.split("\n")):
+            draw.text((x + 2, y + tile + 3 + i * line), text, fill=color, font=font)
+    return np.asarray(grid)
+
+
+def save_image(image: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)

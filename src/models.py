@@ -399,10 +399,26 @@ class LoadedModel:
         return state_fingerprint({k[len(prefix) :]: v for k, v in self.state_dict.items() if k.startswith(prefix)})
 
 
+# featurize saves the frozen backbone's weights beside the features it made with them, so that
+# train can write a complete checkpoint without importing timm and rebuilding the backbone.
+BACKBONE_WEIGHTS = "backbone.pt"
+
+
+def classifier_state(
+    backbone_state: Mapping[str, torch.Tensor], head_state: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """A :class:`Classifier`'s state dict from its two parts' state dicts."""
+    return {
+        **{f"backbone.{k}": v for k, v in backbone_state.items()},
+        **{f"head.{k}": v for k, v in head_state.items()},
+    }
+
+
 def save_checkpoint(
     path: Path,
-    model: Classifier,
+    state_dict: Mapping[str, torch.Tensor],
     *,
+    dropout: float,
     classes: Sequence[str],
     backbone: str,
     preprocess: Preprocess,
@@ -410,14 +426,17 @@ def save_checkpoint(
     extra: Mapping[str, Any] | None = None,
     trainable_blocks: int = 0,
 ) -> None:
-    """Write a ``weights_only``-loadable checkpoint atomically (temp file, then rename)."""
+    """Write a ``weights_only``-loadable checkpoint atomically (temp file, then rename).
+
+    ``state_dict`` is a :class:`Classifier`'s (``model.state_dict()`` or :func:`classifier_state`).
+    """
     payload = {
         "format": CHECKPOINT_FORMAT,
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
         "classes": list(classes),
         "backbone": backbone,
-        "num_features": int(model.head[1].in_features),
-        "dropout": float(model.head[0].p),
+        "num_features": int(state_dict["head.1.weight"].shape[1]),
+        "dropout": float(dropout),
         "preprocess": preprocess.to_dict(),
         "params": dict(params),
         "extra": dict(extra or {}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,19 @@ def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
             flags.update(line.split(":", 1)[1].split())
             break
     return bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
+def use_deterministic_algorithms(mode: bool) -> None:
+    """``torch.use_deterministic_algorithms`` without its one-second import of ``torch._inductor``.
+
+    The public function also sets inductor's ``deterministic`` flag, which only torch.compile
+    reads; nothing here compiles. Where inductor is not loaded, the C++ switch is therefore the
+    whole effect, and skipping the import is a tenth of a head-only experiment's time.
+    """
+    if "torch._inductor" in sys.modules:
+        torch.use_deterministic_algorithms(mode)
+    else:
+        torch._C._set_deterministic_algorithms(mode)
 
 
 @dataclass(frozen=True)

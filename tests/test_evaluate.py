@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from src import metrics
 from src.evaluate import main, worst_mistakes
 from src.metrics import bootstrap_ci, calibration_bins, classification_report, expected_calibration_error, log_loss
 from src.predictions import Predictions, columns, read_predictions, write_predictions
@@ -121,6 +122,8 @@ def test_csv_schema_round_trip(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("image,label,prob_a,prob_b\n", r"p.csv:1: header must be image,label,prediction"),
+        ("image,label,prediction,prob_a,prob_b,x\n", r"p.csv:1: .* then only 'score_<method>' columns"),
+        ("image,label,prediction,prob_a,prob_b,score_k\n1.jpg,a,a,0.5,0.5,x\n", r"p.csv:2: .* must be numbers"),
         ("image,label,prediction,prob_a,prob_b\n1.jpg,c,a,0.5,0.5\n", r"p.csv:2: label 'c' is not one of a, b"),
         ("image,label,prediction,prob_a,prob_b\n1.jpg,a,a,0.5\n", r"p.csv:2: expected 5 fields, got 4"),
         ("image,label,prediction,prob_a,prob_b\n1.jpg,a,a,0.9,0.9\n", r"p.csv:2: probabilities must .* sum to 1"),
@@ -134,22 +137,81 @@ def test_bad_csv_is_reported_with_file_and_line(tmp_path: Path, text: str, messa
         read_predictions(path)
 
 
+def test_ranking_metrics_match_scikit_learn() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n = int(rng.integers(2, 50))
+        y = rng.random(n) < 0.4
+        if y.all() or not y.any():
+            continue
+        s = np.round(rng.random(n), int(rng.integers(1, 3)))  # coarse scores: many ties
+        for ours, theirs in (
+            (metrics.roc_curve, skm.roc_curve),
+            (metrics.precision_recall_curve, skm.precision_recall_curve),
+        ):
+            for a, b in zip(ours(y, s), theirs(y, s), strict=True):
+                np.testing.assert_allclose(a, b)
+        assert metrics.roc_auc(y, s) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+        assert metrics.average_precision(y, s) == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
+
+
+def test_scores_and_unlabelled_rows_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "ood.csv"
+    scores = {"knn": np.array([0.1, 0.2, 0.3, 0.4]), "energy": np.array([-1.0, -2.0, -3.0, -4.5])}
+    write_predictions(path, HAND.images, [None] * 4, HAND.probs, HAND.classes, scores)
+    with path.open() as f:
+        assert next(csv.reader(f)) == ["image", "label", "prediction", "prob_a", "prob_b", "score_knn", "score_energy"]
+    back = read_predictions(path, labelled=False)
+    assert (back.labels == -1).all() and list(back.scores) == ["knn", "energy"]
+    for name, values in scores.items():
+        np.testing.assert_allclose(back.scores[name], values)
+    with pytest.raises(ValueError, match=r"ood.csv:2: label '' is not one of a, b"):
+        read_predictions(path)  # labels are required unless asked otherwise
+
+
+def _stage_inputs(tmp_path: Path) -> list[str]:
+    """Predictions for HAND and two OOD images, as the test stage writes them."""
+    scores = {"knn": np.array([0.1, 0.5, 0.2, 0.3])}
+    write_predictions(tmp_path / "test.csv", HAND.images, ["a", "a", "b", "b"], HAND.probs, HAND.classes, scores)
+    ood_probs = np.array([[0.5, 0.5], [0.7, 0.3]])
+    write_predictions(tmp_path / "ood.csv", ["o1.jpg", "o2.jpg"], [None, None], ood_probs, HAND.classes,
+                      {"knn": np.array([0.9, 0.25])})  # fmt: skip
+    (tmp_path / "ood").mkdir()
+    (tmp_path / "o1.jpg").write_bytes(b"x")
+    (tmp_path / "o2.jpg").write_bytes(b"x")
+    (tmp_path / "ood" / "manifest.csv").write_text("path,photo,package,region\no1.jpg,o,t,full\no2.jpg,o,t,top_left\n")
+    detectors = {"temperature": 0.5, "false_reject": 0.25, "thresholds": {"knn": 0.4}}
+    (tmp_path / "d.json").write_text(json.dumps(detectors))
+    return ["--predictions", "test.csv", "--ood-predictions", "ood.csv", "--detectors", "d.json", "--ood", "ood"]
+
+
+def test_evaluate_stage_writes_unknown_metrics(tmp_path: Path, repo: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = _stage_inputs(tmp_path)
+    out = ["--metrics", "m.json", "--unknown-metrics", "u.json", "--plots", "p", "--unknown-plots", "up"]
+    main(["--params", str(repo / "params.yaml"), *args, *out])
+    unknown = json.loads((tmp_path / "u.json").read_text())
+    assert unknown["n_known_test"] == 4 and unknown["n_ood_images"] == 2 and unknown["n_ood_photos"] == 1
+    knn = unknown["methods"]["knn"]
+    # Known scores .1 .5 .2 .3 against OOD .9 .25 at threshold .4: one known and one OOD rejected.
+    # AUROC: OOD .9 outscores all 4 known, OOD .25 outscores 2 of them: 6 of the 8 pairs.
+    assert knn["known_rejected"] == 0.25 and knn["ood_rejected"] == 0.5 and knn["ood_photos_rejected"] == 1.0
+    assert knn["auroc"] == pytest.approx(6 / 8) and knn["meets_target"] is False
+    # The uncalibrated rule sees softmax(T log p): with T = 0.5, (.7, .3) -> sqrt, renormalised -> (.604, .396),
+    # which the rule (max p < .6) keeps; (.5, .5) stays and is rejected. Calibrated, (.7, .3) is kept too.
+    assert (np.sqrt([0.7, 0.3]) / np.sqrt([0.7, 0.3]).sum())[0] == pytest.approx(0.604, abs=1e-3)
+    assert unknown["methods"]["original_rule_uncalibrated"]["ood_rejected"] == 0.5
+    assert unknown["methods"]["original_rule"]["ood_rejected"] == 0.5
+    with (tmp_path / "up" / "risk_coverage" / "knn.csv").open() as f:
+        assert float(list(csv.DictReader(f))[-1]["coverage"]) == 1.0
+    assert (tmp_path / "up" / "risk_coverage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_evaluate_stage_writes_metrics_and_plots(tmp_path: Path, repo: Path, monkeypatch) -> None:
-    csv_path = tmp_path / "test.csv"
-    write_predictions(csv_path, HAND.images, ["a", "a", "b", "b"], HAND.probs, HAND.classes)
     monkeypatch.chdir(tmp_path)  # image paths in the CSV do not exist: the grid shows placeholders
-    main(
-        [
-            "--params",
-            str(repo / "params.yaml"),
-            "--predictions",
-            str(csv_path),
-            "--metrics",
-            "m.json",
-            "--plots",
-            "plots",
-        ]
-    )
+    args = _stage_inputs(tmp_path)
+    out = ["--metrics", "m.json", "--unknown-metrics", "u.json", "--plots", "plots", "--unknown-plots", "up"]
+    main(["--params", str(repo / "params.yaml"), *args, *out])
     metrics = json.loads((tmp_path / "m.json").read_text())["test"]
     assert metrics["accuracy"] == pytest.approx(0.75)
     assert set(metrics["ci95"]) == {"f1_macro", "log_loss"}

@@ -35,7 +35,6 @@ DELAY = {
     "train": 2.0,
     "test": 0.3,
     "evaluate": 0.3,
-    "unknown": 0.3,
     "report": 0.0,
 }
 
@@ -50,7 +49,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 
 
 def _stage_process(dvc_pid: int, stage: str, timeout: float = 60.0) -> psutil.Process:
-    """The running `python -m src.<stage>` child of dvc (src.unknown_eval for `unknown`)."""
+    """The running `python -m src.<stage>` child of dvc."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for child in psutil.Process(dvc_pid).children(recursive=True):

@@ -167,7 +167,13 @@ def _saved(tmp_path: Path, **kwargs):
     model, backbone = _small_classifier()
     path = tmp_path / "model.pt"
     save_checkpoint(
-        path, model, classes=CLASSES, backbone="efficientnet_lite0", preprocess=backbone.preprocess, **kwargs
+        path,
+        model.state_dict(),
+        dropout=model.head[0].p,
+        classes=CLASSES,
+        backbone="efficientnet_lite0",
+        preprocess=backbone.preprocess,
+        **kwargs,
     )
     return path, model, backbone
 

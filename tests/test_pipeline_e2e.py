@@ -41,7 +41,7 @@ def reproduced(project: tuple[Path, dict[str, str]]) -> tuple[Path, dict[str, st
 
 def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None:
     repo, env, out = reproduced
-    for stage in ("prepare", "featurize", "train", "test", "evaluate", "ood_data", "unknown", "report"):
+    for stage in ("prepare", "featurize", "train", "test", "evaluate", "ood_data", "report"):
         assert f"Running stage '{stage}'" in out
     unknown = json.loads((repo / "metrics/unknown.json").read_text())
     assert set(unknown["methods"]) >= {"original_rule", "max_softmax", "energy", "mahalanobis", "knn"}
@@ -54,8 +54,14 @@ def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None
 
     with (repo / "data/predictions/test.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["image", "label", "prediction", *(f"prob_{c}" for c in CLASSES)]
+    scores = [f"score_{m}" for m in ("max_softmax", "energy", "mahalanobis", "knn")]
+    assert list(rows[0]) == ["image", "label", "prediction", *(f"prob_{c}" for c in CLASSES), *scores]
     assert len(rows) == 4 and {r["label"] for r in rows} == set(CLASSES)
+    with (repo / "data/predictions/ood.csv").open() as f:
+        ood = list(csv.DictReader(f))
+    assert len(ood) == 20 and {r["label"] for r in ood} == {""}
+    detectors = json.loads((repo / "data/predictions/detectors.json").read_text())
+    assert set(detectors["thresholds"]) == {"max_softmax", "energy", "mahalanobis", "knn"}
 
     metrics = json.loads((repo / "metrics/test.json").read_text())["test"]
     for key in ("accuracy", "f1_macro", "f1_micro", "log_loss", "brier", "ece", "ci95", "roc_auc_macro"):
@@ -110,7 +116,9 @@ def test_tensorboard_logs_have_scalars_and_images(reproduced) -> None:
     tags = acc.Tags()
     assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr"} <= set(tags["scalars"])
     assert len(acc.Scalars("loss/val")) == 2  # one point per epoch
-    assert {"val/predictions", "val/samples"} <= set(tags["images"])
+    assert {"val/predictions", "val/confusion"} <= set(tags["images"])
+    grid = acc.Images("val/predictions")[0]
+    assert grid.width > 500 and grid.height > 500  # 4 x 4 labelled thumbnails
     # The `tensorboard` command itself starts (it needs pkg_resources from setuptools < 81).
     out = run([str(Path(sys.executable).parent / "tensorboard"), "--version_tb"], repo, env, stdout_only=True)
     assert out.strip()

@@ -49,7 +49,8 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         out[name] = tmp / f"{name}.pt"
         save_checkpoint(
             out[name],
-            model,
+            model.state_dict(),
+            dropout=model.head[0].p,
             classes=CLASSES,
             backbone="efficientnet_lite0",
             preprocess=backbone.preprocess,

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from src import evaluate, featurize, ood_data, prepare, report, test, train, unknown_eval
+from src import evaluate, featurize, ood_data, prepare, report, test, train
 from src.cli import run
 from src.data import ImageError, load_rgb
 
@@ -138,11 +138,45 @@ STAGES = {
             "h",
         ],
     ),
-    "test": (test.main, ["--model", "m", "--data", "d", "--features", "f", "--out", "o"]),
-    "evaluate": (evaluate.main, ["--predictions", "p", "--metrics", "m", "--plots", "o"]),
-    "unknown": (
-        unknown_eval.main,
-        ["--model", "m", "--data", "d", "--ood", "q", "--features", "f", "--metrics", "x", "--plots", "p"],
+    "test": (
+        test.main,
+        [
+            "--model",
+            "m",
+            "--data",
+            "d",
+            "--ood",
+            "q",
+            "--features",
+            "f",
+            "--out",
+            "o",
+            "--ood-out",
+            "u",
+            "--detectors",
+            "j",
+        ],
+    ),
+    "evaluate": (
+        evaluate.main,
+        [
+            "--predictions",
+            "p",
+            "--ood-predictions",
+            "u",
+            "--detectors",
+            "j",
+            "--ood",
+            "q",
+            "--metrics",
+            "m",
+            "--unknown-metrics",
+            "x",
+            "--plots",
+            "o",
+            "--unknown-plots",
+            "y",
+        ],
     ),
     "report": (report.main, ["--metrics", "m", "--plots", "p", "--out", "o"]),
 }

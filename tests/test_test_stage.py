@@ -36,13 +36,16 @@ def project(tmp_path: Path, repo: Path) -> dict[str, Path]:
         for i in range(2)
     ]
     write_manifest(tmp_path / "data" / "test.csv", samples)
+    ood_paths = [str(make_image(tmp_path / "ood" / f"thing{i}.jpg", seed=100 + i, size=(90, 90))) for i in range(2)]
+    rows = [f"{p},thing{i},test,full" for i, p in enumerate(ood_paths)]
+    (tmp_path / "ood" / "manifest.csv").write_text("\n".join(["path,photo,package,region", *rows]) + "\n")
 
     torch.manual_seed(0)
     backbone = build_backbone("efficientnet_lite0", pretrained=False)
     model = Classifier(backbone.module, backbone.num_features, len(CLASSES), 0.0)
     save_checkpoint(
-        tmp_path / "model.pt", model, classes=CLASSES, backbone="efficientnet_lite0",
-        preprocess=backbone.preprocess, params={},
+        tmp_path / "model.pt", model.state_dict(), dropout=model.head[0].p, classes=CLASSES,
+        backbone="efficientnet_lite0", preprocess=backbone.preprocess, params={},
     )  # fmt: skip
 
     # What featurize writes for the test split, made by this very backbone.
@@ -52,6 +55,11 @@ def project(tmp_path: Path, repo: Path) -> dict[str, Path]:
     features = tmp_path / "features"
     features.mkdir()
     np.savez(features / "test.npz", features=feats, labels=labels, paths=[s.path for s in samples])
+    ood = [Sample(p, None) for p in ood_paths]
+    ood_feats, ood_labels = extract_features(
+        module, make_loader(ImageDataset(ood, CLASSES, eval_transform(backbone.preprocess)), 3, runtime), runtime
+    )
+    np.savez(features / "ood.npz", features=ood_feats, labels=ood_labels, paths=ood_paths)
     meta = {
         "backbone": "efficientnet_lite0",
         "backbone_sha256": weights_fingerprint(backbone.module),
@@ -66,14 +74,17 @@ def project(tmp_path: Path, repo: Path) -> dict[str, Path]:
 def _run(project: dict[str, Path], features: Path, out: str, capsys) -> tuple[np.ndarray, str]:
     root = project["root"]
     args = ["--params", str(project["params"]), "--model", str(root / "model.pt"), "--data", str(root / "data")]
+    args += ["--ood", str(root / "ood"), "--ood-out", str(root / f"ood-{out}"), "--detectors", str(root / "d.json")]
     test_stage.main([*args, "--features", str(features), "--out", str(root / out)])
-    return read_predictions(root / out).probs, capsys.readouterr().out
+    ood = read_predictions(root / f"ood-{out}", labelled=False)
+    assert len(ood.images) == 2 and (ood.labels == -1).all()
+    return np.concatenate([read_predictions(root / out).probs, ood.probs]), capsys.readouterr().out
 
 
 def test_cached_features_give_the_full_models_probabilities(project, capsys) -> None:
     cached, log_cached = _run(project, project["features"], "a.csv", capsys)
     full, log_full = _run(project, project["root"] / "missing", "b.csv", capsys)
-    assert "test: 8 images, cached features" in log_cached
+    assert "test: 8 images, cached features" in log_cached and "ood: 2 images, cached features" in log_cached
     assert "running the backbone on the images" in log_full and "no cached test features" in log_full
     np.testing.assert_allclose(cached, full, atol=1e-5)
 

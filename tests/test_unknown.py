@@ -8,8 +8,15 @@ import torch
 
 from src.calibration import calibrated_probs, fit_temperature, nll
 from src.models import Classifier, build_head, load_checkpoint, save_checkpoint
-from src.unknown import METHODS, detector_from_extra, fit_inference_extras, get_method, threshold_for_false_reject
-from src.unknown_eval import detection_metrics, risk_coverage
+from src.unknown import (
+    METHODS,
+    detector_from_extra,
+    fit_inference_extras,
+    get_method,
+    ledoit_wolf_covariance,
+    threshold_for_false_reject,
+)
+from src.unknown_metrics import detection_metrics, risk_coverage, uncalibrated
 
 D, C = 16, 4
 
@@ -101,7 +108,14 @@ def test_extras_survive_a_weights_only_checkpoint_round_trip(tmp_path: Path) -> 
     try:
         pre = models.Preprocess(8, 8, (0.5,) * 3, (0.5,) * 3, "bilinear")
         save_checkpoint(
-            path, model, classes=list("abcd"), backbone="identity_test", preprocess=pre, params={}, extra=extra
+            path,
+            model.state_dict(),
+            dropout=model.head[0].p,
+            classes=list("abcd"),
+            backbone="identity_test",
+            preprocess=pre,
+            params={},
+            extra=extra,
         )
         loaded = load_checkpoint(path)
     finally:
@@ -139,3 +153,31 @@ def test_fitting_refuses_a_class_without_training_features() -> None:
     keep = y != 3  # the last class: not visible from the labels' range alone
     with pytest.raises(ValueError, match=r"no training features for class index\(es\) \[3\]"):
         fit_inference_extras(_head(), x[keep], y[keep], val_x, val_y, false_reject=0.02, knn_k=3, ece_bins=10)
+
+
+def test_ledoit_wolf_matches_scikit_learn() -> None:
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(0)
+    for n, d in ((300, 20), (40, 120)):  # more samples than dimensions, and fewer (the shrinkage matters)
+        x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))
+        x -= x.mean(axis=0)
+        expected = LedoitWolf(assume_centered=True).fit(x).covariance_
+        np.testing.assert_allclose(ledoit_wolf_covariance(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_temperature_search_finds_scipys_minimum() -> None:
+    from scipy.optimize import minimize_scalar
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(300, 4)) * 4
+    labels = np.where(rng.random(300) < 0.8, logits.argmax(1), rng.integers(0, 4, 300))
+    ref = minimize_scalar(lambda s: nll(logits, labels, float(np.exp(s))), bounds=(-4, 4), method="bounded")
+    assert fit_temperature(logits, labels) == pytest.approx(float(np.exp(ref.x)), rel=1e-4)
+    assert nll(logits, labels, fit_temperature(logits, labels)) <= ref.fun + 1e-9
+
+
+def test_uncalibrated_probabilities_are_recovered_from_calibrated_ones() -> None:
+    logits = np.random.default_rng(4).normal(size=(50, 4)) * 3
+    t = 0.7
+    np.testing.assert_allclose(uncalibrated(calibrated_probs(logits, t), t), calibrated_probs(logits, 1.0), atol=1e-12)

@@ -1,0 +1,118 @@
+"""How well each unknown detector separates known test images from OOD photos (from the predictions CSVs).
+
+Every detector stored in the checkpoint is judged at the threshold fitted on validation
+(for the target false-reject rate), plus the original rule (max probability below
+predict.threshold) with and without the temperature. Per method: AUROC known-vs-unknown,
+fraction of OOD images rejected (and of distinct OOD photos whose whole image is
+rejected), fraction of known test images wrongly rejected, and a risk-coverage curve
+over test + OOD (an accepted OOD image counts as an error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from src import figures
+from src.calibration import calibrated_probs
+from src.metrics import expected_calibration_error, roc_auc
+from src.predictions import Predictions
+
+CURVE_POINTS = 101  # risk-coverage curves are resampled to this many coverages
+Curve = tuple[np.ndarray, np.ndarray]
+
+
+def detection_metrics(
+    known: np.ndarray, unknown: np.ndarray, threshold: float, full_image: np.ndarray
+) -> dict[str, float | int]:
+    """Scores are "higher = unknown"; rejected where score > threshold."""
+    y = np.r_[np.zeros(len(known)), np.ones(len(unknown))]
+    return {
+        "auroc": roc_auc(y, np.r_[known, unknown]),
+        "known_rejected": float(np.mean(known > threshold)),
+        "ood_rejected": float(np.mean(unknown > threshold)),
+        "ood_photos_rejected": float(np.mean(unknown[full_image] > threshold)),
+        "threshold": float(threshold),
+    }
+
+
+def risk_coverage(scores: np.ndarray, errors: np.ndarray) -> Curve:
+    """Accept the lowest-score images first: error rate among the accepted at each coverage."""
+    order = np.argsort(scores, kind="stable")
+    cum_err = np.cumsum(errors[order])
+    accepted = np.arange(1, len(scores) + 1)
+    coverage = np.linspace(1.0 / len(scores), 1.0, CURVE_POINTS)
+    idx = np.clip(np.ceil(coverage * len(scores)).astype(int) - 1, 0, len(scores) - 1)
+    return accepted[idx] / len(scores), cum_err[idx] / accepted[idx]
+
+
+def uncalibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits) from softmax(logits / T): log-probabilities differ from logits / T by a constant."""
+    return calibrated_probs(np.log(np.clip(probs, 1e-300, None)), 1.0 / temperature)
+
+
+def unknown_report(
+    test: Predictions,
+    ood: Predictions,
+    ood_full_image: np.ndarray,
+    detectors: Mapping[str, Any],
+    rule_threshold: float,
+    ece_bins: int,
+) -> tuple[dict[str, Any], dict[str, Curve]]:
+    """Metrics per method (``metrics/unknown.json``) and risk-coverage curves per fitted detector."""
+    temperature = float(detectors["temperature"])
+    target = detectors.get("false_reject")
+    wrong = test.predicted != test.labels
+    raw = {"test": uncalibrated(test.probs, temperature), "ood": uncalibrated(ood.probs, temperature)}
+    methods: dict[str, dict] = {}
+    curves: dict[str, Curve] = {}
+    # The original rule at predict.threshold, raw and calibrated, then each detector at its val threshold.
+    for name, probs in {
+        "original_rule_uncalibrated": raw,
+        "original_rule": {"test": test.probs, "ood": ood.probs},
+    }.items():
+        known, unknown = 1.0 - probs["test"].max(1), 1.0 - probs["ood"].max(1)
+        methods[name] = detection_metrics(known, unknown, 1.0 - rule_threshold, ood_full_image)
+    for name, threshold in detectors["thresholds"].items():
+        if name not in test.scores or name not in ood.scores:
+            raise ValueError(f"detector {name!r} has a threshold but no score_{name} column in the predictions")
+        known, unknown = test.scores[name], ood.scores[name]
+        methods[name] = detection_metrics(known, unknown, threshold, ood_full_image)
+        if target is not None:
+            methods[name]["meets_target"] = bool(
+                methods[name]["known_rejected"] <= target and methods[name]["ood_rejected"] >= 0.8
+            )
+        curves[name] = risk_coverage(np.r_[known, unknown], np.r_[wrong, np.ones(len(unknown), bool)])
+    report = {
+        "n_known_test": len(test.labels),
+        "n_ood_images": len(ood.images),
+        "n_ood_photos": int(ood_full_image.sum()),
+        "target_false_reject": target,
+        "temperature": temperature,
+        "ece_test_before": expected_calibration_error(test.labels, raw["test"], ece_bins),
+        "ece_test_after": expected_calibration_error(test.labels, test.probs, ece_bins),
+        "methods": methods,
+    }
+    return report, curves
+
+
+def write_unknown_plots(curves: Mapping[str, Curve], report: Mapping[str, Any], out: Path) -> None:
+    """Risk-coverage CSV per detector (a DVC plot) and one PNG with all of them."""
+    (out / "risk_coverage").mkdir(parents=True, exist_ok=True)
+    for name, (cov, risk) in curves.items():
+        lines = ["coverage,risk"] + [f"{c:.6g},{r:.6g}" for c, r in zip(cov, risk)]
+        (out / "risk_coverage" / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    methods = report["methods"]
+    labelled = {f"{k} (AUROC {methods[k]['auroc']:.3f})": v for k, v in curves.items()}
+    n_test, n_ood = report["n_known_test"], report["n_ood_images"]
+    fig = figures.curves_figure(
+        labelled,
+        title=f"Risk-coverage, {n_test} test + {n_ood} OOD images (accepted OOD = error)",
+        xlabel="coverage (fraction accepted)",
+        ylabel="risk (error rate among accepted)",
+        legend_loc="upper left",
+    )
+    figures.save(fig, out / "risk_coverage.png")
