@@ -1,4 +1,4 @@
-"""Batched forward passes shared by featurize, test, predict and unknown: one fast path for all."""
+"""Batched forward passes shared by featurize, train (fine-tuning), test and predict: one fast path for all."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Use featurize's cached features for a checkpoint only when they are provably its own.
 
-The test and unknown stages need backbone features of the test and OOD images. With a
+The test stage needs backbone features of the test and OOD images. With a
 frozen backbone, `featurize` has already computed them; recomputing would cost most of
 a head-only experiment. They are used only if the cache was made by the very same
 backbone weights (a sha256 of its state dict), preprocessing, precision and images;

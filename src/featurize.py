@@ -6,8 +6,8 @@ Training images get ``featurize.views`` augmented views each (training samples o
 view per epoch); validation, test and OOD images get the deterministic eval view. Each
 image is decoded once: its views are drawn from that one decode. The backbone's weights
 are saved beside the features (``backbone.pt``) for train's checkpoint. Any head-only
-change (lr, epochs, optimizer) then re-runs only `train` onwards, and the test and
-unknown stages apply the trained head to the cached features instead of re-running
+change (lr, epochs, optimizer) then re-runs only `train` onwards, and the test stage
+applies the trained head to the cached test and OOD features instead of re-running
 the backbone (see src/feature_cache.py).
 """
 
@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--data", type=Path, required=True, help="prepared dataset (manifests)")
-    parser.add_argument("--ood", type=Path, required=True, help="OOD set (src.ood_data), for the unknown stage")
+    parser.add_argument("--ood", type=Path, required=True, help="OOD set (src.ood_data), scored by the test stage")
     parser.add_argument("--out", type=Path, required=True, help="feature cache directory")
     args = parser.parse_args(argv)
     params = load_params(args.params)

@@ -344,8 +344,8 @@ def build_head(num_features: int, num_classes: int, dropout: float) -> nn.Sequen
 def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     """sha256 of a state dict (names, dtypes, shapes, values), whatever the memory layout.
 
-    Ties cached features to the exact weights that made them: the test and unknown stages
-    use featurize's cache only for a checkpoint whose backbone has the same fingerprint.
+    Ties cached features to the exact weights that made them: the test stage uses
+    featurize's cache only for a checkpoint whose backbone has the same fingerprint.
     """
     digest = hashlib.sha256()
     for name, tensor in sorted(state.items()):
