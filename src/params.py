@@ -159,6 +159,7 @@ class TrainParams:
     patience: int
     resume: bool
     deterministic: bool
+    calibrate: bool
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "an integer >= 1")

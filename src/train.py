@@ -471,6 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         *_pooled(module, val, tp.trainable_blocks),
         **params.unknown.fit_kwargs(),
         ece_bins=params.evaluate.ece_bins,
+        calibrate=tp.calibrate,
     )
     save_checkpoint(
         args.model,

@@ -170,10 +170,12 @@ def fit_inference_extras(
     false_reject: float,
     knn_k: int,
     ece_bins: int,
+    calibrate: bool,
 ) -> dict[str, Any]:
     """Temperature (on val) and every unknown method (fitted on train, thresholded on val), checkpoint-ready.
 
-    ``train_x`` is (N, K, D) augmented views or (N, D); all views are used as samples.
+    ``train_x`` is (N, K, D) augmented views or (N, D); all views are used as samples. Without
+    ``calibrate`` the temperature is 1 (the one a fit would give is still recorded).
     """
     train_x = np.asarray(train_x, np.float32)
     train_y = np.asarray(train_y)
@@ -185,7 +187,8 @@ def fit_inference_extras(
     missing = sorted(set(range(logits.shape[1])) - set(np.unique(train_y).tolist()))
     if missing:
         raise ValueError(f"unknown detectors: no training features for class index(es) {missing}")
-    temperature = fit_temperature(logits, val_y)
+    fitted = fit_temperature(logits, val_y)
+    temperature = fitted if calibrate else 1.0
     unknown: dict[str, Any] = {}
     for name, method in METHODS.items():
         state = method.fit(train_x, train_y, knn_k)
@@ -194,6 +197,7 @@ def fit_inference_extras(
     return {
         "temperature": temperature,
         "calibration": {
+            "fitted_temperature": fitted,
             "val_nll_before": nll(logits, val_y),
             "val_nll_after": nll(logits, val_y, temperature),
             "val_ece_before": expected_calibration_error(val_y, calibrated_probs(logits, 1.0), ece_bins),

@@ -43,7 +43,9 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     train_x = rng.normal(0, 1, (64, 2, backbone.num_features)).astype(np.float32)
     val_x = rng.normal(0, 1, (40, backbone.num_features)).astype(np.float32)
     y_train, y_val = np.arange(64) % 4, np.arange(40) % 4
-    extras = fit_inference_extras(model.head, train_x, y_train, val_x, y_val, false_reject=0.02, knn_k=3, ece_bins=10)
+    extras = fit_inference_extras(
+        model.head, train_x, y_train, val_x, y_val, false_reject=0.02, knn_k=3, ece_bins=10, calibrate=True
+    )
     out = {}
     for name, extra in {"plain": {}, "fitted": extras}.items():
         out[name] = tmp / f"{name}.pt"

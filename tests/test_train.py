@@ -24,6 +24,7 @@ PARAMS = TrainParams(
     patience=0,
     resume=False,
     deterministic=True,
+    calibrate=False,
 )
 
 

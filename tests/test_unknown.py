@@ -78,7 +78,9 @@ def test_unknown_method_name_lists_the_registry() -> None:
 def test_feature_methods_score_far_points_higher(name: str) -> None:
     train_x, train_y = _clusters(400, 0)
     val_x, val_y = _clusters(200, 1)
-    extra = fit_inference_extras(_head(), train_x, train_y, val_x, val_y, false_reject=0.02, knn_k=5, ece_bins=10)
+    extra = fit_inference_extras(
+        _head(), train_x, train_y, val_x, val_y, false_reject=0.02, knn_k=5, ece_bins=10, calibrate=True
+    )
     det = detector_from_extra(extra, name, None)
     known_x, _ = _clusters(200, 2)
     # Energy only sees the logits, so its outliers must have small logits; the others see every axis.
@@ -95,7 +97,9 @@ def test_extras_survive_a_weights_only_checkpoint_round_trip(tmp_path: Path) -> 
     train_x, train_y = _clusters(100, 0)
     views = np.stack([train_x, train_x + 0.01], axis=1)  # (N, K, D) as featurize writes them
     val_x, val_y = _clusters(60, 1)
-    extra = fit_inference_extras(_head(), views, train_y, val_x, val_y, false_reject=0.05, knn_k=3, ece_bins=10)
+    extra = fit_inference_extras(
+        _head(), views, train_y, val_x, val_y, false_reject=0.05, knn_k=3, ece_bins=10, calibrate=True
+    )
     assert set(extra["unknown"]) == set(METHODS)
     assert extra["unknown"]["knn"]["state"]["bank"].shape == (200, D)  # every view is in the bank
     model = Classifier(torch.nn.Identity(), D, C, 0.0)
@@ -152,7 +156,22 @@ def test_fitting_refuses_a_class_without_training_features() -> None:
     val_x, val_y = _clusters(40, 1)
     keep = y != 3  # the last class: not visible from the labels' range alone
     with pytest.raises(ValueError, match=r"no training features for class index\(es\) \[3\]"):
-        fit_inference_extras(_head(), x[keep], y[keep], val_x, val_y, false_reject=0.02, knn_k=3, ece_bins=10)
+        fit_inference_extras(
+            _head(), x[keep], y[keep], val_x, val_y, false_reject=0.02, knn_k=3, ece_bins=10, calibrate=True
+        )
+
+
+def test_without_calibration_the_temperature_is_one_and_a_separable_val_would_collapse_it() -> None:
+    # Val logits that classify every image right: NLL keeps falling as T -> 0, so a fitted T runs to
+    # the search's bound. This is the failure cross-validation found; calibrate: false avoids it.
+    logits = np.array([[4.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0], [0.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 2.0]])
+    labels = np.arange(4)
+    assert fit_temperature(logits, labels) < 0.02
+    x, y = _clusters(100, 0)
+    val_x, val_y = _clusters(40, 1)
+    off = fit_inference_extras(_head(), x, y, val_x, val_y, false_reject=0.02, knn_k=3, ece_bins=10, calibrate=False)
+    on = fit_inference_extras(_head(), x, y, val_x, val_y, false_reject=0.02, knn_k=3, ece_bins=10, calibrate=True)
+    assert off["temperature"] == 1.0 and on["temperature"] == pytest.approx(off["calibration"]["fitted_temperature"])
 
 
 def test_ledoit_wolf_matches_scikit_learn() -> None:
