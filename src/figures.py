@@ -109,6 +109,7 @@ def image_grid(
     head-only experiment, this takes a few milliseconds.
     """
     font = ImageFont.load_default(size=12)
+    cols = min(cols, max(1, len(images)))
     line = 15
     caption = line * max((t.count("\n") + 1 for t in titles), default=1) + 6
     rows = max(1, (len(images) + cols - 1) // cols)

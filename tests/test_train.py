@@ -1,5 +1,6 @@
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -207,3 +208,62 @@ def test_resume_refuses_a_last_checkpoint_made_with_other_params(tmp_path, repo)
     torch.save({"format": 1, "params": params.to_dict(), "state": {"epoch": 3}}, path)  # resume: false there
     assert _resume_state(path, resuming) == {"epoch": 3}
     assert _resume_state(path, params) is None  # train.resume: false starts over
+
+
+def _features_dir(tmp_path: Path, repo: Path, monkeypatch) -> list[str]:
+    """A featurize output for 8-d synthetic features, val images on disk, and the train stage's args."""
+    import json
+
+    import numpy as np
+    import yaml
+
+    from src.data import Sample, write_manifest
+    from tests.conftest import CLASSES, make_image
+
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["model"]["backbone"] = "efficientnet_lite0"
+    raw["train"]["epochs"] = 3
+    raw["unknown"]["knn_k"] = 2
+    Path("params.yaml").write_text(yaml.safe_dump(raw))
+    (x, y), (vx, vy) = _blobs(40, 2, 0), _blobs(16, None, 1)
+    features = Path("features")
+    features.mkdir()
+    np.savez(features / "train.npz", features=x.numpy(), labels=y.numpy(), paths=[f"t{i}" for i in range(40)])
+    np.savez(features / "val.npz", features=vx.numpy(), labels=vy.numpy(), paths=[f"v{i}" for i in range(16)])
+    meta = {"backbone": "efficientnet_lite0", "classes": CLASSES, "num_features": 8, "precision": "fp32"}
+    meta["preprocess"] = {
+        "input_size": 8,
+        "resize_size": 8,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "interpolation": "bicubic",
+    }
+    (features / "meta.json").write_text(json.dumps(meta))
+    torch.save({"conv.weight": torch.arange(6.0).reshape(2, 3)}, features / "backbone.pt")
+    val = [Sample(str(make_image(Path(f"img/v{i}.jpg"), seed=i)), CLASSES[int(vy[i])]) for i in range(16)]
+    write_manifest(Path("data/val.csv"), val)
+    stage = ["--features", "features", "--data", "data", "--model", "model.pt", "--last", "last.pt"]
+    return [*stage, "--logdir", "runs", "--metrics", "train.json", "--history", "history.csv"]
+
+
+def test_train_stage_saves_featurizes_backbone_weights_without_building_the_backbone(tmp_path, repo, monkeypatch):
+    from src.models import load_checkpoint
+    from src.train import main
+
+    args = _features_dir(tmp_path, repo, monkeypatch)
+    monkeypatch.setattr("src.train.build_backbone", lambda *a, **k: pytest.fail("train built the backbone"))
+    assert main(args) == 0
+    loaded = load_checkpoint(tmp_path / "model.pt", lazy=True)
+    assert torch.equal(loaded.state_dict["backbone.conv.weight"], torch.arange(6.0).reshape(2, 3))
+    assert loaded.head[1].weight.shape == (4, 8) and loaded.extra["temperature"] == 1.0  # calibrate: false
+    assert loaded.extra["calibration"]["fitted_temperature"] > 0
+
+
+def test_train_stage_without_the_backbone_weights_says_to_rerun_featurize(tmp_path, repo, monkeypatch) -> None:
+    from src.train import main
+
+    args = _features_dir(tmp_path, repo, monkeypatch)
+    (tmp_path / "features" / "backbone.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"features/backbone.pt .*run: dvc repro featurize"):
+        main(args)
