@@ -6,8 +6,8 @@ Every number is a wall-clock time of a fresh process, from start to exit, so it 
 Python and torch start-up, reading the checkpoint and the backbone's first call:
  1. one image end to end: `python -m src.predict IMAGE` (median of --repeats runs);
  2. throughput: `python -m src.predict` on --images distinct prepared photos at once;
- 3. the test stage (`python -m src.test`) on the test split, the same way: as the pipeline runs it
-    (cached features) and forced through the images.
+ 3. the test stage (`python -m src.test`) on the test split and the OOD set, the same way: as the
+    pipeline runs it (cached features) and forced through the images.
 Needs the pipeline's outputs (models/model.pt, data/prepared): run `dvc repro` first.
 The method and batch size are those of params.yaml (unknown.method, predict.batch_size).
 """
@@ -53,18 +53,21 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args()
     py = sys.executable
-    with (REPO / "data/prepared/test.csv").open() as f:
-        n_test = sum(1 for _ in f) - 1
+    n_test = 0
+    for manifest in (REPO / "data/prepared/test.csv", REPO / "data/ood/manifest.csv"):
+        with manifest.open() as f:
+            n_test += sum(1 for _ in f) - 1
     images = prepared_images(args.images)
 
     one = [timed([py, "-m", "src.predict", images[0], "--format", "json"]) for _ in range(args.repeats)]
     many = timed([py, "-m", "src.predict", *images, "--format", "csv"])
-    stage = [py, "-m", "src.test", "--model", "models/model.pt", "--data", "data/prepared"]
+    stage = [py, "-m", "src.test", "--model", "models/model.pt", "--data", "data/prepared", "--ood", "data/ood"]
     with tempfile.TemporaryDirectory() as tmp:
+        outs = ["--out", f"{tmp}/t.csv", "--ood-out", f"{tmp}/o.csv", "--detectors", f"{tmp}/d.json"]
         # As the pipeline runs it (head on featurize's cached features), and forced through the
         # images (no cache: decode + backbone, predict's path) for a like-for-like comparison.
-        test = timed([*stage, "--features", "data/features", "--out", f"{tmp}/t.csv"])
-        test_images = timed([*stage, "--features", f"{tmp}/no-cache", "--out", f"{tmp}/u.csv"])
+        test = timed([*stage, "--features", "data/features", *outs])
+        test_images = timed([*stage, "--features", f"{tmp}/no-cache", *outs])
 
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
@@ -76,8 +79,8 @@ def main() -> None:
     print(f"machine: {result['machine']}")
     print(f"one image, process start to answer: {result['one_image_s']['median']:.2f} s (median of {args.repeats})")
     print(f"predict, {len(images)} images in one process: {many:.1f} s = {len(images) / many:.1f} images/s")
-    print(f"test stage, {n_test} images, cached features: {test:.1f} s = {n_test / test:.1f} images/s")
-    print(f"test stage, {n_test} images, from the images: {test_images:.1f} s = {n_test / test_images:.1f} images/s")
+    for how, seconds in (("cached features", test), ("from the images", test_images)):
+        print(f"test stage, {n_test} test + OOD images, {how}: {seconds:.1f} s = {n_test / seconds:.1f} images/s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
