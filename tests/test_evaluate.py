@@ -229,3 +229,15 @@ def test_evaluate_stage_writes_metrics_and_plots(tmp_path: Path, repo: Path, mon
         assert sum(int(r["count"]) for r in csv.DictReader(f)) == 4
     for png in ("confusion", "confusion_normalized", "roc", "pr", "calibration", "worst_mistakes"):
         assert (tmp_path / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_image_grid_takes_uint8_and_float_images() -> None:
+    from src.figures import image_grid
+
+    red = np.zeros((20, 30, 3), np.uint8)
+    red[..., 0] = 255
+    half = np.full((10, 10, 3), 0.5)  # float in [0, 1], as denormalised tensors are
+    grid = image_grid([red, half], ["a", "b\nsecond line"], ["red", "green"], cols=4, tile=32)
+    assert grid.dtype == np.uint8 and grid.shape[1] == 2 * (32 + 6) + 6  # columns shrink to the images
+    assert tuple(grid[6 + 16, 6 + 16]) == (255, 0, 0)
+    assert abs(int(grid[6 + 16, 6 + 38 + 16, 1]) - 128) <= 1

@@ -14,7 +14,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import matplotlib.pyplot as plt
 
 from src import figures
 from src.data import ImageDataset, read_manifest
@@ -44,11 +43,9 @@ def main() -> None:
         for v, x in enumerate(augmented[i][0]):
             images.append(denormalize(x, pre).permute(1, 2, 0).numpy())
             titles.append(f"augmented {v + 1}")
-    fig = figures.image_grid(images, titles, ["black"] * len(images), cols=args.views + 1)
+    grid = figures.image_grid(images, titles, ["black"] * len(images), cols=args.views + 1, tile=160)
     # JPEG at a modest resolution: the picture lives in git.
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=70, pil_kwargs={"quality": 85})
-    plt.close(fig)
+    figures.save_image(grid, args.out, quality=85)
     print(f"{len(picks)} photos x {args.views} views -> {args.out} ({pre.input_size} px)")
 
 
