@@ -267,3 +267,36 @@ def test_train_stage_without_the_backbone_weights_says_to_rerun_featurize(tmp_pa
     (tmp_path / "features" / "backbone.pt").unlink()
     with pytest.raises(FileNotFoundError, match=r"features/backbone.pt .*run: dvc repro featurize"):
         main(args)
+
+
+def test_train_stage_fine_tunes_the_last_block_and_saves_a_loadable_model(tmp_path, repo, monkeypatch) -> None:
+    import yaml
+
+    from src.data import Sample, write_manifest
+    from src.models import load_checkpoint
+    from src.train import main
+    from tests.conftest import CLASSES, make_image
+
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["model"]["backbone"] = "efficientnet_lite0"
+    raw["train"].update(trainable_blocks=1, epochs=2, batch_size=4)
+    raw["featurize"]["views"] = 2
+    raw["runtime"].update(precision="fp32", num_workers=0)
+    raw["unknown"]["knn_k"] = 2
+    Path("params.yaml").write_text(yaml.safe_dump(raw))
+    for split, n in (("train", 3), ("val", 2)):
+        samples = [
+            Sample(str(make_image(Path(f"img/{split}/{c}{i}.jpg"), seed=10 * k + i, size=(80, 64))), c)
+            for k, c in enumerate(CLASSES)
+            for i in range(n)
+        ]
+        write_manifest(Path(f"data/{split}.csv"), samples)
+    args = ["--features", "no-features", "--data", "data", "--model", "model.pt", "--last", "last.pt"]
+    assert main([*args, "--logdir", "runs", "--metrics", "train.json", "--history", "history.csv"]) == 0
+    loaded = load_checkpoint(tmp_path / "model.pt", expected_classes=CLASSES)  # builds lite0, strict load
+    assert loaded.trainable_blocks == 1
+    pretrained = build_backbone("efficientnet_lite0", pretrained=True).module.state_dict()
+    changed = {k for k, v in loaded.model.backbone.state_dict().items() if not torch.equal(v, pretrained[k])}
+    last_block = {k for k in changed if k.startswith(("conv_head", "bn2"))}
+    assert changed and changed == last_block  # only the last block (conv head + its BN affine) was trained
