@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,13 +39,17 @@ def load_thumbnail(path: str | Path, size: int) -> np.ndarray:
     """A ``size`` x ``size`` centre crop of an image, for illustration grids.
 
     JPEGs are decoded at a reduced scale (``draft``), several times faster than a full
-    decode; a file that cannot be read gives a grey tile: a picture must not fail a stage.
+    decode. A file that cannot be read gives a grey tile, named on stderr: a picture must
+    not fail a stage, nor hide that a file went missing.
     """
     try:
         with Image.open(path) as img:
             img.draft("RGB", (2 * size, 2 * size))
             rgb = Image.fromarray(to_rgb(img))
-    except Exception:
+    except Exception as err:  # any unreadable file: the tile shows it, the message names it
+        print(
+            f"{path}: cannot be read for an image grid ({type(err).__name__}); a grey tile stands in", file=sys.stderr
+        )
         return np.full((size, size, 3), 128, np.uint8)
     side = min(rgb.size)
     left, top = (rgb.width - side) // 2, (rgb.height - side) // 2

@@ -35,7 +35,7 @@ from src.unknown import detector_from_extra, head_logits
 
 
 def score_images(head, feats: np.ndarray, extra: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Calibrated class probabilities and every fitted detector's unknown score, from (N, D) features."""
+    """Class probabilities (softmax of logits / the checkpoint's T) and every fitted detector's score."""
     logits = head_logits(head, feats)
     probs = calibrated_probs(logits, float(extra.get("temperature", 1.0)))
     scores = {name: detector_from_extra(extra, name, None).score(feats, logits) for name in extra.get("unknown", {})}

@@ -207,11 +207,12 @@ def test_evaluate_stage_writes_unknown_metrics(tmp_path: Path, repo: Path, monke
     assert (tmp_path / "up" / "risk_coverage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_evaluate_stage_writes_metrics_and_plots(tmp_path: Path, repo: Path, monkeypatch) -> None:
+def test_evaluate_stage_writes_metrics_and_plots(tmp_path: Path, repo: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)  # image paths in the CSV do not exist: the grid shows placeholders
     args = _stage_inputs(tmp_path)
     out = ["--metrics", "m.json", "--unknown-metrics", "u.json", "--plots", "plots", "--unknown-plots", "up"]
     main(["--params", str(repo / "params.yaml"), *args, *out])
+    assert "2.jpg: cannot be read for an image grid" in capsys.readouterr().err  # the one mistake's missing file
     metrics = json.loads((tmp_path / "m.json").read_text())["test"]
     assert metrics["accuracy"] == pytest.approx(0.75)
     assert set(metrics["ci95"]) == {"f1_macro", "log_loss"}
