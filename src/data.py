@@ -221,7 +221,8 @@ class ImageDataset:
     ``transform`` maps an RGB uint8 array to a tensor; with ``views > 1`` each item
     is ``views`` independent draws of it stacked, so each file is decoded only once.
     ``seed`` makes every draw a pure function of (seed, index, view), whatever the
-    number of DataLoader workers.
+    number of DataLoader workers. ``extra``, a deterministic transform (the eval view),
+    is applied to the same decode and stacked last, after the ``views`` draws.
     """
 
     def __init__(
@@ -232,6 +233,7 @@ class ImageDataset:
         views: int = 1,
         seed: int = 0,
         root: Path = Path("."),
+        extra: Callable[[np.ndarray, int], object] | None = None,
     ) -> None:
         self.samples = list(samples)
         self.index = {c: i for i, c in enumerate(classes)}
@@ -239,6 +241,7 @@ class ImageDataset:
         self.views = views
         self.seed = seed
         self.root = root
+        self.extra = extra
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -250,5 +253,7 @@ class ImageDataset:
         image = load_rgb(self.root / sample.path)
         base = (self.seed * 1_000_003 + i) * max(self.views, 1)
         tensors = [self.transform(image, base + v) for v in range(self.views)]
-        x = tensors[0] if self.views == 1 else torch.stack(tensors)
+        if self.extra is not None:
+            tensors.append(self.extra(image, 0))
+        x = tensors[0] if len(tensors) == 1 else torch.stack(tensors)
         return x, -1 if sample.label is None else self.index[sample.label]

@@ -3,8 +3,9 @@
     python -m src.featurize --data data/prepared --ood data/ood --out data/features
 
 Training images get ``featurize.views`` augmented views each (training samples one
-view per epoch); validation, test and OOD images get the deterministic eval view. Each
-image is decoded once: its views are drawn from that one decode. The backbone's weights
+view per epoch) and their eval view (``eval_features``, which the linear probe behind
+``train.init: probe`` is fitted on); validation, test and OOD images get the
+deterministic eval view. Each image is decoded once: its views are drawn from that one decode. The backbone's weights
 are saved beside the features (``backbone.pt``) for train's checkpoint. Any head-only
 change (lr, epochs, optimizer) then re-runs only `train` onwards, and the test stage
 applies the trained head to the cached test and OOD features instead of re-running
@@ -48,15 +49,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     module = prepare_model(backbone.module, runtime)
     manifests = {split: read_manifest(args.data / f"{split}.csv", params.classes) for split in ("train", "val", "test")}
     manifests["ood"] = [Sample(p, None) for p in read_ood_manifest(args.ood / "manifest.csv")[0]]
+    evaluation = eval_transform(backbone.preprocess)
     jobs = {
-        "train": (train_transform(backbone.preprocess, params.augment), params.featurize.views),
-        "val": (eval_transform(backbone.preprocess), 1),
-        "test": (eval_transform(backbone.preprocess), 1),
-        "ood": (eval_transform(backbone.preprocess), 1),
+        "train": (train_transform(backbone.preprocess, params.augment), params.featurize.views, evaluation),
+        "val": (evaluation, 1, None),
+        "test": (evaluation, 1, None),
+        "ood": (evaluation, 1, None),
     }
     with atomic_dir(args.out) as tmp:
-        for split, (transform, views) in jobs.items():
-            _featurize_split(tmp, split, manifests[split], transform, views, module, params, runtime)
+        for split, (transform, views, extra) in jobs.items():
+            _featurize_split(tmp, split, manifests[split], transform, views, extra, module, params, runtime)
         meta = {
             "backbone": params.model.backbone,
             "backbone_sha256": weights_fingerprint(backbone.module),
@@ -73,16 +75,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.save(state, tmp / BACKBONE_WEIGHTS)
 
 
-def _featurize_split(out: Path, split: str, samples: list[Sample], transform, views: int, module, params, runtime):
-    """Features of one split -> ``out/<split>.npz`` (features, labels (-1: none), paths)."""
-    dataset = ImageDataset(samples, params.classes, transform, views=views, seed=params.seed)
+def _featurize_split(
+    out: Path, split: str, samples: list[Sample], transform, views: int, extra, module, params, runtime
+) -> None:
+    """Features of one split -> ``out/<split>.npz``: features (N, D); labels (-1: none); paths. With
+    ``extra`` (training images): features (N, views, D) and their eval view as eval_features (N, D)."""
+    dataset = ImageDataset(samples, params.classes, transform, views=views, seed=params.seed, extra=extra)
+    passes = views + (extra is not None)
     # Keep a batch near featurize.batch_size images whatever the number of views.
-    batch = max(1, params.featurize.batch_size // views)
+    batch = max(1, params.featurize.batch_size // passes)
     start = time.perf_counter()
     feats, labels = extract_features(module, make_loader(dataset, batch, runtime), runtime, desc=split)
     seconds = time.perf_counter() - start
-    np.savez(out / f"{split}.npz", features=feats.astype(np.float32), labels=labels, paths=[s.path for s in samples])
-    rate = len(samples) * views / seconds
+    arrays = {"labels": labels, "paths": [s.path for s in samples]}
+    if extra is not None:
+        # Training features keep their views axis even for one view: train samples along it.
+        feats, arrays["eval_features"] = feats[:, :views], feats[:, views].astype(np.float32)
+    np.savez(out / f"{split}.npz", features=feats.astype(np.float32), **arrays)
+    rate = len(samples) * passes / seconds
     print(f"featurize {split}: {feats.shape} in {seconds:.1f}s ({rate:.1f} img/s)")
 
 
