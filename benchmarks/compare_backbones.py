@@ -8,8 +8,10 @@ training views (``featurize.views`` seeded augmented views per image, as in the 
 and the eval view of train/val/test; then, with params.yaml's train/model settings:
  - linear probe: multinomial logistic regression (scikit-learn, lbfgs) on standardised
    eval-view features of the training images, its L2 strength chosen on val log loss;
- - frozen: the pipeline's head training (``train.trainable_blocks: 0``) on the views' features;
- - fine-tuned: the pipeline's fine-tuning of the last ``--blocks`` blocks + head.
+ - frozen: the pipeline's head training (``train.trainable_blocks: 0``) on the views' features,
+   from the pipeline's start (``train.init``: with ``probe``, the probe above, fitted by
+   src/linear_probe.py, which reproduces scikit-learn's iterate; it stays if no epoch beats it on val);
+ - fine-tuned: the pipeline's fine-tuning of the last ``--blocks`` blocks + head, from the same start.
 Features of the frozen modes come from the same prefix outputs through the pretrained
 last blocks, so the three modes see identical inputs. Val metrics are for choosing
 settings; test metrics are reported once, for the table.
@@ -38,7 +40,7 @@ from src.metrics import f1_macro, log_loss
 from src.models import Classifier, build_backbone, build_head, set_trainable_blocks
 from src.params import load_params
 from src.runtime import resolve_runtime, seed_everything
-from src.train import evaluate, fit, prefix_activations
+from src.train import evaluate, fit, init_head, prefix_activations
 from src.transforms import eval_transform, train_transform
 
 PROBE_C = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
@@ -118,9 +120,12 @@ def main() -> None:
         seed_everything(params.seed)
         t = time.perf_counter()
         head = build_head(backbone.num_features, k, params.model.dropout)
-        res = fit(head, feats["train_views"], feats["val"], frozen_params, params.seed, num_classes=k)
+        init = init_head(head[-1], feats["train"], feats["val"], frozen_params)
+        keep = frozen_params.init != "random"
+        res = fit(head, feats["train_views"], feats["val"], frozen_params, params.seed, num_classes=k, keep_start=keep)
         _, test_probs = evaluate(res.head, *feats["test"])
         row["frozen"] = {
+            **init,
             "best_epoch": res.best_epoch,
             "val": _scores(feats["val"][1], res.val_probs),
             "test": _scores(feats["test"][1], test_probs),
@@ -133,9 +138,13 @@ def main() -> None:
             t = time.perf_counter()
             module = Classifier(copy.deepcopy(suffix), backbone.num_features, k, params.model.dropout)
             module.backbone.requires_grad_(True)
-            res = fit(module, acts["train_views"], acts["val"], tuned_params, params.seed, num_classes=k)
+            init = init_head(module.head[-1], feats["train"], feats["val"], tuned_params)
+            res = fit(
+                module, acts["train_views"], acts["val"], tuned_params, params.seed, num_classes=k, keep_start=keep
+            )
             _, test_probs = evaluate(res.head, *acts["test"])
             row[f"blocks{args.blocks}"] = {
+                **init,
                 "best_epoch": res.best_epoch,
                 "val": _scores(acts["val"][1], res.val_probs),
                 "test": _scores(acts["test"][1], test_probs),

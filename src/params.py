@@ -160,6 +160,8 @@ class TrainParams:
     resume: bool
     deterministic: bool
     calibrate: bool
+    init: str  # a name in src.train.HEAD_INITS, checked where the registry is imported
+    probe_c: list[float]
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "an integer >= 1")
@@ -172,6 +174,11 @@ class TrainParams:
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "a value in [0, 1)")
         _check(self.grad_clip >= 0, "train.grad_clip", "a max gradient norm >= 0 (0: off)")
         _check(self.patience >= 0, "train.patience", "an integer >= 0 (0: no early stopping)")
+        _check(
+            bool(self.probe_c) and all(c > 0 for c in self.probe_c),
+            "train.probe_c",
+            "a non-empty list of numbers > 0 (inverse L2 strengths, e.g. [0.1, 1.0])",
+        )
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,16 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
+def _mode(trainable_blocks: int) -> str:
+    return "frozen" if trainable_blocks == 0 else f"last {trainable_blocks} blocks fine-tuned"
+
+
+def _start(train: dict) -> str:
+    if train.get("init") == "probe":
+        return f"the linear probe (C {train['probe_c']:g}, val loss {train['probe_val_loss']:.4f})"
+    return "a random initialisation"
+
+
 def render(
     data: dict, train: dict, test: dict, params: Params, plot_links: Sequence[tuple[str, str]], unknown: dict
 ) -> str:
@@ -45,9 +55,10 @@ def render(
     lines = [
         "# Ants, bees, cats and dogs: evaluation report",
         "",
-        f"Backbone `{params.model.backbone}` (frozen), head trained with `{params.train.optimizer}`, "
-        f"lr {params.train.lr:g}, {params.train.epochs} epochs, {params.featurize.views} augmented views per image; "
-        f"best epoch {train['best_epoch']}.",
+        f"Backbone `{params.model.backbone}` ({_mode(params.train.trainable_blocks)}), head started from "
+        f"{_start(train)} and trained with `{params.train.optimizer}`, lr {params.train.lr:g}, "
+        f"{params.train.epochs} epochs, {params.featurize.views} augmented views per image; "
+        f"best epoch {train['best_epoch']}{' (the start)' if train['best_epoch'] == 0 else ''}.",
         "",
         f"## Test split (n = {t['n']})",
         "",

@@ -38,6 +38,7 @@ from src import figures
 from src.cli import run
 from src.data import ImageDataset, Sample, load_thumbnail, read_manifest
 from src.fileio import atomic_write_text
+from src.linear_probe import fit_probe
 from src.metrics import confusion, f1_macro
 from src.models import (
     BACKBONE_WEIGHTS,
@@ -73,6 +74,27 @@ CLASS_WEIGHTS: dict[str, Callable[[torch.Tensor], torch.Tensor | None]] = {
 }
 
 
+def _init_random(linear: nn.Linear, train, val, params: TrainParams) -> dict:
+    return {}  # PyTorch's default initialisation, drawn when the head was built
+
+
+def _init_probe(linear: nn.Linear, train, val, params: TrainParams) -> dict:
+    # Linear-probe-then-train: the head starts at the probe's solution on clean (eval-view)
+    # features and adapts to the augmented views with a small lr. Cross-validated, a random
+    # start at any of 86 settings stayed behind the probe; this one matches it (README: Training).
+    probe = fit_probe(train, val, linear.out_features, params.probe_c)
+    with torch.no_grad():
+        linear.weight.copy_(probe.weight)
+        linear.bias.copy_(probe.bias)
+    return {"probe_c": probe.c, "probe_val_loss": probe.val_loss}
+
+
+# How the head's last linear layer starts, from (train eval-view features, labels) and val (features, labels).
+Split = tuple[torch.Tensor, torch.Tensor]
+HeadInit = Callable[[nn.Linear, Split, Split, TrainParams], dict]
+HEAD_INITS: dict[str, HeadInit] = {"random": _init_random, "probe": _init_probe}
+
+
 def _choose(registry: dict, key: str, value: str):
     try:
         return registry[value]
@@ -85,6 +107,17 @@ def check_choices(train: TrainParams) -> None:
     _choose(OPTIMIZERS, "train.optimizer", train.optimizer)
     _choose(SCHEDULERS, "train.scheduler", train.scheduler)
     _choose(CLASS_WEIGHTS, "train.class_weights", train.class_weights)
+    _choose(HEAD_INITS, "train.init", train.init)
+
+
+def init_head(
+    linear: nn.Linear,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    params: TrainParams,
+) -> dict:
+    """Set the head's starting weights by ``train.init``; return what was chosen (for the checkpoint)."""
+    return {"init": params.init, **_choose(HEAD_INITS, "train.init", params.init)(linear, train, val, params)}
 
 
 def lr_factor(epoch: int, params: TrainParams) -> float:
@@ -178,7 +211,7 @@ class FitResult:
 def _state(model, optimizer, scheduler, generator, history, best, stale) -> dict:
     """Everything needed to continue a run exactly: plain data and tensors (``weights_only``-loadable)."""
     return {
-        "epoch": len(history),
+        "epoch": history[-1]["epoch"],
         "model": copy.deepcopy(model.state_dict()),
         "optimizer": copy.deepcopy(optimizer.state_dict()),
         "scheduler": scheduler.state_dict(),
@@ -193,6 +226,20 @@ def _state(model, optimizer, scheduler, generator, history, best, stale) -> dict
     }
 
 
+def _history_row(
+    epoch: int, tr: EpochStats, va: EpochStats, val_labels: torch.Tensor, probs: torch.Tensor, lr: float
+) -> dict[str, float]:
+    return {
+        "epoch": epoch,
+        "train_loss": tr.loss,
+        "train_accuracy": tr.accuracy,
+        "val_loss": va.loss,
+        "val_accuracy": va.accuracy,
+        "val_f1": f1_macro(val_labels.numpy(), probs.argmax(1).numpy(), probs.shape[1]),
+        "lr": lr,
+    }
+
+
 def fit(
     head: nn.Module,
     train: tuple[torch.Tensor, torch.Tensor],
@@ -203,12 +250,15 @@ def fit(
     resume: Mapping[str, Any] | None = None,
     on_epoch_end: Callable[[dict], None] | None = None,
     num_classes: int | None = None,
+    keep_start: bool = False,
 ) -> FitResult:
     """Alternate training and validation; return the best model by val loss.
 
     Stops after ``params.epochs``, or earlier when val loss has not improved for
     ``params.patience`` epochs. ``on_epoch_end`` gets the full training state after each
     epoch; passing such a state back as ``resume`` continues exactly where it stopped.
+    ``keep_start``: the starting weights are epoch 0 (validated, logged, in the history) and
+    are returned if no epoch has a lower val loss.
     """
     if num_classes is None:
         num_classes = int(max(int(train[1].max()), int(val[1].max())) + 1)
@@ -235,8 +285,16 @@ def fit(
             best_head, resume["best_epoch"], EpochStats(*resume["best_val"]), history, resume["best_probs"]
         )
         stale = int(resume["stale"])
+    elif keep_start:
+        # Train-set numbers of epoch 0 are measured like val's (eval mode, first view): no step was taken.
+        tr, _ = evaluate(head, train[0][:, 0], train[1])
+        va, probs = evaluate(head, *val)
+        row = _history_row(0, tr, va, val[1], probs, 0.0)
+        history.append(row)
+        log(row, probs)
+        best = FitResult(copy.deepcopy(head), 0, va, history, probs)
     try:
-        for epoch in range(len(history) + 1, params.epochs + 1):
+        for epoch in range((history[-1]["epoch"] + 1) if history else 1, params.epochs + 1):
             if params.patience and stale >= params.patience:
                 best.stopped_early = True
                 break
@@ -244,15 +302,7 @@ def fit(
             tr = train_one_epoch(head, *train, optimizer, params, generator, class_weights, f"epoch {epoch}")
             va, probs = evaluate(head, *val)
             scheduler.step()
-            row = {
-                "epoch": epoch,
-                "train_loss": tr.loss,
-                "train_accuracy": tr.accuracy,
-                "val_loss": va.loss,
-                "val_accuracy": va.accuracy,
-                "val_f1": f1_macro(val[1].numpy(), probs.argmax(1).numpy(), probs.shape[1]),
-                "lr": lr,
-            }
+            row = _history_row(epoch, tr, va, val[1], probs, lr)
             history.append(row)
             log(row, probs)
             if best is None or va.loss < best.best_val.loss:
@@ -280,6 +330,19 @@ def _load_features(path: Path, classes: Sequence[str]) -> tuple[torch.Tensor, to
     if len(y) and (y.min() < 0 or y.max() >= len(classes)):
         raise ValueError(f"{path}: labels outside 0..{len(classes) - 1} for classes {list(classes)}")
     return x, y
+
+
+def _pooled_eval_features(
+    features: Path, classes: Sequence[str]
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(train eval-view features, labels) and (val features, labels) from featurize's cache."""
+    train_path = features / "train.npz"
+    _load_features(train_path, classes)  # existence and labels
+    with np.load(train_path) as npz:
+        if "eval_features" not in npz:
+            raise ValueError(f"{train_path}: no eval_features (made by an older featurize): run dvc repro featurize")
+        train = torch.from_numpy(npz["eval_features"]), torch.from_numpy(npz["labels"]).long()
+    return train, _load_features(features / "val.npz", classes)
 
 
 def val_image_grid(
@@ -427,6 +490,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         suffix.requires_grad_(True)  # Classifier froze it
         precision = runtime.precision
 
+    # The head's start (train.init). Both modes fit the probe on featurize's pooled features: the
+    # pretrained backbone's, which is where fine-tuning starts from too. (On resume the state overrides it.)
+    linear = (module if tp.trainable_blocks == 0 else module.head)[-1]
+    init_info = init_head(linear, *_pooled_eval_features(args.features, params.classes), tp)
+
     from torch.utils.tensorboard import SummaryWriter
 
     shutil.rmtree(args.logdir, ignore_errors=True)
@@ -456,7 +524,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.save({"format": CHECKPOINT_FORMAT, "params": params.to_dict(), "state": state}, tmp)
         os.replace(tmp, args.last)
 
-    result = fit(module, train, val, tp, params.seed, log, resume=resume, on_epoch_end=save_last, num_classes=k)
+    result = fit(
+        module,
+        train,
+        val,
+        tp,
+        params.seed,
+        log,
+        resume=resume,
+        on_epoch_end=save_last,
+        num_classes=k,
+        keep_start=tp.init != "random",
+    )
     if tp.trainable_blocks == 0:
         head = result.head
     else:
@@ -485,22 +564,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             "best_epoch": result.best_epoch,
             "val_loss": result.best_val.loss,
             "feature_precision": precision,
+            **init_info,
             **extras,
         },
         trainable_blocks=tp.trainable_blocks,
     )
+    last_epoch = result.history[-1]["epoch"]
     summary = f"best epoch {result.best_epoch}: val loss {result.best_val.loss:.4f} acc {result.best_val.accuracy:.3f}"
     if result.interrupted:
         writer.close()
         print(
-            f"train: interrupted after epoch {len(result.history)}; {summary}, saved to {args.model}. "
+            f"train: interrupted after epoch {last_epoch}; {summary}, saved to {args.model}. "
             "DVC records nothing for an interrupted stage: run `dvc repro` to train to the end "
             "(or `dvc exp run -S train.resume=true` to continue from the last epoch).",
             file=sys.stderr,
         )
         return 130
     if result.stopped_early:
-        summary += f" (early stop after epoch {len(result.history)}: no better val loss for {tp.patience} epochs)"
+        summary += f" (early stop after epoch {last_epoch}: no better val loss for {tp.patience} epochs)"
     print(summary)
 
     val_pred = result.val_probs.argmax(1).numpy()
@@ -528,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "label_smoothing": tp.label_smoothing,
         "class_weights": tp.class_weights,
         "views": params.featurize.views,
+        "init": tp.init,
     }
     writer.add_hparams(
         hparams,
@@ -542,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     writer.close()
 
     val_metrics = {"loss": result.best_val.loss, "accuracy": result.best_val.accuracy, "f1_macro": val_f1}
-    train_metrics = {"best_epoch": result.best_epoch, "epochs_run": len(result.history), "val": val_metrics}
+    train_metrics = {"best_epoch": result.best_epoch, "epochs_run": last_epoch, "val": val_metrics, **init_info}
     atomic_write_text(args.metrics, json.dumps(train_metrics, indent=2) + "\n")
     figures.save(figures.history_figure(result.history, result.best_epoch), args.history.with_suffix(".png"))
     lines = [",".join(result.history[0])] + [",".join(str(v) for v in row.values()) for row in result.history]

@@ -63,3 +63,17 @@ def test_report_has_metrics_with_intervals_data_and_plots(repo: Path) -> None:
     assert "| knn | 0.9900 | 80.0% | 100.0% | 0.0% |" in text
     assert "Temperature 0.900: test ECE 0.0500 before, 0.0400 after" in text
     assert "![ROC curves](../plots/test/roc.png)" in text
+
+
+def test_report_says_where_the_head_started_and_how_the_backbone_was_used(repo: Path) -> None:
+    import dataclasses
+
+    params = load_params(repo / "params.yaml")
+    probe = {**TRAIN, "best_epoch": 0, "init": "probe", "probe_c": 3.0, "probe_val_loss": 0.0234}
+    text = render(DATA, probe, TEST, params, [], UNKNOWN)
+    assert "(frozen), head started from the linear probe (C 3, val loss 0.0234)" in text
+    assert "best epoch 0 (the start)." in text
+    tuned = dataclasses.replace(params, train=dataclasses.replace(params.train, trainable_blocks=2))
+    text = render(DATA, {**TRAIN, "init": "random"}, TEST, tuned, [], UNKNOWN)
+    assert "(last 2 blocks fine-tuned), head started from a random initialisation" in text
+    assert "best epoch 3." in text

@@ -26,6 +26,8 @@ PARAMS = TrainParams(
     resume=False,
     deterministic=True,
     calibrate=False,
+    init="random",
+    probe_c=[0.1, 1.0],
 )
 
 
@@ -66,6 +68,7 @@ def test_fit_is_seeded() -> None:
         ("optimizer", "rmsprop", "adam, adamw, sgd"),
         ("scheduler", "linear", "cosine, none, step"),
         ("class_weights", "inverse", "balanced, none"),
+        ("init", "zeros", "probe, random"),
     ],
 )
 def test_unknown_choices_list_the_registry(field: str, value: str, choices: str) -> None:
@@ -229,7 +232,8 @@ def _features_dir(tmp_path: Path, repo: Path, monkeypatch) -> list[str]:
     (x, y), (vx, vy) = _blobs(40, 2, 0), _blobs(16, None, 1)
     features = Path("features")
     features.mkdir()
-    np.savez(features / "train.npz", features=x.numpy(), labels=y.numpy(), paths=[f"t{i}" for i in range(40)])
+    train = {"features": x.numpy(), "eval_features": x[:, 0].numpy() + 0.1, "labels": y.numpy()}
+    np.savez(features / "train.npz", **train, paths=[f"t{i}" for i in range(40)])
     np.savez(features / "val.npz", features=vx.numpy(), labels=vy.numpy(), paths=[f"v{i}" for i in range(16)])
     meta = {"backbone": "efficientnet_lite0", "classes": CLASSES, "num_features": 8, "precision": "fp32"}
     meta["preprocess"] = {
@@ -292,7 +296,16 @@ def test_train_stage_fine_tunes_the_last_block_and_saves_a_loadable_model(tmp_pa
             for i in range(n)
         ]
         write_manifest(Path(f"data/{split}.csv"), samples)
-    args = ["--features", "no-features", "--data", "data", "--model", "model.pt", "--last", "last.pt"]
+    # featurize's pooled features, which the probe that starts the head is fitted on (random here).
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    Path("features").mkdir()
+    for split, n in (("train", 3), ("val", 2)):
+        labels = np.repeat(np.arange(4), n)
+        feats = rng.normal(size=(4 * n, 1280)).astype(np.float32) + labels[:, None]
+        np.savez(f"features/{split}.npz", features=feats, eval_features=feats, labels=labels)
+    args = ["--features", "features", "--data", "data", "--model", "model.pt", "--last", "last.pt"]
     assert main([*args, "--logdir", "runs", "--metrics", "train.json", "--history", "history.csv"]) == 0
     loaded = load_checkpoint(tmp_path / "model.pt", expected_classes=CLASSES)  # builds lite0, strict load
     assert loaded.trainable_blocks == 1
@@ -300,3 +313,85 @@ def test_train_stage_fine_tunes_the_last_block_and_saves_a_loadable_model(tmp_pa
     changed = {k for k, v in loaded.model.backbone.state_dict().items() if not torch.equal(v, pretrained[k])}
     last_block = {k for k in changed if k.startswith(("conv_head", "bn2"))}
     assert changed and changed == last_block  # only the last block (conv head + its BN affine) was trained
+
+
+def test_fit_keeps_the_start_as_epoch_0_when_no_epoch_beats_it() -> None:
+    from src.linear_probe import fit_probe
+
+    train, val = _blobs(64, 2, 0), _blobs(32, None, 1)
+    head = build_head(8, 4, 0.0)
+    probe = fit_probe((train[0][:, 0], train[1]), val, 4, [1.0])
+    with torch.no_grad():
+        head[1].weight.copy_(probe.weight)
+        head[1].bias.copy_(probe.bias)
+    # Training on shuffled labels makes every epoch worse than the probe: epoch 0 must come back, untouched.
+    shuffled = (train[0], train[1][torch.randperm(64, generator=torch.Generator().manual_seed(0))])
+    result = fit(head, shuffled, val, dataclasses.replace(PARAMS, epochs=3), seed=0, keep_start=True)
+    assert [row["epoch"] for row in result.history] == [0, 1, 2, 3]
+    assert result.best_epoch == 0 and result.history[0]["lr"] == 0.0
+    assert result.best_val.loss == pytest.approx(result.history[0]["val_loss"])
+    assert min(row["val_loss"] for row in result.history[1:]) > result.best_val.loss
+    assert torch.allclose(result.head[1].weight, probe.weight.float())
+    # With a sensible lr, training can beat the start; it is then an ordinary epoch >= 1.
+    better = fit(build_head(8, 4, 0.0), train, val, dataclasses.replace(PARAMS, epochs=3), seed=0, keep_start=True)
+    assert better.best_epoch >= 1 and better.history[0]["val_loss"] > better.best_val.loss
+
+
+def test_resume_after_epoch_0_continues_like_an_uninterrupted_run() -> None:
+    params = dataclasses.replace(PARAMS, epochs=4)
+    train, val = _blobs(64, 2, 0), _blobs(32, None, 1)
+    torch.manual_seed(0)
+    full = fit(build_head(8, 4, 0.3), train, val, params, seed=5, keep_start=True)
+    states: list[dict] = []
+
+    def stop_in_epoch_3(row: dict, probs: torch.Tensor) -> None:
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    fit(build_head(8, 4, 0.3), train, val, params, 5, stop_in_epoch_3, on_epoch_end=states.append, keep_start=True)
+    assert [s["epoch"] for s in states] == [1, 2]  # epoch 0 is not a training state of its own
+    resumed = fit(build_head(8, 4, 0.3), train, val, params, seed=5, resume=states[-1], keep_start=True)
+    assert [row["epoch"] for row in resumed.history] == [0, 1, 2, 3, 4]
+    assert resumed.history == full.history and resumed.best_epoch == full.best_epoch
+
+
+def test_train_stage_starts_the_head_from_the_probe(tmp_path, repo, monkeypatch) -> None:
+    import json
+
+    import numpy as np
+
+    from src.linear_probe import fit_probe
+    from src.models import load_checkpoint
+    from src.train import main
+
+    args = _features_dir(tmp_path, repo, monkeypatch)
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "train.json").read_text())
+    assert metrics["init"] == "probe" and metrics["probe_c"] in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+    history = (tmp_path / "history.csv").read_text().splitlines()
+    assert history[1].startswith("0,")  # epoch 0: the probe, before any step
+    with np.load(tmp_path / "features" / "train.npz") as npz:
+        train = torch.from_numpy(npz["eval_features"]), torch.from_numpy(npz["labels"])
+    with np.load(tmp_path / "features" / "val.npz") as npz:
+        val = torch.from_numpy(npz["features"]), torch.from_numpy(npz["labels"])
+    probe = fit_probe(train, val, 4, [metrics["probe_c"]])
+    loaded = load_checkpoint(tmp_path / "model.pt", lazy=True)
+    assert loaded.extra["init"] == "probe" and loaded.extra["probe_c"] == metrics["probe_c"]
+    if metrics["best_epoch"] == 0:
+        assert torch.allclose(loaded.head[1].weight, probe.weight.float(), atol=1e-6)
+    assert json.loads((tmp_path / "train.json").read_text())["val"]["loss"] <= probe.val_loss + 1e-6
+
+
+def test_train_stage_with_features_from_an_older_featurize_says_to_rerun_it(tmp_path, repo, monkeypatch) -> None:
+    import numpy as np
+
+    from src.train import main
+
+    args = _features_dir(tmp_path, repo, monkeypatch)
+    path = tmp_path / "features" / "train.npz"
+    with np.load(path) as npz:
+        old = {k: npz[k] for k in ("features", "labels", "paths")}
+    np.savez(path, **old)
+    with pytest.raises(ValueError, match=r"train.npz: no eval_features .*run dvc repro featurize"):
+        main(args)

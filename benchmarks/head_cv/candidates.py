@@ -11,6 +11,7 @@ Settings come from ./params.yaml (run from the repo root).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from src.metrics import f1_macro, log_loss
 from src.models import build_head
 from src.params import load_params
 from src.runtime import seed_everything, use_deterministic_algorithms
-from src.train import fit
+from src.train import fit, init_head
 
 torch.set_num_threads(1)
 PARAMS = load_params(Path("params.yaml"))
@@ -75,13 +76,16 @@ def _views(views: np.ndarray, k: int) -> np.ndarray:
     return views[:, :k]
 
 
-def head(views, eval_view, y, x_sel, y_sel, x_out, *, n_views=None, all_views=False, std=False) -> Fit:
-    """The pipeline's head: src.train.fit with params.yaml's model/train settings, best epoch by selection loss.
+def head(views, eval_view, y, x_sel, y_sel, x_out, *, n_views=None, all_views=False, std=False, train=None) -> Fit:
+    """The pipeline's head: src.train.init_head + fit with params.yaml's model/train settings (or ``train``),
+    best epoch by selection loss (epoch 0, the start, included unless train.init is random).
 
     n_views: augmented views per image (default featurize.views), one sampled per epoch as in the pipeline;
     all_views: every view every epoch (views become separate samples); std: standardise the inputs first.
     """
+    tp = train or PARAMS.train
     x = _views(views, n_views or PARAMS.featurize.views)
+    pool = (torch.from_numpy(eval_view), torch.from_numpy(y).long())  # what the probe start is fitted on
     if all_views:
         y = np.repeat(y, x.shape[1])
         x = x.reshape(-1, 1, x.shape[-1])
@@ -91,10 +95,15 @@ def head(views, eval_view, y, x_sel, y_sel, x_out, *, n_views=None, all_views=Fa
     if std:
         flat = torch.from_numpy(x.reshape(-1, d))
         model = nn.Sequential(Standardize(flat.mean(0), flat.std(0).clamp_min(1e-6)), *model)
-    train = (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y).long())
+    data = (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y).long())
     sel = (torch.from_numpy(x_sel), torch.from_numpy(y_sel).long())
-    res = fit(model, train, sel, PARAMS.train, PARAMS.seed, num_classes=NUM_CLASSES)
-    return Fit(_logits(res.head, x_sel), _logits(res.head, x_out), {"best_epoch": res.best_epoch})
+    info = {} if std else init_head(model[-1], pool, sel, tp)  # the probe is fitted on raw features
+    res = fit(model, data, sel, tp, PARAMS.seed, num_classes=NUM_CLASSES, keep_start=bool(info) and tp.init != "random")
+    return Fit(_logits(res.head, x_sel), _logits(res.head, x_out), {**info, "best_epoch": res.best_epoch})
+
+
+# The default before train.init existed: a randomly initialised head at lr 3e-3.
+RANDOM_START = dataclasses.replace(PARAMS.train, init="random", lr=0.003)
 
 
 def _logreg(x, y, x_sel, y_sel, x_out, grid) -> Fit:
@@ -123,7 +132,8 @@ def lr_views(views, eval_view, y, x_sel, y_sel, x_out, *, n_views=2, grid=PROBE_
 
 
 CANDIDATES: dict[str, Callable[..., Fit]] = {
-    "a_head": head,  # the pipeline's default head
+    "a_head": head,  # the pipeline's default head (params.yaml)
+    "a_head_random": lambda *a: head(*a, train=RANDOM_START),  # the previous default
     "b_probe": probe,  # the linear probe of benchmarks/compare_backbones.py
     "c_head_std": lambda *a: head(*a, std=True),  # the head with standardised inputs
     "d_head_all": lambda *a: head(*a, all_views=True),  # the head on every view every epoch

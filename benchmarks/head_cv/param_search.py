@@ -3,8 +3,10 @@
     python benchmarks/head_cv/param_search.py                      # the settings below, seeds 0 1 2
     python benchmarks/head_cv/param_search.py --set 'mine={"optimizer": "adam", "weight_decay": 0.001}'
 
-Each setting overrides ``model.dropout`` and ``train.*`` values of params.yaml (no code change: a
-winner is adopted by editing params.yaml). The probe is fitted on the same folds; the table pairs
+Each setting overrides ``model.dropout`` and ``train.*`` values of params.yaml, on top of the
+randomly started head that was the default when the search was run (``train.init: random``, lr 3e-3;
+``--set 'x={"init": "probe", "lr": 1e-4}'`` gives today's default). No code change: a winner is
+adopted by editing params.yaml. The probe is fitted on the same folds; the table pairs
 every setting with it fold by fold. Needs benchmarks/head_cv/features.py first. Raw probabilities
 (T = 1, as ``train.calibrate: false``). "full" = one batch per epoch.
 """
@@ -47,7 +49,8 @@ def params_for(overrides: dict):
     kw = dict(overrides)
     base = candidates.PARAMS
     model = dataclasses.replace(base.model, dropout=kw.pop("dropout", base.model.dropout))
-    return dataclasses.replace(base, model=model, train=dataclasses.replace(base.train, **kw))
+    # The search was of randomly started heads (the default then): unset keys keep that default.
+    return dataclasses.replace(base, model=model, train=dataclasses.replace(candidates.RANDOM_START, **kw))
 
 
 def main() -> None:
