@@ -5,11 +5,11 @@
 Training images get ``featurize.views`` augmented views each (training samples one
 view per epoch) and their eval view (``eval_features``, which the linear probe behind
 ``train.init: probe`` is fitted on); validation, test and OOD images get the
-deterministic eval view. Each image is decoded once: its views are drawn from that one decode. The backbone's weights
-are saved beside the features (``backbone.pt``) for train's checkpoint. Any head-only
-change (lr, epochs, optimizer) then re-runs only `train` onwards, and the test stage
-applies the trained head to the cached test and OOD features instead of re-running
-the backbone (see src/feature_cache.py).
+deterministic eval view. Each image is decoded once: its views are drawn from that one
+decode. The backbone's weights are saved beside the features (``backbone.pt``) for
+train's checkpoint. Any head-only change (lr, epochs, optimizer) then re-runs only
+`train` onwards, and the test stage applies the trained head to the cached test and OOD
+features instead of re-running the backbone (see src/feature_cache.py).
 """
 
 from __future__ import annotations
