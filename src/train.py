@@ -322,11 +322,14 @@ def fit(
     return best
 
 
-def _load_features(path: Path, classes: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_features(path: Path, classes: Sequence[str], key: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) of one split of featurize's cache; ``key`` picks the array (npz loads it alone)."""
     if not path.is_file():
         raise FileNotFoundError(f"features not found: {path} (run: dvc repro featurize)")
     with np.load(path) as npz:
-        x, y = torch.from_numpy(npz["features"]), torch.from_numpy(npz["labels"]).long()
+        if key not in npz:
+            raise ValueError(f"{path}: no {key} (made by an older featurize): run dvc repro featurize")
+        x, y = torch.from_numpy(npz[key]), torch.from_numpy(npz["labels"]).long()
     if len(y) and (y.min() < 0 or y.max() >= len(classes)):
         raise ValueError(f"{path}: labels outside 0..{len(classes) - 1} for classes {list(classes)}")
     return x, y
@@ -336,12 +339,7 @@ def _pooled_eval_features(
     features: Path, classes: Sequence[str]
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """(train eval-view features, labels) and (val features, labels) from featurize's cache."""
-    train_path = features / "train.npz"
-    _load_features(train_path, classes)  # existence and labels
-    with np.load(train_path) as npz:
-        if "eval_features" not in npz:
-            raise ValueError(f"{train_path}: no eval_features (made by an older featurize): run dvc repro featurize")
-        train = torch.from_numpy(npz["eval_features"]), torch.from_numpy(npz["labels"]).long()
+    train = _load_features(features / "train.npz", classes, "eval_features")
     return train, _load_features(features / "val.npz", classes)
 
 
