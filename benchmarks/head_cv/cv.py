@@ -6,8 +6,8 @@ Pool = train + val images. Stratified 5 folds (sklearn StratifiedKFold, shuffled
 seed), one repeat per --seeds entry. For fold f: held-out = fold f; selection = fold (f + 1) % 5, used as
 the pipeline uses val (best epoch / C; the temperature); training = the other 3 folds.
 Training inputs of a pool image: its augmented views (train: data/features/train.npz views 0..1
-[+ <out>/train_extra_views.npz]; val: <out>/val_views.npz) and its eval view (train: <out>/train_eval.npz;
-val: data/features/val.npz). Selection and held-out images are scored on their eval view.
+[+ <out>/train_extra_views.npz]; val: <out>/val_views.npz) and its eval view (train: data/features/train.npz
+eval_features; val: data/features/val.npz). Selection and held-out images are scored on their eval view.
 Needs benchmarks/head_cv/features.py first. Per candidate writes <out>/cv/<cand>.json (per fold: raw
 macro F1 / log loss on the held-out fold, the same after the pipeline's temperature scaling fitted on
 the selection fold, T, best epoch or C, fit seconds) and <out>/cv/<cand>.npz (selection and held-out
@@ -36,21 +36,22 @@ def _paths(npz) -> list[str]:
 
 def load_pool(features: Path, out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(views (N, V, D), eval view (N, D), labels (N,)) of train + val, in that order."""
-    missing = [n for n in ("train_eval.npz", "val_views.npz") if not (out / n).exists()]
-    if missing:
-        raise SystemExit(f"{out}: no {', '.join(missing)}: run benchmarks/head_cv/features.py --out {out}")
+    if not (out / "val_views.npz").exists():
+        raise SystemExit(f"{out}: no val_views.npz: run benchmarks/head_cv/features.py --out {out}")
     tr, va = np.load(features / "train.npz"), np.load(features / "val.npz")
-    tre, vav = np.load(out / "train_eval.npz"), np.load(out / "val_views.npz")
+    vav = np.load(out / "val_views.npz")
+    if "eval_features" not in tr:
+        raise SystemExit(f"{features}/train.npz has no eval_features (an older featurize): run dvc repro")
     trv = tr["features"]
     if (out / "train_extra_views.npz").exists():
         extra = np.load(out / "train_extra_views.npz")
         assert _paths(extra) == _paths(tr)
         trv = np.concatenate([trv, extra["features"]], axis=1)
-    if not (_paths(tre) == _paths(tr) and _paths(vav) == _paths(va)):
+    if _paths(vav) != _paths(va):
         raise SystemExit(f"{out} was made from other splits than {features}: rerun features.py")
     k = min(trv.shape[1], vav["features"].shape[1])
     views = np.concatenate([trv[:, :k], vav["features"][:, :k]]).astype(np.float32)
-    eval_view = np.concatenate([tre["features"], va["features"]]).astype(np.float32)
+    eval_view = np.concatenate([tr["eval_features"], va["features"]]).astype(np.float32)
     y = np.concatenate([tr["labels"], va["labels"]]).astype(np.int64)
     return views, eval_view, y
 

@@ -2,8 +2,8 @@
 
     python benchmarks/head_cv/features.py [--views 2] [--out benchmarks/head_cv/out]
 
-Writes, under --out:
-  train_eval.npz         eval view (resize + centre crop) of the train images
+Writes, under --out (the train images' eval view is featurize's own: data/features/train.npz
+``eval_features``):
   val_views.npz          --views augmented views of the val images (N, V, D), as if val were training data
   train_extra_views.npz  augmented views 2..V-1 of the train images (only with --views > 2);
                          views 0..1 are data/features/train.npz
@@ -86,6 +86,8 @@ def main() -> None:
     cached_va = np.load(args.features / "val.npz")
     if [str(p) for p in cached_tr["paths"]] != [s.path for s in tr] or cached_tr["features"].shape[1] != 2:
         raise SystemExit("data/features/train.npz does not match data/prepared/train.csv with 2 views")
+    if "eval_features" not in cached_tr:
+        raise SystemExit("data/features/train.npz has no eval_features (an older featurize): run dvc repro first")
 
     def run(samples, transform, views):
         ds = ViewsDataset(samples, params.classes, transform, views, params.seed)
@@ -107,8 +109,7 @@ def main() -> None:
         print("warning: not bit-identical to data/features (other machine or thread count?)")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    f, y = run(tr, eval_transform(pre), [0])
-    np.savez(args.out / "train_eval.npz", features=f, labels=y, paths=[s.path for s in tr])
+    (args.out / "train_eval.npz").unlink(missing_ok=True)  # made by earlier versions; featurize has it now
     f, y = run(va, augment, list(range(args.views)))
     np.savez(args.out / "val_views.npz", features=f, labels=y, paths=[s.path for s in va])
     if args.views > 2:
@@ -118,7 +119,7 @@ def main() -> None:
         np.savez(args.out / "train_extra_views.npz", features=f, labels=y, paths=[s.path for s in tr])
     else:
         (args.out / "train_extra_views.npz").unlink(missing_ok=True)
-    print(f"wrote {args.out}/train_eval.npz, val_views.npz" + (", train_extra_views.npz" if args.views > 2 else ""))
+    print(f"wrote {args.out}/val_views.npz" + (", train_extra_views.npz" if args.views > 2 else ""))
 
 
 if __name__ == "__main__":

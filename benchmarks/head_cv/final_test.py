@@ -4,7 +4,7 @@
 
 The only script here that reads data/features/test.npz. As the pipeline does: train on the train
 images (augmented views, data/features/train.npz [+ <out>/train_extra_views.npz], and eval view,
-<out>/train_eval.npz), select on val (best epoch / C; temperature), score test. Reports test macro F1 /
+its eval_features), select on val (best epoch / C; temperature), score test. Reports test macro F1 /
 log loss raw (T = 1, the pipeline's default) and with the pipeline's temperature scaling fitted on val.
 Writes <out>/final_test.json (merged with earlier runs) and <out>/final_test/<cand>.npz (val/test logits).
 Do not use these numbers to choose between candidates: that is what the CV is for.
@@ -32,14 +32,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/head_cv/out"))
     args = ap.parse_args()
     tr, va, te = (np.load(args.features / f"{s}.npz") for s in ("train", "val", "test"))
-    if not (args.out / "train_eval.npz").exists():
-        raise SystemExit(f"no {args.out}/train_eval.npz: run benchmarks/head_cv/features.py --out {args.out}")
-    tre = np.load(args.out / "train_eval.npz")
-    assert [str(p) for p in tre["paths"]] == [str(p) for p in tr["paths"]]
+    if "eval_features" not in tr:
+        raise SystemExit(f"{args.features}/train.npz has no eval_features (an older featurize): run dvc repro")
     views = tr["features"]
     if (args.out / "train_extra_views.npz").exists():
         views = np.concatenate([views, np.load(args.out / "train_extra_views.npz")["features"]], axis=1)
-    views, eval_view = views.astype(np.float32), tre["features"].astype(np.float32)
+    views, eval_view = views.astype(np.float32), tr["eval_features"].astype(np.float32)
     ytr = tr["labels"].astype(np.int64)
     xv, yv = va["features"].astype(np.float32), va["labels"].astype(np.int64)
     xt, yt = te["features"].astype(np.float32), te["labels"].astype(np.int64)
