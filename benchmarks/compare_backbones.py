@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.data import ImageDataset, read_manifest
+from src.engine import make_loader
 from src.metrics import f1_macro, log_loss
 from src.models import Classifier, build_backbone, build_head, set_trainable_blocks
 from src.params import load_params
@@ -106,7 +106,7 @@ def main() -> None:
         acts = {}
         for key, (split, transform, n_views) in jobs.items():
             dataset = ImageDataset(samples[split], params.classes, transform, views=n_views, seed=params.seed)
-            loader = DataLoader(dataset, batch_size=max(1, 64 // n_views), num_workers=runtime.num_workers)
+            loader = make_loader(dataset, max(1, params.featurize.batch_size // n_views), runtime)
             acts[key] = prefix_activations(prefix, loader, runtime)
         prefix_s = time.perf_counter() - start
         feats = {key: (_apply(suffix, x), y) for key, (x, y) in acts.items()}

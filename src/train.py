@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from src import figures
 from src.cli import run
 from src.data import ImageDataset, Sample, load_thumbnail, read_manifest
+from src.engine import make_loader
 from src.fileio import atomic_write_text
 from src.linear_probe import fit_probe
 from src.metrics import confusion, f1_macro
@@ -480,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cached = {}
         for split, (samples, transform, n_views) in jobs.items():
             dataset = ImageDataset(samples, params.classes, transform, views=n_views, seed=params.seed)
-            loader = DataLoader(dataset, batch_size=max(1, 64 // n_views), num_workers=runtime.num_workers)
+            loader = make_loader(dataset, max(1, params.featurize.batch_size // n_views), runtime)
             cached[split] = prefix_activations(prefix, loader, runtime)
             print(f"train: {split} prefix activations {tuple(cached[split][0].shape)}")
         train, val = cached["train"], cached["val"]

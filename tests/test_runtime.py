@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from src.params import ParamsError, RuntimeParams
-from src.runtime import cpu_has_fast_bf16, resolve_runtime, seed_everything
+from src.runtime import auto_num_workers, cpu_has_fast_bf16, resolve_runtime, seed_everything
 
 AMX = "processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n"
 OLD = "processor\t: 0\nflags\t\t: fpu sse avx2\n"
@@ -19,6 +19,16 @@ def test_explicit_precision_and_workers() -> None:
     assert rt.device.type == "cpu" and not rt.bf16 and rt.num_workers == 0 and rt.precision == "fp32"
     rt = resolve_runtime(RuntimeParams(device="cpu", precision="bf16", num_workers="auto"))
     assert rt.bf16 and rt.num_workers >= 0
+
+
+def test_auto_workers_leave_a_small_cpu_to_the_forward_pass() -> None:
+    # On <= 2 cores a CPU forward uses them all; workers compete with it (measured slower).
+    assert auto_num_workers(use_cuda=False, cores=1) == 0
+    assert auto_num_workers(use_cuda=False, cores=2) == 0
+    assert auto_num_workers(use_cuda=False, cores=8) == 4
+    # A GPU forward leaves the CPU free: decoding overlaps it even on 2 cores.
+    assert auto_num_workers(use_cuda=True, cores=2) == 1
+    assert auto_num_workers(use_cuda=True, cores=1) == 0
 
 
 def test_cuda_requested_without_a_gpu_is_an_error(monkeypatch) -> None:
