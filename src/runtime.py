@@ -93,9 +93,9 @@ def auto_num_workers(use_cuda: bool, cores: int | None = None) -> int:
     Workers overlap decoding with the forward pass only if they have cores of their own. A CPU
     forward already uses every core, and on 2 cores a worker made featurize slower, not faster
     (lite2: 62 against 74 img/s with none; lite0: 92 against 109): decoding and augmenting cost
-    ~2 ms a view against ~13 ms of forward, and the worker's time slices stall torch's threads at
-    every op's barrier. Larger machines (and every GPU run, where the forward leaves the CPU
-    free) keep one core for torch's main thread and up to 4 workers.
+    ~2 ms a view against ~13 ms of forward, so there is little to overlap, and the worker takes
+    its time slices from torch's threads. Larger machines (unmeasured here) and GPU runs, where
+    the forward leaves the CPU free, keep one core for the main process and up to 4 workers.
     """
     cores = cores or os.cpu_count() or 1
     if not use_cuda and cores <= 2:
