@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import random
 import sys
@@ -101,6 +103,27 @@ def auto_num_workers(use_cuda: bool, cores: int | None = None) -> int:
     if not use_cuda and cores <= 2:
         return 0
     return min(4, max(0, cores - 1))
+
+
+@functools.cache
+def _malloc_trim():  # -> ctypes function or None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc ``malloc_trim``); a no-op without glibc.
+
+    Decoding in the forward's own process (no DataLoader workers) allocates buffers of a new
+    size for every random crop, and glibc keeps the fragmented heap: featurize's RSS climbed
+    from 1.0 to 2.2 GiB over the training split. Trimming every few batches held it at 1.2 GiB
+    for about 2% of featurize's time (README: Performance).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 @contextlib.contextmanager

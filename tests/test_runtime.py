@@ -49,3 +49,42 @@ def test_seed_everything_repeats_draws() -> None:
     a = torch.rand(3)
     seed_everything(3)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_release_freed_memory_calls_malloc_trim_and_is_a_no_op_without_glibc(monkeypatch) -> None:
+    from src import runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "_malloc_trim", lambda: calls.append)
+    runtime.release_freed_memory()
+    assert calls == [0]  # malloc_trim(0): trim all free pages, keep no padding
+    monkeypatch.setattr(runtime, "_malloc_trim", lambda: None)
+    runtime.release_freed_memory()  # no libc function: nothing to call, no error
+    assert calls == [0]
+
+
+def test_malloc_trim_is_looked_up_once_and_tolerates_a_missing_libc(monkeypatch) -> None:
+    import ctypes
+
+    from src import runtime
+
+    runtime._malloc_trim.cache_clear()
+
+    def no_glibc(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_glibc)
+    assert runtime._malloc_trim() is None
+    runtime._malloc_trim.cache_clear()  # the real lookup again for later tests
+
+
+def test_extract_features_trims_the_heap_every_few_batches(monkeypatch) -> None:
+    from src import engine
+
+    trims = []
+    monkeypatch.setattr(engine, "release_freed_memory", lambda: trims.append(1))
+    rt = resolve_runtime(RuntimeParams(device="cpu", precision="fp32", num_workers=0))
+    batches = [(torch.randn(2, 3, 4, 4), [0, 1]) for _ in range(2 * engine.TRIM_EVERY + 1)]
+    feats, labels = engine.extract_features(torch.nn.Flatten(), batches, rt)
+    assert feats.shape == (2 * len(batches), 48) and labels.tolist() == [0, 1] * len(batches)
+    assert len(trims) == 2
