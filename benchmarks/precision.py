@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench import bench_project  # noqa: E402
 from src.metrics import f1_macro  # noqa: E402
+from src.params import load_params  # noqa: E402
 from tests.pipeline_utils import pipeline_env, run  # noqa: E402
 
 
@@ -53,8 +54,9 @@ def probe_f1(features: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
-    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--backbone", default=None, help="default: model.backbone in params.yaml")
     args = parser.parse_args()
+    args.backbone = args.backbone or load_params(REPO / "params.yaml").model.backbone
     env = pipeline_env()
     rows = []
     with tempfile.TemporaryDirectory(prefix="abcd-precision-") as tmp:
