@@ -63,7 +63,7 @@ def test_release_freed_memory_calls_malloc_trim_and_is_a_no_op_without_glibc(mon
     assert calls == [0]
 
 
-def test_malloc_trim_is_looked_up_once_and_tolerates_a_missing_libc(monkeypatch) -> None:
+def test_malloc_trim_lookup_tolerates_a_missing_libc(monkeypatch) -> None:
     import ctypes
 
     from src import runtime
