@@ -264,6 +264,8 @@ def main() -> None:
             extra=eval_transform(backbone.preprocess),
         )
         loader = make_loader(ds, max(1, params.featurize.batch_size // (views + 1)), rt)
+        if rt.precision not in curves:  # bf16 forced in params on a CPU without native bf16
+            curves[rt.precision] = best_ceiling(backbone.module, size, rt.bf16, batches, args.repeats)
         _, ref_batch, _ = curves[rt.precision]
         feats, fractions = [], []
         for _ in range(max(1, args.repeats // 2)):
