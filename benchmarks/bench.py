@@ -320,9 +320,7 @@ def main() -> None:
 
         # 6. bf16 against fp32 features: the same pipeline with runtime.precision=fp32
         if args.precision_check:
-            start = time.perf_counter()
-            run(["dvc", "exp", "run", "-S", "runtime.precision=fp32"], repo, env)
-            fp32_s = time.perf_counter() - start
+            fp32_s = _timed_run(["dvc", "exp", "run", "-S", "runtime.precision=fp32"], repo, env)
             fp32_f1 = json.loads((repo / "metrics/test.json").read_text())["test"]["f1_macro"]
             rows.append(
                 (
