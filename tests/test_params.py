@@ -52,6 +52,9 @@ def test_missing_key_is_named(raw: dict) -> None:
         ("model", "dropout", 1.0, r"'model.dropout' must be a probability in \[0, 1\)"),
         ("unknown", "false_reject", 0.5, r"'unknown.false_reject' must be a fraction in \[0, 0.5\)"),
         ("unknown", "knn_k", 0, r"'unknown.knn_k' must be an integer >= 1"),
+        ("featurize", "batch_size", 0, r"'featurize.batch_size' must be an integer >= 1"),
+        ("featurize", "batch_size", 12.5, r"'featurize.batch_size' must be an integer"),
+        ("predict", "batch_size", 0, r"'predict.batch_size' must be an integer >= 1"),
     ],
 )
 def test_bad_values_fail_with_the_rule(raw: dict, section: str, key: str, value, message: str) -> None:
