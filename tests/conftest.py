@@ -21,11 +21,30 @@ def repo() -> Path:
     return REPO
 
 
+def require_shared_photos(path: Path | None = None) -> Path:
+    """The real photo mirror (``SHARED_PHOTOS`` unless ``path`` is given), for the tests that need it.
+
+    Where it is missing, or lacks a class folder, the test is skipped with the reason; but when the
+    environment variable ``CI`` is set (non-empty) it fails instead: CI must run every test, and a
+    skip there would hide that the end-to-end tests never ran.
+    """
+    path = SHARED_PHOTOS if path is None else path
+    missing = [c for c in CLASSES if not (path / c).is_dir()]
+    if not missing:
+        return path
+    problem = "does not exist" if not path.is_dir() else f"has no folder for class(es) {', '.join(missing)}"
+    message = (
+        f"real photos not found: {path} {problem}; expected one folder of JPEG photos per class "
+        f"({', '.join(CLASSES)}) there (see README: Data)"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(f"$CI is set, so the photo mirror is required: {message}", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture
 def shared_photos() -> Path:
-    if not SHARED_PHOTOS.is_dir():
-        pytest.skip(f"real photos not found at {SHARED_PHOTOS} (see README: Data)")
-    return SHARED_PHOTOS
+    return require_shared_photos()
 
 
 def make_image(path: Path, seed: int = 0, size: tuple[int, int] = (64, 48), mode: str = "RGB") -> Path:

@@ -19,7 +19,7 @@ import pytest
 
 from src.models import load_checkpoint
 from src.predictions import read_predictions
-from tests.conftest import CLASSES, SHARED_PHOTOS
+from tests.conftest import CLASSES, require_shared_photos
 from tests.pipeline_utils import make_project, run
 
 pytestmark = pytest.mark.slow
@@ -41,9 +41,7 @@ DELAY = {
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], dict[str, bytes]]:
-    if not SHARED_PHOTOS.is_dir():
-        pytest.skip(f"real photos not found at {SHARED_PHOTOS}")
-    repo, env = make_project(tmp_path_factory.mktemp("kill"), SHARED_PHOTOS)
+    repo, env = make_project(tmp_path_factory.mktemp("kill"), require_shared_photos())
     run(["dvc", "repro"], repo, env)
     return repo, env, {f: (repo / f).read_bytes() for f in OUTPUTS}
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import CLASSES, SHARED_PHOTOS
+from tests.conftest import CLASSES, require_shared_photos
 from tests.pipeline_utils import make_project, run
 
 pytestmark = pytest.mark.slow
@@ -25,9 +25,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    if not SHARED_PHOTOS.is_dir():
-        pytest.skip(f"real photos not found at {SHARED_PHOTOS}")
-    return make_project(tmp_path_factory.mktemp("e2e"), SHARED_PHOTOS)
+    return make_project(tmp_path_factory.mktemp("e2e"), require_shared_photos())
 
 
 @pytest.fixture(scope="module")
