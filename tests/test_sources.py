@@ -1,4 +1,4 @@
-"""Downloads and archives, for real: an HTTP server on 127.0.0.1 serving archives of shared photos."""
+"""Downloads and archives, for real: an HTTP server on 127.0.0.1 serving archives of generated JPEGs."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import yaml
 
 from src.prepare import main as prepare_main
 from src.sources import SourceError, choose_set, download, list_files, open_source
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, make_image
 from tests.pipeline_utils import photo_source
 
 PER_CLASS = 3
@@ -79,12 +79,13 @@ def server() -> Iterator[Server]:
     srv.server_close()
 
 
-def _photos(shared: Path) -> dict[str, bytes]:
-    """A few real photos per class, as archive member name -> bytes."""
+def _photos(tmp: Path) -> dict[str, bytes]:
+    """PER_CLASS generated JPEGs per class (distinct pictures, so prepare keeps them all), as member name -> bytes."""
     out = {}
-    for label in CLASSES:
-        for f in sorted((shared / label).iterdir())[:PER_CLASS]:
-            out[f"pets/{label}/{f.name}"] = f.read_bytes()
+    for c, label in enumerate(CLASSES):
+        for i in range(PER_CLASS):
+            jpeg = make_image(tmp / label / f"{label}_{i}.jpg", seed=1000 + 10 * c + i, size=(64 + 8 * i, 48))
+            out[f"pets/{label}/{jpeg.name}"] = jpeg.read_bytes()
     return out
 
 
@@ -107,8 +108,9 @@ def make_tar(members: dict[str, bytes]) -> bytes:
 
 
 @pytest.fixture
-def archives(shared_photos: Path) -> dict[str, bytes]:
-    photos = _photos(shared_photos)
+def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    photos = _photos(tmp_path_factory.mktemp("photos"))
+    assert len(photos) == PER_CLASS * len(CLASSES) and all(data[:3] == b"\xff\xd8\xff" for data in photos.values())
     return {"/pets.zip": make_zip(photos), "/pets.tar.gz": make_tar(photos)}
 
 
