@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -14,11 +16,18 @@ def test_bf16_detection_reads_cpu_flags() -> None:
     assert not cpu_has_fast_bf16(OLD)
 
 
-def test_explicit_precision_and_workers() -> None:
+def test_explicit_precision_and_workers(monkeypatch) -> None:
     rt = resolve_runtime(RuntimeParams(device="cpu", precision="fp32", num_workers=0))
     assert rt.device.type == "cpu" and not rt.bf16 and rt.num_workers == 0 and rt.precision == "fp32"
-    rt = resolve_runtime(RuntimeParams(device="cpu", precision="bf16", num_workers="auto"))
-    assert rt.bf16 and rt.num_workers >= 0
+    rt = resolve_runtime(RuntimeParams(device="cpu", precision="bf16", num_workers=3))
+    assert rt.bf16 and rt.num_workers == 3 and rt.precision == "bf16"
+    # "auto" workers follow auto_num_workers' rules for this machine's cores, with a CPU forward.
+    auto = RuntimeParams(device="cpu", precision="bf16", num_workers="auto")
+    for cores, workers in ((1, 0), (2, 0), (3, 2), (8, 4), (64, 4)):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert resolve_runtime(auto).num_workers == workers, cores
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown core count: taken as one
+    assert resolve_runtime(auto).num_workers == 0
 
 
 def test_auto_workers_leave_a_small_cpu_to_the_forward_pass() -> None:
