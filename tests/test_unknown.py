@@ -93,6 +93,39 @@ def test_feature_methods_score_far_points_higher(name: str) -> None:
     assert m["auroc"] > 0.99 and m["ood_rejected"] > 0.95 and m["known_rejected"] <= 0.06
 
 
+def test_knn_score_is_the_cosine_distance_to_the_kth_nearest_training_feature() -> None:
+    knn = METHODS["knn"]
+    # Training features along +x, +y and -x, of any length: the bank holds them on the unit circle.
+    bank = np.array([[3.0, 0.0], [0.0, 0.5], [-2.0, 0.0]], np.float32)
+    half = np.array([[1.0, np.sqrt(3.0)]], np.float32)  # 60 degrees from +x, 30 from +y
+    queries = np.concatenate([np.array([[5.0, 0.0], [0.0, 2.0], [-1.0, -1.0]], np.float32), half])
+    logits = np.zeros((len(queries), C))
+    # Unit-sphere distance sqrt(2 - 2 cos): 0 at the same direction, sqrt(2) at 90 degrees, 2 opposite.
+    r2, cos30, cos60 = np.sqrt(2.0), np.sqrt(3.0) / 2, 0.5
+    dist = np.array(
+        [
+            [0.0, r2, 2.0],  # +x
+            [r2, 0.0, r2],  # +y
+            [np.sqrt(2 + 2 * np.sqrt(0.5)), np.sqrt(2 + 2 * np.sqrt(0.5)), np.sqrt(2 - 2 * np.sqrt(0.5))],  # -x-y
+            [np.sqrt(2 - 2 * cos60), np.sqrt(2 - 2 * cos30), np.sqrt(2 + 2 * cos60)],  # 60 degrees
+        ]
+    )
+    for k in (1, 2, 3):
+        state = knn.fit(bank, np.zeros(3, int), k)
+        expected = np.sort(dist, axis=1)[:, k - 1]
+        # The bank is stored in fp16: distances agree to about 1e-3.
+        np.testing.assert_allclose(knn.score(state, queries, logits, 1.0), expected, atol=2e-3)
+    with pytest.raises(ValueError, match=r"'unknown.knn_k' is 4 but the training bank has only 3 features"):
+        knn.fit(bank, np.zeros(3, int), 4)
+
+
+def test_knn_score_is_zero_not_nan_where_rounding_puts_a_point_inside_the_sphere() -> None:
+    # A bank vector a rounding error longer than 1 (as fp16 storage can leave it): 2 - 2 cos < 0 there.
+    state = {"bank": torch.tensor([[1.001, 0.0], [0.0, 1.0]], dtype=torch.float16), "k": torch.tensor(1)}
+    score = METHODS["knn"].score(state, np.array([[1.0, 0.0], [0.0, 3.0]], np.float32), np.zeros((2, C)), 1.0)
+    assert score.tolist() == [0.0, 0.0]
+
+
 def test_extras_survive_a_weights_only_checkpoint_round_trip(tmp_path: Path) -> None:
     train_x, train_y = _clusters(100, 0)
     views = np.stack([train_x, train_x + 0.01], axis=1)  # (N, K, D) as featurize writes them
