@@ -337,6 +337,29 @@ def test_fit_keeps_the_start_as_epoch_0_when_no_epoch_beats_it() -> None:
     assert better.best_epoch >= 1 and better.history[0]["val_loss"] > better.best_val.loss
 
 
+def test_probe_init_puts_the_probe_fit_in_the_heads_linear_layer() -> None:
+    from src.linear_probe import fit_probe
+    from src.train import init_head
+
+    train, val = _blobs(64, None, 0), _blobs(32, None, 1)
+    torch.manual_seed(0)
+    head = build_head(8, 4, 0.5)
+    drawn = head[1].weight.detach().clone()
+    info = init_head(head[1], train, val, dataclasses.replace(PARAMS, init="probe"))
+    probe = fit_probe(train, val, 4, PARAMS.probe_c)
+    assert info == {"init": "probe", "probe_c": probe.c, "probe_val_loss": pytest.approx(probe.val_loss)}
+    assert not torch.allclose(drawn, probe.weight.float())  # so the check below can tell the two apart
+    assert torch.allclose(head[1].weight, probe.weight.float()) and torch.allclose(head[1].bias, probe.bias.float())
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(head.eval()(val[0]), val[1]).item()
+    assert loss == pytest.approx(probe.val_loss, rel=1e-5)  # the head now is the probe, dropout and all
+    # init: random keeps the weights drawn when the head was built.
+    head = build_head(8, 4, 0.5)
+    drawn = {k: v.clone() for k, v in head.state_dict().items()}
+    assert init_head(head[1], train, val, dataclasses.replace(PARAMS, init="random")) == {"init": "random"}
+    assert all(torch.equal(v, drawn[k]) for k, v in head.state_dict().items())
+
+
 def test_resume_after_epoch_0_continues_like_an_uninterrupted_run() -> None:
     params = dataclasses.replace(PARAMS, epochs=4)
     train, val = _blobs(64, 2, 0), _blobs(32, None, 1)
@@ -357,30 +380,53 @@ def test_resume_after_epoch_0_continues_like_an_uninterrupted_run() -> None:
 
 
 def test_train_stage_starts_the_head_from_the_probe(tmp_path, repo, monkeypatch) -> None:
+    import csv
     import json
 
     import numpy as np
+    import yaml
 
+    import src.train
     from src.linear_probe import fit_probe
     from src.models import load_checkpoint
     from src.train import main
 
     args = _features_dir(tmp_path, repo, monkeypatch)
+    started: dict[str, torch.Tensor] = {}
+    real_init_head = src.train.init_head
+
+    def init_head_and_record(linear, train, val, params):
+        info = real_init_head(linear, train, val, params)
+        started.update(weight=linear.weight.detach().clone(), bias=linear.bias.detach().clone(), train=train[0])
+        return info
+
+    monkeypatch.setattr(src.train, "init_head", init_head_and_record)
     assert main(args) == 0
     metrics = json.loads((tmp_path / "train.json").read_text())
-    assert metrics["init"] == "probe" and metrics["probe_c"] in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
-    history = (tmp_path / "history.csv").read_text().splitlines()
-    assert history[1].startswith("0,")  # epoch 0: the probe, before any step
+    grid = yaml.safe_load((tmp_path / "params.yaml").read_text())["train"]["probe_c"]
+    assert len(grid) > 1 and metrics["init"] == "probe" and metrics["probe_c"] in grid
     with np.load(tmp_path / "features" / "train.npz") as npz:
         train = torch.from_numpy(npz["eval_features"]), torch.from_numpy(npz["labels"])
     with np.load(tmp_path / "features" / "val.npz") as npz:
         val = torch.from_numpy(npz["features"]), torch.from_numpy(npz["labels"])
-    probe = fit_probe(train, val, 4, [metrics["probe_c"]])
+    probe = fit_probe(train, val, 4, grid)  # the whole grid: the stage's choice of C is checked too
+    assert probe.c == metrics["probe_c"] and metrics["probe_val_loss"] == pytest.approx(probe.val_loss)
+    # Whatever the best epoch: the head started from the probe fitted on the train images' eval view...
+    assert torch.equal(started["train"], train[0])
+    assert torch.allclose(started["weight"], probe.weight.float(), atol=1e-6)
+    assert torch.allclose(started["bias"], probe.bias.float(), atol=1e-6)
+    # ...and epoch 0 of the history is that start, validated before any step.
+    with (tmp_path / "history.csv").open() as f:
+        history = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in history] == [0, 1, 2, 3] and float(history[0]["lr"]) == 0.0
+    assert float(history[0]["val_loss"]) == pytest.approx(probe.val_loss, rel=1e-5)
     loaded = load_checkpoint(tmp_path / "model.pt", lazy=True)
     assert loaded.extra["init"] == "probe" and loaded.extra["probe_c"] == metrics["probe_c"]
-    if metrics["best_epoch"] == 0:
-        assert torch.allclose(loaded.head[1].weight, probe.weight.float(), atol=1e-6)
-    assert json.loads((tmp_path / "train.json").read_text())["val"]["loss"] <= probe.val_loss + 1e-6
+    # The checkpoint holds the best epoch: the probe itself when epoch 0 won, trained weights otherwise.
+    best_is_start = torch.allclose(loaded.head[1].weight, probe.weight.float(), atol=1e-6)
+    assert best_is_start == (metrics["best_epoch"] == 0)
+    assert metrics["val"]["loss"] == pytest.approx(float(history[metrics["best_epoch"]]["val_loss"]))
+    assert metrics["val"]["loss"] <= probe.val_loss + 1e-6
 
 
 def test_train_stage_with_features_from_an_older_featurize_says_to_rerun_it(tmp_path, repo, monkeypatch) -> None:
