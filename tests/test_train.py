@@ -252,8 +252,12 @@ def _features_dir(tmp_path: Path, repo: Path, monkeypatch) -> list[str]:
 
 
 def test_train_stage_saves_featurizes_backbone_weights_without_building_the_backbone(tmp_path, repo, monkeypatch):
+    import numpy as np
+
+    from src.calibration import fit_temperature, nll
     from src.models import load_checkpoint
     from src.train import main
+    from src.unknown import head_logits
 
     args = _features_dir(tmp_path, repo, monkeypatch)
     monkeypatch.setattr("src.train.build_backbone", lambda *a, **k: pytest.fail("train built the backbone"))
@@ -261,7 +265,12 @@ def test_train_stage_saves_featurizes_backbone_weights_without_building_the_back
     loaded = load_checkpoint(tmp_path / "model.pt", lazy=True)
     assert torch.equal(loaded.state_dict["backbone.conv.weight"], torch.arange(6.0).reshape(2, 3))
     assert loaded.head[1].weight.shape == (4, 8) and loaded.extra["temperature"] == 1.0  # calibrate: false
-    assert loaded.extra["calibration"]["fitted_temperature"] > 0
+    # The temperature a fit would give is still recorded: the one fitted on the saved head's val logits.
+    with np.load(tmp_path / "features" / "val.npz") as npz:
+        logits, labels = head_logits(loaded.head, npz["features"]), npz["labels"]
+    calibration = loaded.extra["calibration"]
+    assert calibration["fitted_temperature"] == pytest.approx(fit_temperature(logits, labels), rel=1e-6)
+    assert calibration["val_nll_before"] == pytest.approx(nll(logits, labels), rel=1e-6)
 
 
 def test_train_stage_without_the_backbone_weights_says_to_rerun_featurize(tmp_path, repo, monkeypatch) -> None:
