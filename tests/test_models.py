@@ -31,9 +31,35 @@ def test_lukemelas_weights_load_strict_into_timm() -> None:
     converted = convert_lukemelas_state_dict(state, model)
     assert len(converted) == len(state)  # one to one
     model.load_state_dict(converted, strict=True)
-    # Renamed, not reshuffled: every tensor kept its shape against timm's own layout.
-    own = model.state_dict()
-    assert all(converted[k].shape == own[k].shape for k in own)
+    # Renamed, not reshuffled (strict loading checks names and shapes, not which tensor went where):
+    # each converted tensor is one of the file's, unchanged, and keeps its role (weight, bias, running_var...).
+    source_of = {id(v): k for k, v in state.items()}
+    for key, value in converted.items():
+        source = source_of[id(value)]
+        assert key.rsplit(".", 1)[1] == source.rsplit(".", 1)[1], (source, key)
+    # Where the two namings differ most: an expanded block shifts its convs and BNs by one name (bn0 -> bn1 ...),
+    # a depthwise-only block (the first) has no expansion, and the flat block index nests by stage.
+    expected = {
+        "_conv_stem.weight": "conv_stem.weight",
+        "_bn0.weight": "bn1.weight",
+        "_blocks.0._depthwise_conv.weight": "blocks.0.0.conv_dw.weight",
+        "_blocks.0._bn1.bias": "blocks.0.0.bn1.bias",
+        "_blocks.0._project_conv.weight": "blocks.0.0.conv_pw.weight",
+        "_blocks.0._bn2.running_var": "blocks.0.0.bn2.running_var",
+        "_blocks.1._expand_conv.weight": "blocks.1.0.conv_pw.weight",
+        "_blocks.1._bn0.weight": "blocks.1.0.bn1.weight",
+        "_blocks.1._depthwise_conv.weight": "blocks.1.0.conv_dw.weight",
+        "_blocks.1._bn1.running_mean": "blocks.1.0.bn2.running_mean",
+        "_blocks.1._project_conv.weight": "blocks.1.0.conv_pwl.weight",
+        "_blocks.1._bn2.bias": "blocks.1.0.bn3.bias",
+        "_blocks.3._bn1.weight": "blocks.2.0.bn2.weight",
+        "_blocks.15._expand_conv.weight": "blocks.6.0.conv_pw.weight",
+        "_conv_head.weight": "conv_head.weight",
+        "_bn1.running_var": "bn2.running_var",
+        "_fc.weight": "classifier.weight",
+        "_fc.bias": "classifier.bias",
+    }
+    assert {source: key for key, value in converted.items() if (source := source_of[id(value)]) in expected} == expected
 
 
 def test_unknown_key_is_refused() -> None:
