@@ -6,7 +6,7 @@ PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install repro test lint format plots-template
+.PHONY: install repro test test-fast lint format plots-template
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,9 @@ test: install  ## lint, then the whole test suite (unit + end-to-end)
 	ruff check .
 	ruff format --check .
 	pytest
+
+test-fast: lint  ## the quick local loop: lint, then every test not marked slow (no DVC pipeline runs)
+	pytest -m "not slow"
 
 lint: install
 	ruff check .
