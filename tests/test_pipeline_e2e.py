@@ -11,10 +11,13 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
+import torch
 import yaml
 
 from tests.conftest import CLASSES, require_shared_photos
@@ -41,12 +44,6 @@ def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None
     repo, env, out = reproduced
     for stage in ("prepare", "featurize", "train", "test", "evaluate", "ood_data", "report"):
         assert f"Running stage '{stage}'" in out
-    unknown = json.loads((repo / "metrics/unknown.json").read_text())
-    assert set(unknown["methods"]) >= {"original_rule", "max_softmax", "energy", "mahalanobis", "knn"}
-    assert unknown["n_ood_photos"] == 20 and unknown["temperature"] > 0
-    for m in unknown["methods"].values():
-        assert 0.0 <= m["auroc"] <= 1.0 and 0.0 <= m["ood_rejected"] <= 1.0
-
     data = json.loads((repo / "metrics/data.json").read_text())["data"]
     assert data == {"kept": 24, "skipped": 0, "train": 16, "val": 4, "test": 4}
 
@@ -60,20 +57,79 @@ def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None
     assert len(ood) == 20 and {r["label"] for r in ood} == {""}
     detectors = json.loads((repo / "data/predictions/detectors.json").read_text())
     assert set(detectors["thresholds"]) == {"max_softmax", "energy", "mahalanobis", "knn"}
+    _check_unknown_metrics_against_the_predictions(repo, rows, ood, detectors)
 
     metrics = json.loads((repo / "metrics/test.json").read_text())["test"]
     for key in ("accuracy", "f1_macro", "f1_micro", "log_loss", "brier", "ece", "ci95", "roc_auc_macro"):
         assert key in metrics
     assert set(metrics["per_class"]) == set(CLASSES)
     assert "f1_macro" in json.loads((repo / "metrics/train.json").read_text())["val"]
-    for f in ("plots/test/confusion.png", "plots/test/roc.png", "plots/train_history.csv", "models/model.pt"):
-        assert (repo / f).stat().st_size > 0
+    _check_pngs_history_and_model(repo, rows)
     report = (repo / "reports/report.md").read_text()
     assert "| macro F1 |" in report and "![ROC curves](../plots/test/roc.png)" in report
     assert any((repo / "runs/train").glob("events.out.tfevents.*"))
 
     status = run(["dvc", "status", "--json"], repo, env)
     assert json.loads(status.strip().splitlines()[-1]) == {}
+
+
+def _check_unknown_metrics_against_the_predictions(repo: Path, known: list, ood: list, detectors: dict) -> None:
+    """metrics/unknown.json agrees with AUROC and rejection rates recomputed from the predictions CSVs."""
+    from sklearn.metrics import roc_auc_score
+
+    unknown = json.loads((repo / "metrics/unknown.json").read_text())
+    assert set(unknown["methods"]) == {"original_rule_uncalibrated", "original_rule", *detectors["thresholds"]}
+    assert (unknown["n_known_test"], unknown["n_ood_images"], unknown["n_ood_photos"]) == (4, 20, 20)
+    # train.calibrate is false: T = 1, so the original rule's calibrated and raw scores are the same.
+    assert unknown["temperature"] == detectors["temperature"] == 1.0
+    rule = 1.0 - yaml.safe_load((repo / "params.yaml").read_text())["predict"]["threshold"]
+    thresholds = {**detectors["thresholds"], "original_rule": rule, "original_rule_uncalibrated": rule}
+    is_ood = [0] * len(known) + [1] * len(ood)
+    for name, threshold in thresholds.items():
+        if name.startswith("original_rule"):
+            scores = [1.0 - max(float(r[f"prob_{c}"]) for c in CLASSES) for r in known + ood]
+        else:
+            scores = [float(r[f"score_{name}"]) for r in known + ood]
+        m = unknown["methods"][name]
+        assert m["auroc"] == pytest.approx(roc_auc_score(is_ood, scores)), name
+        assert m["threshold"] == pytest.approx(threshold), name
+        assert m["known_rejected"] == pytest.approx(sum(s > threshold for s in scores[: len(known)]) / len(known))
+        rejected = sum(s > threshold for s in scores[len(known) :]) / len(ood)
+        assert m["ood_rejected"] == m["ood_photos_rejected"] == pytest.approx(rejected), name  # no crops here
+
+
+def _check_pngs_history_and_model(repo: Path, rows: list) -> None:
+    """The PNGs decode to their figure's size (inches x dpi 110) and are not blank; the history has each
+    epoch; model.pt loads for these classes and its head gives the test CSV's probabilities."""
+    from PIL import Image
+
+    from src.models import load_checkpoint
+
+    for png, size in (("confusion", (572, 505)), ("roc", (605, 550))):
+        with Image.open(repo / f"plots/test/{png}.png") as img:
+            img.load()
+            assert (img.format, img.size) == ("PNG", size), png
+            low, high = img.convert("L").getextrema()
+            assert low < high, f"{png}.png is a single colour"
+
+    train = json.loads((repo / "metrics/train.json").read_text())
+    with (repo / "plots/train_history.csv").open() as f:
+        history = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in history] == [0, 1, 2]  # the probe start, then 2 epochs
+    best = history[train["best_epoch"]]
+    assert float(best["val_loss"]) == pytest.approx(train["val"]["loss"])
+
+    loaded = load_checkpoint(repo / "models/model.pt", expected_classes=CLASSES)  # builds the backbone, strict
+    assert loaded.classes == CLASSES and loaded.backbone == "efficientnet_lite2"
+    with np.load(repo / "data/features/test.npz") as npz:
+        feats, paths = npz["features"], [str(p) for p in npz["paths"]]
+    assert sorted(paths) == sorted(r["image"] for r in rows)
+    with torch.inference_mode():
+        probs = torch.softmax(loaded.model.eval().head(torch.from_numpy(feats).float()), dim=1).numpy()
+    by_image = {r["image"]: r for r in rows}
+    for path, p in zip(paths, probs):
+        expected = [float(by_image[path][f"prob_{c}"]) for c in CLASSES]
+        np.testing.assert_allclose(p, expected, atol=1e-5, err_msg=path)
 
 
 def test_forced_repro_is_byte_identical(reproduced) -> None:
@@ -118,8 +174,10 @@ def test_tensorboard_logs_have_scalars_and_images(reproduced) -> None:
     grid = acc.Images("val/predictions")[0]
     assert grid.width > 4 * 192 and grid.height > 192  # labelled thumbnails, 4 per row (4 val images here)
     # The `tensorboard` command itself starts (it needs pkg_resources from setuptools < 81).
+    from tensorboard.version import VERSION
+
     out = run([str(Path(sys.executable).parent / "tensorboard"), "--version_tb"], repo, env, stdout_only=True)
-    assert out.strip()
+    assert out.strip() == VERSION
 
 
 def _metrics_of(shown: list, name: str) -> dict:
@@ -233,9 +291,39 @@ def test_queued_grid_search_runs_in_temp_workspaces(reproduced) -> None:
     assert not by_lr[0.01] & by_lr[0.1]
 
 
+def _y_fields(spec: dict) -> dict[str, list[str]]:
+    return {path: [fields] if isinstance(fields, str) else fields for path, fields in spec["y"].items()}
+
+
+def _csv_points(repo: Path, spec: dict) -> Counter:
+    """(x, y) of every row of a dvc.yaml plot's CSVs, once per y field, as the CSV text has them."""
+    points: Counter = Counter()
+    for path, fields in _y_fields(spec).items():
+        with (repo / path).open() as f:
+            rows = list(csv.DictReader(f))
+        assert rows, f"{path} has no rows"
+        points.update((row[spec["x"]], row[field]) for row in rows for field in fields)
+    return points
+
+
+def _xy(points: list[dict], spec: dict) -> list[tuple[str, str]]:
+    """(x, y) of the data points DVC put in a Vega spec (the y column of a multi-field plot is inferred)."""
+    fields = {field for fields in _y_fields(spec).values() for field in fields}
+    if len(fields) > 1:
+        return [(p[spec["x"]], p["dvc_inferred_y_value"]) for p in points]
+    (field,) = fields
+    return [(p[spec["x"]], p[field]) for p in points]
+
+
 def test_plots_render_offline(reproduced) -> None:
     repo, env, _ = reproduced
     rendered = json.loads(run(["dvc", "plots", "show", "--json"], repo, env, stdout_only=True))["data"]
+    plots = {
+        k: v
+        for item in yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]
+        if isinstance(item, dict)
+        for k, v in item.items()
+    }
     for plot_id in (
         "Confusion matrix (test)",
         "Confusion matrix, normalised (test)",
@@ -246,8 +334,13 @@ def test_plots_render_offline(reproduced) -> None:
         "Risk-coverage, test + OOD (accepted OOD image = error)",
     ):
         assert rendered[plot_id][0]["type"] == "vega"
-        # The Vega spec carries the data points, so the plot is not empty.
-        assert len(json.dumps(rendered[plot_id][0]["content"])) > 1000
+        # The Vega spec carries the data points: exactly the rows of the plot's CSVs, one per y field.
+        points = rendered[plot_id][0]["content"]["data"]["values"]
+        assert Counter(_xy(points, plots[plot_id])) == _csv_points(repo, plots[plot_id]), plot_id
+    confusion = rendered["Confusion matrix (test)"][0]["content"]["data"]["values"]
+    assert sorted(p["actual"] for p in confusion) == CLASSES  # the 4 test images, one per class
+    roc = rendered["ROC curves, one vs rest (test)"][0]["content"]["data"]["values"]
+    assert {p["filename"] for p in roc} == {f"{c}.csv" for c in CLASSES}
     for png in ("confusion", "roc", "pr", "calibration", "worst_mistakes"):
         assert rendered[f"plots/test/{png}.png"][0]["type"] == "image"
     run(["dvc", "plots", "show", "-o", "plots_html"], repo, env)
@@ -256,11 +349,19 @@ def test_plots_render_offline(reproduced) -> None:
 
 
 def test_predict_command_uses_the_trained_checkpoint(reproduced) -> None:
+    """predict on the test split's cat photo gives what the test stage wrote for it from the cached features."""
     repo, env, _ = reproduced
-    image = next((repo / "data/prepared/images/cats").iterdir())
+    with (repo / "data/predictions/test.csv").open() as f:
+        (expected,) = [r for r in csv.DictReader(f) if r["label"] == "cats"]
+    knn_threshold = json.loads((repo / "data/predictions/detectors.json").read_text())["thresholds"]["knn"]
+    image = repo / expected["image"]
     out = run([sys.executable, "-m", "src.predict", str(image), "--format", "csv"], repo, env, stdout_only=True)
-    row = next(csv.DictReader(out.strip().splitlines()))
-    assert row["path"] == str(image)
-    assert row["prediction"] in [*CLASSES, "unknown"]
-    assert 0.0 < float(row["probability"]) <= 1.0 and row["error"] == ""
-    assert float(row["unknown_score"]) >= 0.0  # knn by default: a distance
+    (row,) = csv.DictReader(out.strip().splitlines())
+    assert row["path"] == str(image) and row["error"] == ""
+    probs = [float(row[f"prob_{c}"]) for c in CLASSES]
+    np.testing.assert_allclose(probs, [float(expected[f"prob_{c}"]) for c in CLASSES], atol=1e-4)
+    assert float(row["probability"]) == pytest.approx(max(probs), abs=1e-6)
+    # unknown.method is knn by default: the score is the test stage's kNN distance, judged at its threshold.
+    assert float(row["unknown_score"]) == pytest.approx(float(expected["score_knn"]), abs=1e-4)
+    known = float(expected["score_knn"]) <= knn_threshold
+    assert row["prediction"] == (expected["prediction"] if known else "unknown")
