@@ -2,7 +2,6 @@ import csv
 import hashlib
 from pathlib import Path
 
-import pytest
 import torch
 
 from src.data import load_rgb
@@ -59,7 +58,6 @@ def test_no_cat_dog_bee_or_ant_photo_is_listed() -> None:
 
 
 def test_stage_writes_images_manifest_and_sources(tmp_path: Path, repo: Path) -> None:
-    pytest.importorskip("skimage")
     out = tmp_path / "ood"
     main(["--out", str(out), "--params", str(repo / "params.yaml")])  # ood_crops: true
     with (out / "manifest.csv").open() as f:
