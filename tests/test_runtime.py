@@ -21,7 +21,7 @@ def test_explicit_precision_and_workers(monkeypatch) -> None:
     assert rt.device.type == "cpu" and not rt.bf16 and rt.num_workers == 0 and rt.precision == "fp32"
     rt = resolve_runtime(RuntimeParams(device="cpu", precision="bf16", num_workers=3))
     assert rt.bf16 and rt.num_workers == 3 and rt.precision == "bf16"
-    # "auto" workers follow auto_num_workers' rules for this machine's cores, with a CPU forward.
+    # "auto" workers follow auto_num_workers' rules for the core count os.cpu_count() reports, with a CPU forward.
     auto = RuntimeParams(device="cpu", precision="bf16", num_workers="auto")
     for cores, workers in ((1, 0), (2, 0), (3, 2), (8, 4), (64, 4)):
         monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
