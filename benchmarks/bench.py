@@ -42,10 +42,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from src.backbones import BackboneUnavailableError, build_backbone  # noqa: E402
 from src.data import ImageDataset, read_manifest  # noqa: E402
 from src.engine import extract_features, make_loader, prepare_model  # noqa: E402
+from src.head import build_head  # noqa: E402
 from src.metrics import f1_macro  # noqa: E402
-from src.models import BackboneUnavailableError, build_backbone, build_head  # noqa: E402
 from src.params import load_params  # noqa: E402
 from src.runtime import cpu_has_fast_bf16, resolve_runtime, seed_everything  # noqa: E402
 from src.transforms import eval_transform, train_transform  # noqa: E402

@@ -34,13 +34,16 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from src.backbones import build_backbone, set_trainable_blocks
 from src.data import ImageDataset, read_manifest
 from src.engine import make_loader
+from src.fit import evaluate, fit
+from src.head import Classifier, build_head
+from src.head_init import init_head
 from src.metrics import f1_macro, log_loss
-from src.models import Classifier, build_backbone, build_head, set_trainable_blocks
 from src.params import load_params
 from src.runtime import resolve_runtime, seed_everything
-from src.train import evaluate, fit, init_head, prefix_activations
+from src.train_inputs import prefix_activations
 from src.transforms import eval_transform, train_transform
 
 PROBE_C = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from src.errors import UserError
+from src.errors import InvalidFileError, MissingFileError, UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MANIFEST_FIELDS = ("path", "label")
@@ -200,17 +200,19 @@ def write_manifest(path: Path, samples: Sequence[Sample]) -> None:
 def read_manifest(path: Path, classes: Sequence[str], root: Path = Path(".")) -> list[Sample]:
     """Read a ``path,label`` manifest, checking its header, labels and that each file exists."""
     if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path} (run the prepare stage: dvc repro prepare)")
+        raise MissingFileError(f"manifest not found: {path} (run the prepare stage: dvc repro prepare)")
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         if tuple(reader.fieldnames or ()) != MANIFEST_FIELDS:
-            raise ValueError(f"{path}: header must be {','.join(MANIFEST_FIELDS)}, got {reader.fieldnames}")
+            raise InvalidFileError(f"{path}: header must be {','.join(MANIFEST_FIELDS)}, got {reader.fieldnames}")
         samples = []
         for line, row in enumerate(reader, start=2):
             if row["label"] not in classes:
-                raise ValueError(f"{path}:{line}: label {row['label']!r} is not one of {', '.join(classes)}")
+                raise InvalidFileError(f"{path}:{line}: label {row['label']!r} is not one of {', '.join(classes)}")
             if not (root / row["path"]).is_file():
-                raise ValueError(f"{path}:{line}: path {row['path']!r} does not exist (relative to {root.resolve()})")
+                raise InvalidFileError(
+                    f"{path}:{line}: path {row['path']!r} does not exist (relative to {root.resolve()})"
+                )
             samples.append(Sample(row["path"], row["label"]))
     return samples
 

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from src.models import state_fingerprint
+from src.backbones import state_fingerprint
 from src.runtime import Runtime, inference, release_freed_memory
 
 # Batches between heap trims in extract_features: often enough to bound the RSS, rarely enough to cost ~2%.
@@ -30,7 +30,7 @@ def make_loader(dataset: Dataset, batch_size: int, runtime: Runtime) -> DataLoad
 
 
 def weights_fingerprint(module: nn.Module) -> str:
-    """sha256 of a module's parameters and buffers: see :func:`src.models.state_fingerprint`."""
+    """sha256 of a module's parameters and buffers: see :func:`src.backbones.state_fingerprint`."""
     return state_fingerprint(module.state_dict())
 
 

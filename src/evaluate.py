@@ -1,9 +1,5 @@
 """Stage `evaluate`: metrics and plots from the predictions CSVs (no torch).
 
-    python -m src.evaluate --predictions data/predictions/test.csv --ood-predictions data/predictions/ood.csv \
-        --detectors data/predictions/detectors.json --ood data/ood --metrics metrics/test.json \
-        --unknown-metrics metrics/unknown.json --plots plots/test --unknown-plots plots/unknown
-
 Classification (test split): one nested metrics JSON with bootstrap confidence intervals,
 plot data files for `dvc plots` (confusion, ROC and precision-recall per class,
 calibration), the same plots as PNGs, and a grid of the most confident mistakes.
@@ -12,7 +8,6 @@ Unknown detection (test split against the OOD set): see src/unknown_metrics.py.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from collections.abc import Mapping, Sequence
@@ -21,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from src import figures
-from src.cli import run
+from src.cli import run, stage_args
 from src.data import load_thumbnail
+from src.errors import InvalidFileError, MissingFileError
 from src.fileio import atomic_dir, atomic_write_text
 from src.metrics import calibration_bins, classification_report, confusion, precision_recall_curve, roc_curve
 from src.ood_data import read_ood_manifest
@@ -139,17 +135,22 @@ def write_plots(pred: Predictions, report: dict, calibration: list[dict], out: P
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--predictions", type=Path, required=True, help="test predictions CSV")
-    parser.add_argument("--ood-predictions", type=Path, required=True, help="OOD predictions CSV")
-    parser.add_argument("--detectors", type=Path, required=True, help="JSON written by the test stage")
-    parser.add_argument("--ood", type=Path, required=True, help="OOD set (its manifest: which images are whole photos)")
-    parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--unknown-metrics", type=Path, required=True)
-    parser.add_argument("--plots", type=Path, required=True, help="directory for plot data and PNGs")
-    parser.add_argument("--unknown-plots", type=Path, required=True, help="directory for risk-coverage data and PNG")
-    args = parser.parse_args(argv)
+    args = stage_args(
+        __doc__,
+        argv,
+        reads={
+            "predictions": "test predictions CSV",
+            "ood-predictions": "OOD predictions CSV",
+            "detectors": "JSON written by the test stage",
+            "ood": "OOD set (its manifest: which images are whole photos)",
+        },
+        writes={
+            "metrics": "classification metrics JSON",
+            "unknown-metrics": "unknown-detection metrics JSON",
+            "plots": "directory for plot data and PNGs",
+            "unknown-plots": "directory for risk-coverage data and PNG",
+        },
+    )
     params = load_params(args.params)
     cfg = params.evaluate
 
@@ -171,11 +172,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     ood = read_predictions(args.ood_predictions, labelled=False)
     if not args.detectors.is_file():
-        raise FileNotFoundError(f"detectors JSON not found: {args.detectors} (run: dvc repro test)")
+        raise MissingFileError(f"detectors JSON not found: {args.detectors} (run: dvc repro test)")
     detectors = json.loads(args.detectors.read_text())
     ood_paths, _, regions = read_ood_manifest(args.ood / "manifest.csv")
     if ood_paths != ood.images:
-        raise ValueError(
+        raise InvalidFileError(
             f"{args.ood_predictions}: images differ from {args.ood / 'manifest.csv'} (run: dvc repro test)"
         )
     unknown, curves = unknown_report(

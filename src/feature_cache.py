@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from src.checkpoint import LoadedModel
 from src.data import ImageDataset, Sample
 from src.engine import extract_features, make_loader, prepare_model
-from src.models import LoadedModel
 from src.runtime import Runtime
 
 

@@ -1,7 +1,5 @@
 """Stage `featurize`: run the frozen backbone once and cache pooled features.
 
-    python -m src.featurize --data data/prepared --ood data/ood --out data/features
-
 Training images get ``featurize.views`` augmented views each (training samples one
 view per epoch) and their eval view (``eval_features``, which the linear probe behind
 ``train.init: probe`` is fitted on); validation, test and OOD images get the
@@ -14,7 +12,6 @@ features instead of re-running the backbone (see src/feature_cache.py).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Sequence
@@ -23,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.cli import run
+from src.backbones import BACKBONE_WEIGHTS, build_backbone
+from src.cli import run, stage_args
 from src.data import ImageDataset, Sample, read_manifest
 from src.engine import extract_features, make_loader, prepare_model, weights_fingerprint
 from src.fileio import atomic_dir
-from src.models import BACKBONE_WEIGHTS, build_backbone
 from src.ood_data import read_ood_manifest
 from src.params import load_params
 from src.runtime import resolve_runtime, seed_everything
@@ -35,12 +32,12 @@ from src.transforms import eval_transform, train_transform
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, required=True, help="prepared dataset (manifests)")
-    parser.add_argument("--ood", type=Path, required=True, help="OOD set (src.ood_data), scored by the test stage")
-    parser.add_argument("--out", type=Path, required=True, help="feature cache directory")
-    args = parser.parse_args(argv)
+    args = stage_args(
+        __doc__,
+        argv,
+        reads={"data": "prepared dataset (manifests, images)", "ood": "OOD set (src.ood_data), scored by test"},
+        writes={"out": "feature cache directory"},
+    )
     params = load_params(args.params)
     seed_everything(params.seed)
     runtime = resolve_runtime(params.runtime)

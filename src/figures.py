@@ -13,10 +13,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
+from src.fileio import atomic_file
+
 
 def save(fig: Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    """Write a figure atomically, in the format its suffix names."""
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip("."))
     plt.close(fig)
 
 
@@ -129,5 +132,5 @@ def image_grid(
 
 def save_image(image: np.ndarray, path: Path, **options) -> None:
     """Write an HxWx3 uint8 image; the format follows the suffix (``options`` go to Pillow, e.g. quality)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path, **options)
+    with atomic_file(path) as tmp:
+        Image.fromarray(image).save(tmp, format=Image.registered_extensions()[path.suffix.lower()], **options)

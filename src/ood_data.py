@@ -1,7 +1,5 @@
 """Stage `ood_data`: assemble an out-of-distribution photo set from pip-installed packages.
 
-    python -m src.ood_data --out data/ood
-
 Real photos that are none of ants, bees, cats or dogs, taken from files that
 scikit-image, scikit-learn and matplotlib ship (offline). Each photo is written whole
 and, with ``unknown.ood_crops``, as its four quadrant crops; the crops are NOT independent samples, so the manifest
@@ -11,7 +9,6 @@ Nothing here is used to fit a threshold: the set is for evaluation only.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib.util
 from collections.abc import Sequence
@@ -20,9 +17,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from src.cli import run
+from src.cli import run, stage_args
 from src.data import load_rgb
-from src.errors import UserError
+from src.errors import InvalidFileError, MissingFileError, UserError
 from src.fileio import atomic_dir
 from src.params import load_params
 
@@ -134,10 +131,7 @@ def sources_markdown(photos: Sequence[OodPhoto], counts: dict[str, int]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
+    args = stage_args(__doc__, argv, writes={"out": "OOD set directory (images, manifest.csv, SOURCES.md)"})
     crops = load_params(args.params).unknown.ood_crops
     files = {p.name: package_file(p) for p in PHOTOS}  # all missing packages fail before writing
     counts: dict[str, int] = {}
@@ -164,14 +158,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 def read_ood_manifest(path: Path) -> tuple[list[str], list[str], list[str]]:
     """(paths, source photo per image, region per image) of the OOD set."""
     if not path.is_file():
-        raise FileNotFoundError(f"OOD manifest not found: {path} (run: dvc repro ood_data)")
+        raise MissingFileError(f"OOD manifest not found: {path} (run: dvc repro ood_data)")
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"path", "photo", "region"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected columns path,photo,package,region and at least one row")
+        raise InvalidFileError(f"{path}: expected columns path,photo,package,region and at least one row")
     for line, r in enumerate(rows, start=2):
         if not Path(r["path"]).is_file():
-            raise ValueError(f"{path}:{line}: image {r['path']!r} does not exist")
+            raise InvalidFileError(f"{path}:{line}: image {r['path']!r} does not exist")
     return [r["path"] for r in rows], [r["photo"] for r in rows], [r["region"] for r in rows]
 
 

@@ -9,20 +9,14 @@ allowed values named.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 
-from src.errors import UserError
-
-
-class ParamsError(UserError, ValueError):
-    """A params file that does not match the schema."""
+from src.registry import BACKBONES, CLASS_WEIGHTS, HEAD_INITS, OPTIMIZERS, SCHEDULERS, UNKNOWN_METHODS
+from src.schema import ParamsError, build, check, plain
 
 
 @dataclass(frozen=True)
@@ -38,10 +32,10 @@ class SplitParams:
         values = (self.train, self.val, self.test)
         if all(isinstance(v, float) and 0.0 < v < 1.0 for v in values):
             total = sum(values)
-            _check(abs(total - 1.0) < 1e-6, "prepare.split", f"fractions that sum to 1 (they sum to {total:g})")
+            check(abs(total - 1.0) < 1e-6, "prepare.split", f"fractions that sum to 1 (they sum to {total:g})")
             return
         counts = (self.train, self.val) + (() if self.test == "rest" else (self.test,))
-        _check(
+        check(
             all(v >= 1 and float(v).is_integer() for v in counts) and (self.test == "rest" or self.test >= 1),
             "prepare.split",
             "fractions in (0, 1) that sum to 1, or counts per class (whole numbers >= 1; test may be 'rest')",
@@ -60,18 +54,18 @@ class SourceParams:
     take: int | Literal["all"]  # images per class from this source, after validation and de-duplication
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             all(c.isalnum() or c in "-_." for c in self.name) and not self.name.startswith("."),
             "prepare.sources[].name",
             f"a plain name (letters, digits, - _ .), got {self.name!r}",
         )
         if self.sha256 is not None:
             ok = len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256.lower())
-            _check(ok, f"prepare.sources '{self.name}'.sha256", "64 hex digits or null")
+            check(ok, f"prepare.sources '{self.name}'.sha256", "64 hex digits or null")
         for label, folders in self.folders.items():
-            _check(bool(folders), f"prepare.sources '{self.name}'.folders.{label}", "a non-empty list of folders")
+            check(bool(folders), f"prepare.sources '{self.name}'.folders.{label}", "a non-empty list of folders")
         if isinstance(self.take, int):
-            _check(self.take >= 1, f"prepare.sources '{self.name}'.take", "an integer >= 1 or 'all'")
+            check(self.take >= 1, f"prepare.sources '{self.name}'.take", "an integer >= 1 or 'all'")
 
 
 @dataclass(frozen=True)
@@ -87,25 +81,25 @@ class PrepareParams:
     grid_samples: int  # pictures per class and split in plots/data/samples.png
 
     def __post_init__(self) -> None:
-        _check(bool(self.sources), "prepare.sources", "at least one named set of sources")
+        check(bool(self.sources), "prepare.sources", "at least one named set of sources")
         for name, sources in self.sources.items():
-            _check(bool(sources), f"prepare.sources.{name}", "a non-empty list of sources")
+            check(bool(sources), f"prepare.sources.{name}", "a non-empty list of sources")
             names = [s.name for s in sources]
-            _check(len(set(names)) == len(names), f"prepare.sources.{name}", "sources with distinct names")
+            check(len(set(names)) == len(names), f"prepare.sources.{name}", "sources with distinct names")
         choices = ", ".join(["auto", *self.sources])
-        _check(self.use == "auto" or self.use in self.sources, "prepare.use", f"one of {choices}")
-        _check(self.max_pixels >= 1, "prepare.max_pixels", "an integer >= 1")
-        _check(0 <= self.near_duplicate_bits < 64, "prepare.near_duplicate_bits", "an integer in [0, 63]")
-        _check(self.grid_samples >= 0, "prepare.grid_samples", "an integer >= 0")
+        check(self.use == "auto" or self.use in self.sources, "prepare.use", f"one of {choices}")
+        check(self.max_pixels >= 1, "prepare.max_pixels", "an integer >= 1")
+        check(0 <= self.near_duplicate_bits < 64, "prepare.near_duplicate_bits", "an integer in [0, 63]")
+        check(self.grid_samples >= 0, "prepare.grid_samples", "an integer >= 0")
 
 
 @dataclass(frozen=True)
 class ModelParams:
-    backbone: str
+    backbone: Annotated[str, BACKBONES]
     dropout: float
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.dropout < 1.0, "model.dropout", "a probability in [0, 1)")
+        check(0.0 <= self.dropout < 1.0, "model.dropout", "a probability in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -122,14 +116,14 @@ class AugmentParams:
 
     def __post_init__(self) -> None:
         lo, hi = self.scale
-        _check(0.0 < lo <= hi <= 1.0, "augment.scale", "[min, max] with 0 < min <= max <= 1")
-        _check(0.0 <= self.hflip <= 1.0, "augment.hflip", "a probability in [0, 1]")
+        check(0.0 < lo <= hi <= 1.0, "augment.scale", "[min, max] with 0 < min <= max <= 1")
+        check(0.0 <= self.hflip <= 1.0, "augment.hflip", "a probability in [0, 1]")
         for name in ("brightness", "contrast", "saturation"):
-            _check(0.0 <= getattr(self, name) <= 1.0, f"augment.{name}", "a value in [0, 1]")
-        _check(0.0 <= self.hue <= 0.5, "augment.hue", "a value in [0, 0.5]")
-        _check(0.0 <= self.rotate <= 180.0, "augment.rotate", "degrees in [0, 180]")
+            check(0.0 <= getattr(self, name) <= 1.0, f"augment.{name}", "a value in [0, 1]")
+        check(0.0 <= self.hue <= 0.5, "augment.hue", "a value in [0, 0.5]")
+        check(0.0 <= self.rotate <= 180.0, "augment.rotate", "degrees in [0, 180]")
         for name in ("blur", "noise"):
-            _check(0.0 <= getattr(self, name) <= 1.0, f"augment.{name}", "a probability in [0, 1]")
+            check(0.0 <= getattr(self, name) <= 1.0, f"augment.{name}", "a probability in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -138,43 +132,43 @@ class FeaturizeParams:
     batch_size: int
 
     def __post_init__(self) -> None:
-        _check(self.views >= 1, "featurize.views", "an integer >= 1")
-        _check(self.batch_size >= 1, "featurize.batch_size", "an integer >= 1")
+        check(self.views >= 1, "featurize.views", "an integer >= 1")
+        check(self.batch_size >= 1, "featurize.batch_size", "an integer >= 1")
 
 
 @dataclass(frozen=True)
 class TrainParams:
     epochs: int
     batch_size: int
-    optimizer: str
+    optimizer: Annotated[str, OPTIMIZERS]
     lr: float
     weight_decay: float
-    scheduler: str
+    scheduler: Annotated[str, SCHEDULERS]
     warmup_epochs: int
     trainable_blocks: int
     backbone_lr: float
     label_smoothing: float
-    class_weights: str
+    class_weights: Annotated[str, CLASS_WEIGHTS]
     grad_clip: float
     patience: int
     resume: bool
     deterministic: bool
     calibrate: bool
-    init: str  # a name in src.train.HEAD_INITS, checked where the registry is imported
+    init: Annotated[str, HEAD_INITS]
     probe_c: list[float]
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "train.epochs", "an integer >= 1")
-        _check(self.batch_size >= 1, "train.batch_size", "an integer >= 1")
-        _check(self.lr > 0, "train.lr", "a number > 0")
-        _check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0")
-        _check(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs", "an integer in [0, train.epochs)")
-        _check(self.trainable_blocks >= 0, "train.trainable_blocks", "an integer >= 0 (0: frozen backbone)")
-        _check(self.backbone_lr > 0, "train.backbone_lr", "a number > 0")
-        _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "a value in [0, 1)")
-        _check(self.grad_clip >= 0, "train.grad_clip", "a max gradient norm >= 0 (0: off)")
-        _check(self.patience >= 0, "train.patience", "an integer >= 0 (0: no early stopping)")
-        _check(
+        check(self.epochs >= 1, "train.epochs", "an integer >= 1")
+        check(self.batch_size >= 1, "train.batch_size", "an integer >= 1")
+        check(self.lr > 0, "train.lr", "a number > 0")
+        check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0")
+        check(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs", "an integer in [0, train.epochs)")
+        check(self.trainable_blocks >= 0, "train.trainable_blocks", "an integer >= 0 (0: frozen backbone)")
+        check(self.backbone_lr > 0, "train.backbone_lr", "a number > 0")
+        check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "a value in [0, 1)")
+        check(self.grad_clip >= 0, "train.grad_clip", "a max gradient norm >= 0 (0: off)")
+        check(self.patience >= 0, "train.patience", "an integer >= 0 (0: no early stopping)")
+        check(
             bool(self.probe_c) and all(c > 0 for c in self.probe_c),
             "train.probe_c",
             "a non-empty list of numbers > 0 (inverse L2 strengths, e.g. [0.1, 1.0])",
@@ -189,7 +183,7 @@ class RuntimeParams:
 
     def __post_init__(self) -> None:
         if isinstance(self.num_workers, int):
-            _check(self.num_workers >= 0, "runtime.num_workers", "an integer >= 0 or 'auto'")
+            check(self.num_workers >= 0, "runtime.num_workers", "an integer >= 0 or 'auto'")
 
 
 @dataclass(frozen=True)
@@ -198,20 +192,20 @@ class PredictParams:
     batch_size: int
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.threshold <= 1.0, "predict.threshold", "a probability in [0, 1]")
-        _check(self.batch_size >= 1, "predict.batch_size", "an integer >= 1")
+        check(0.0 <= self.threshold <= 1.0, "predict.threshold", "a probability in [0, 1]")
+        check(self.batch_size >= 1, "predict.batch_size", "an integer >= 1")
 
 
 @dataclass(frozen=True)
 class UnknownParams:
-    method: str  # a name in src.unknown.METHODS, checked where the registry is imported
+    method: Annotated[str, UNKNOWN_METHODS]
     false_reject: float
     knn_k: int
     ood_crops: bool
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.false_reject < 0.5, "unknown.false_reject", "a fraction in [0, 0.5), e.g. 0.02")
-        _check(self.knn_k >= 1, "unknown.knn_k", "an integer >= 1")
+        check(0.0 <= self.false_reject < 0.5, "unknown.false_reject", "a fraction in [0, 0.5), e.g. 0.02")
+        check(self.knn_k >= 1, "unknown.knn_k", "an integer >= 1")
 
     def fit_kwargs(self) -> dict[str, Any]:
         """What fitting the detectors at train time reads (the method is chosen at predict time)."""
@@ -226,10 +220,10 @@ class EvaluateParams:
     worst_mistakes: int
 
     def __post_init__(self) -> None:
-        _check(self.ece_bins >= 1, "evaluate.ece_bins", "an integer >= 1")
-        _check(self.bootstrap >= 1, "evaluate.bootstrap", "an integer >= 1")
-        _check(0.0 < self.ci < 1.0, "evaluate.ci", "a level in (0, 1), e.g. 0.95")
-        _check(self.worst_mistakes >= 0, "evaluate.worst_mistakes", "an integer >= 0")
+        check(self.ece_bins >= 1, "evaluate.ece_bins", "an integer >= 1")
+        check(self.bootstrap >= 1, "evaluate.bootstrap", "an integer >= 1")
+        check(0.0 < self.ci < 1.0, "evaluate.ci", "a level in (0, 1), e.g. 0.95")
+        check(self.worst_mistakes >= 0, "evaluate.worst_mistakes", "an integer >= 0")
 
 
 @dataclass(frozen=True)
@@ -247,121 +241,22 @@ class Params:
     unknown: UnknownParams
 
     def __post_init__(self) -> None:
-        _check(len(self.classes) >= 2, "classes", "a list of at least two class names")
-        _check(len(set(self.classes)) == len(self.classes), "classes", "distinct class names")
+        check(len(self.classes) >= 2, "classes", "a list of at least two class names")
+        check(len(set(self.classes)) == len(self.classes), "classes", "distinct class names")
         for set_name, sources in self.prepare.sources.items():
             for source in sources:
                 unknown = sorted(set(source.folders) - set(self.classes))
                 key = f"prepare.sources.{set_name} '{source.name}'.folders"
-                _check(not unknown, key, f"keyed by classes ({', '.join(self.classes)}), not {', '.join(unknown)}")
+                check(not unknown, key, f"keyed by classes ({', '.join(self.classes)}), not {', '.join(unknown)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (tuples as lists), safe for JSON and ``weights_only`` checkpoints."""
-        return _plain(dataclasses.asdict(self))
-
-
-def _check(ok: bool, key: str, expected: str) -> None:
-    if not ok:
-        raise ParamsError(f"params: '{key}' must be {expected}")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin in (list, tuple):
-        return f"a list ({tp})"
-    if origin is dict:
-        return f"a mapping ({tp})"
-    if tp is type(None):
-        return "null"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
-
-
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    """Check ``value`` against annotation ``tp``; return it in the annotated type."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-    elif origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _convert(option, value, key)
-            except ParamsError:
-                continue
-    elif origin is dict:
-        key_type, item = typing.get_args(tp)
-        if isinstance(value, dict):
-            return {_convert(key_type, k, key): _convert(item, v, f"{key}.{k}") for k, v in value.items()}
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, list):
-            return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    elif origin is tuple:
-        items = typing.get_args(tp)
-        if isinstance(value, (list, tuple)) and len(value) == len(items):
-            return tuple(_convert(t, v, f"{key}[{i}]") for i, (t, v) in enumerate(zip(items, value)))
-    elif tp is float:
-        # YAML reads "1e-3" as a string; accept it as a number the way users expect.
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif _is_scalar(tp, value):
-        return value
-    raise ParamsError(f"params: '{key}' must be {_type_name(tp)}, got {value!r}")
-
-
-def _is_scalar(tp: Any, value: Any) -> bool:
-    """Exact scalar match: a bool is not an int here, and strings must be non-empty."""
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str) and bool(value)
-    return tp is bool and isinstance(value, bool)
-
-
-def _build(cls: type, data: Any, key: str) -> Any:
-    where = f"'{key}'" if key else "the top level"
-    if not isinstance(data, dict):
-        raise ParamsError(f"params: {where} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    for name in data:
-        if name not in allowed:
-            close = difflib.get_close_matches(str(name), allowed, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            full = f"{key}.{name}" if key else str(name)
-            raise ParamsError(f"params: unknown key '{full}'{hint}; allowed keys in {where}: {', '.join(allowed)}")
-    missing = [name for name in allowed if name not in data]
-    if missing:
-        raise ParamsError(f"params: {where} is missing key(s): {', '.join(missing)}")
-    values = {name: _convert(hints[name], data[name], f"{key}.{name}" if key else name) for name in allowed}
-    return cls(**values)
+        return plain(dataclasses.asdict(self))
 
 
 def parse_params(data: Any) -> Params:
     """Validate a parsed params mapping into :class:`Params`."""
-    return _build(Params, data, "")
+    return build(Params, data, "")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -31,14 +31,15 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from src.calibration import calibrated_probs
+from src.checkpoint import LoadedModel, load_checkpoint
 from src.cli import run
 from src.data import IMAGE_EXTENSIONS, ImageError, load_rgb
 from src.engine import extract_features, prepare_model
-from src.models import LoadedModel, load_checkpoint
 from src.params import load_params
+from src.registry import UNKNOWN_METHODS
 from src.runtime import Runtime, resolve_runtime
 from src.transforms import eval_transform
-from src.unknown import METHODS, Detector, detector_from_extra, head_logits
+from src.unknown import Detector, detector_from_extra, head_logits
 
 UNKNOWN = "unknown"
 FORMATS = ("table", "csv", "json")
@@ -206,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("inputs", nargs="+", help="image files, directories or glob patterns")
     parser.add_argument("--checkpoint", type=Path, default=Path("models/model.pt"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--method", choices=list(METHODS), default=None, help="default: unknown.method in params")
+    parser.add_argument(
+        "--method", choices=UNKNOWN_METHODS.names(), default=None, help="default: unknown.method in params"
+    )
     parser.add_argument(
         "--threshold", type=float, default=None, help="max_softmax only; default: predict.threshold in params"
     )

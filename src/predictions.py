@@ -7,12 +7,14 @@ columns are unknown-image scores ("higher = more likely unknown"), one per detec
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from src.errors import InvalidFileError, MissingFileError
+from src.fileio import atomic_file
 
 BASE_COLUMNS = ("image", "label", "prediction")
 PROB_PREFIX = "prob_"
@@ -50,15 +52,12 @@ def write_predictions(
     for name, s in scores.items():
         if np.shape(s) != (len(images),):
             raise ValueError(f"score {name!r} of shape {np.shape(s)} for {len(images)} images")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_file(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns(classes, list(scores)))
         for i, (image, label, p) in enumerate(zip(images, labels, probs)):
             row = [image, label or "", classes[int(np.argmax(p))], *(f"{v:.6g}" for v in p)]
             writer.writerow(row + [f"{s[i]:.8g}" for s in scores.values()])
-    os.replace(tmp, path)
 
 
 def read_predictions(path: Path, labelled: bool = True) -> Predictions:
@@ -67,12 +66,12 @@ def read_predictions(path: Path, labelled: bool = True) -> Predictions:
     With ``labelled`` every label must be a class; otherwise (the OOD set) every label must be empty.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"predictions CSV not found: {path} (run: dvc repro test)")
+        raise MissingFileError(f"predictions CSV not found: {path} (run: dvc repro test)")
     with path.open(newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if not header or tuple(header[:3]) != BASE_COLUMNS or len(header) < 5:
-            raise ValueError(
+            raise InvalidFileError(
                 f"{path}:1: header must be {','.join(BASE_COLUMNS)},{PROB_PREFIX}<class>... (two classes or more), "
                 f"got {header}"
             )
@@ -81,7 +80,7 @@ def read_predictions(path: Path, labelled: bool = True) -> Predictions:
         bad = [h for h in header[3 : 3 + n_probs] if not h.startswith(PROB_PREFIX)]
         bad += [h for h in extra if not h.startswith(SCORE_PREFIX)]
         if bad or n_probs < 2:
-            raise ValueError(
+            raise InvalidFileError(
                 f"{path}:1: after {','.join(BASE_COLUMNS)} come two or more '{PROB_PREFIX}<class>' columns, "
                 f"then only '{SCORE_PREFIX}<method>' columns; got {header}"
             )
@@ -90,27 +89,29 @@ def read_predictions(path: Path, labelled: bool = True) -> Predictions:
         images, labels, predicted, probs, scores = [], [], [], [], []
         for line, row in enumerate(reader, start=2):
             if len(row) != len(header):
-                raise ValueError(f"{path}:{line}: expected {len(header)} fields, got {len(row)}")
+                raise InvalidFileError(f"{path}:{line}: expected {len(header)} fields, got {len(row)}")
             if row[2] not in index:
-                raise ValueError(f"{path}:{line}: prediction {row[2]!r} is not one of {', '.join(classes)}")
+                raise InvalidFileError(f"{path}:{line}: prediction {row[2]!r} is not one of {', '.join(classes)}")
             if labelled and row[1] not in index:
-                raise ValueError(f"{path}:{line}: label {row[1]!r} is not one of {', '.join(classes)}")
+                raise InvalidFileError(f"{path}:{line}: label {row[1]!r} is not one of {', '.join(classes)}")
             if not labelled and row[1]:
-                raise ValueError(f"{path}:{line}: label {row[1]!r} in a file of unlabelled (unknown) images")
+                raise InvalidFileError(f"{path}:{line}: label {row[1]!r} in a file of unlabelled (unknown) images")
             try:
                 p = [float(v) for v in row[3 : 3 + n_probs]]
                 s = [float(v) for v in row[3 + n_probs :]]
             except ValueError:
-                raise ValueError(f"{path}:{line}: probabilities and scores must be numbers, got {row[3:]}") from None
+                raise InvalidFileError(
+                    f"{path}:{line}: probabilities and scores must be numbers, got {row[3:]}"
+                ) from None
             if not all(0.0 <= v <= 1.0 for v in p) or abs(sum(p) - 1.0) > 1e-3:
-                raise ValueError(f"{path}:{line}: probabilities must lie in [0, 1] and sum to 1, got {p}")
+                raise InvalidFileError(f"{path}:{line}: probabilities must lie in [0, 1] and sum to 1, got {p}")
             images.append(row[0])
             labels.append(index[row[1]] if labelled else -1)
             predicted.append(index[row[2]])
             probs.append(p)
             scores.append(s)
     if not images:
-        raise ValueError(f"{path}: no prediction rows")
+        raise InvalidFileError(f"{path}: no prediction rows")
     return Predictions(
         images=images,
         classes=classes,

@@ -1,15 +1,11 @@
 """Stage `prepare`: fetch the sources, validate every file, drop duplicates, split, copy in.
 
-python -m src.prepare --out data/prepared --report metrics/data.json --data-report reports/data.json \
-    --grid plots/data/samples.png
-
 Which set of ``prepare.sources`` is read: ``$ABCD_DATA`` if set, else ``prepare.use``
 (``auto``: the first set whose local paths exist). See README: Data.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -24,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from src.cli import run
+from src.cli import run, stage_args
 from src.data import (
     ImageError,
     Sample,
@@ -36,7 +32,7 @@ from src.data import (
     write_manifest,
 )
 from src.dedupe import Item, dhash, find_duplicates
-from src.fileio import atomic_dir, atomic_write_text
+from src.fileio import atomic_dir, atomic_file, atomic_write_text
 from src.params import PrepareParams, SourceParams, SplitParams, load_params
 from src.sources import ENV_USE, Opened, SourceError, choose_set, describe, list_files, open_source, resolve_path
 
@@ -279,13 +275,17 @@ def prepare(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--out", type=Path, required=True, help="prepared dataset directory")
-    parser.add_argument("--report", type=Path, required=True, help="metrics JSON: kept/skipped/split counts")
-    parser.add_argument("--data-report", type=Path, help="full data report JSON (per class, every skipped file)")
-    parser.add_argument("--grid", type=Path, help="PNG grid of sample pictures per class and split")
-    args = parser.parse_args(argv)
+    args = stage_args(
+        __doc__,
+        argv,
+        writes={
+            "out": "prepared dataset directory",
+            "report": "metrics JSON: kept/skipped/split counts",
+            "data-report": "full data report JSON (per class, every skipped file)",
+            "grid": "PNG grid of sample pictures per class and split",
+        },
+        optional=("data-report", "grid"),
+    )
     params = load_params(args.params)
     start = time.perf_counter()
 
@@ -312,10 +312,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.grid is not None:
         t0 = time.perf_counter()
         grid = sample_grid(splits, params.classes, params.prepare.grid_samples, lambda key: load_rgb(files[key][0]))
-        args.grid.parent.mkdir(parents=True, exist_ok=True)
-        part = args.grid.with_name(args.grid.name + ".tmp")
-        grid.save(part, format="PNG")
-        os.replace(part, args.grid)
+        with atomic_file(args.grid) as tmp:
+            grid.save(tmp, format="PNG")
         timings["grid"] = time.perf_counter() - t0
     # The tracked metric stays small so that `dvc exp show` keeps its columns for results.
     totals = report["totals"]

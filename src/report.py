@@ -1,20 +1,18 @@
 """Stage `report`: a Markdown summary of the workspace's run, for a pull-request comment.
 
-    python -m src.report --metrics metrics --plots plots --out reports/report.md
-
 Metrics with their bootstrap confidence intervals, per-class scores, the data report
 and the plots as images (links relative to the report).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from src.cli import run
+from src.cli import run, stage_args
+from src.errors import MissingFileError
 from src.fileio import atomic_write_text
 from src.params import Params, load_params
 
@@ -122,17 +120,17 @@ def render(
 
 def _read(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"report: {path} not found (run: dvc repro)")
+        raise MissingFileError(f"report: {path} not found (run: dvc repro)")
     return json.loads(path.read_text())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--metrics", type=Path, required=True, help="directory with data/train/test/unknown.json")
-    parser.add_argument("--plots", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
+    args = stage_args(
+        __doc__,
+        argv,
+        reads={"metrics": "directory with data/train/test/unknown.json", "plots": "plots directory"},
+        writes={"out": "Markdown report"},
+    )
     params = load_params(args.params)
     links = [
         (title, Path(os.path.relpath(args.plots / rel, args.out.parent)).as_posix())

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from src.errors import UserError
-from src.fileio import atomic_dir
+from src.fileio import atomic_dir, atomic_file
 from src.params import SourceParams
 
 ENV_USE = "ABCD_DATA"  # overrides prepare.use
@@ -140,8 +140,8 @@ def download(
     """Download ``url`` to ``dest`` atomically; return the archive's sha256.
 
     An existing ``dest`` is reused (re-checked against ``sha256`` when given). The bytes go
-    to ``dest.part-<pid>`` and are renamed to ``dest`` only when complete and, if ``sha256``
-    is given, matching; on any failure the part file is removed. Transient failures are
+    to a temporary file beside it, renamed to ``dest`` only when complete and, if ``sha256``
+    is given, matching; on any failure it is removed. Transient failures are
     retried ``retries`` times, waiting ``backoff * 2**attempt`` seconds.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -152,9 +152,9 @@ def download(
         # A cached file that no longer matches the pinned checksum (changed upstream or damaged): fetch again.
         print(f"{dest}: sha256 {got} does not match {sha256}; downloading again", file=sys.stderr)
         dest.unlink()
-    part = dest.with_name(f"{dest.name}.part-{os.getpid()}")
     last = ""
-    try:
+    # Renamed into place only when complete and matching; per process: parallel experiments share the cache.
+    with atomic_file(dest, suffix=f".part-{os.getpid()}") as part:
         for attempt in range(retries + 1):
             try:
                 got = _fetch_once(url, part, timeout, progress)
@@ -170,11 +170,8 @@ def download(
                     f"{url}: sha256 mismatch: expected {sha256.lower()}, got {got}; the file was not kept "
                     "(the archive changed upstream, or the download was corrupted)"
                 )
-            os.replace(part, dest)
             return got
-    finally:
-        part.unlink(missing_ok=True)
-    raise SourceError(f"{url}: download failed after {retries + 1} attempts ({last}); nothing was kept")
+        raise SourceError(f"{url}: download failed after {retries + 1} attempts ({last}); nothing was kept")
 
 
 def _safe_member(name: str) -> PurePosixPath:

@@ -1,8 +1,5 @@
 """Stage `test`: apply the checkpoint to the test split and to the OOD set; write predictions CSVs.
 
-    python -m src.test --model models/model.pt --data data/prepared --ood data/ood --features data/features \
-        --out data/predictions/test.csv --ood-out data/predictions/ood.csv --detectors data/predictions/detectors.json
-
 Backbone features come from featurize's cache when they are provably this checkpoint's
 own (see src/feature_cache.py), else from running the backbone on the images. The
 probabilities are the predict command's: softmax of the head's logits divided by the
@@ -13,20 +10,18 @@ val) and the temperature go to ``--detectors``, so that `evaluate` needs no torc
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from src.calibration import calibrated_probs
-from src.cli import run
+from src.checkpoint import load_checkpoint
+from src.cli import run, stage_args
 from src.data import Sample, read_manifest
 from src.feature_cache import features_for
 from src.fileio import atomic_write_text
-from src.models import load_checkpoint
 from src.ood_data import read_ood_manifest
 from src.params import load_params
 from src.predictions import write_predictions
@@ -53,16 +48,21 @@ def detectors_summary(extra: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True, help="prepared dataset (test manifest)")
-    parser.add_argument("--ood", type=Path, required=True, help="OOD set written by src.ood_data")
-    parser.add_argument("--features", type=Path, required=True, help="featurize's cache (used when it matches)")
-    parser.add_argument("--out", type=Path, required=True, help="test predictions CSV")
-    parser.add_argument("--ood-out", type=Path, required=True, help="OOD predictions CSV (empty labels)")
-    parser.add_argument("--detectors", type=Path, required=True, help="JSON: temperature and detector thresholds")
-    args = parser.parse_args(argv)
+    args = stage_args(
+        __doc__,
+        argv,
+        reads={
+            "model": "checkpoint",
+            "data": "prepared dataset (test manifest, images)",
+            "ood": "OOD set written by src.ood_data",
+            "features": "featurize's cache (used when it is the checkpoint's own)",
+        },
+        writes={
+            "out": "test predictions CSV",
+            "ood-out": "OOD predictions CSV (empty labels)",
+            "detectors": "JSON: temperature and detector thresholds",
+        },
+    )
     params = load_params(args.params)
     runtime = resolve_runtime(params.runtime)
 

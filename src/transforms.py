@@ -13,10 +13,9 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
-from src.models import Preprocess
+from src.backbones import Preprocess
 from src.params import AugmentParams
-
-_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
+from src.registry import INTERPOLATIONS
 
 
 class SeededTransform:
@@ -35,12 +34,7 @@ class SeededTransform:
 
 
 def _interpolation(pre: Preprocess) -> int:
-    try:
-        return _INTERPOLATION[pre.interpolation]
-    except KeyError:
-        raise ValueError(
-            f"preprocess interpolation {pre.interpolation!r} is not one of {', '.join(_INTERPOLATION)}"
-        ) from None
+    return INTERPOLATIONS.get(pre.interpolation)
 
 
 def _normalize(pre: Preprocess) -> list[A.BasicTransform]:

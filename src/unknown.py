@@ -17,7 +17,10 @@ import numpy as np
 import torch
 
 from src.calibration import calibrated_probs, fit_temperature, nll
+from src.errors import InvalidFileError
 from src.metrics import expected_calibration_error
+from src.params import ParamsError
+from src.registry import UNKNOWN_METHODS
 
 State = dict[str, torch.Tensor]
 
@@ -102,7 +105,7 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 def _fit_knn(x: np.ndarray, y: np.ndarray, k: int) -> State:
     if k > len(x):
-        raise ValueError(f"params: 'unknown.knn_k' is {k} but the training bank has only {len(x)} features")
+        raise ParamsError(f"params: 'unknown.knn_k' is {k} but the training bank has only {len(x)} features")
     # fp16 halves the checkpoint's size; cosine distances need no more precision than that.
     return {"bank": torch.from_numpy(_normalise(x).astype(np.float16)), "k": torch.tensor(k)}
 
@@ -119,19 +122,11 @@ def _knn_score(state, feats, logits, temperature) -> np.ndarray:
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
-METHODS: dict[str, Method] = {
-    "max_softmax": Method(_no_state, _max_softmax_score, "1 - max calibrated class probability (original rule)"),
-    "energy": Method(_no_state, _energy_score, "free energy -logsumexp(logits)"),
-    "mahalanobis": Method(_fit_mahalanobis, _mahalanobis_score, "min Mahalanobis distance to class means"),
-    "knn": Method(_fit_knn, _knn_score, "distance to the k-th nearest training feature (cosine)"),
-}
-
-
-def get_method(name: str) -> Method:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"params: 'unknown.method' is {name!r}; choose one of {', '.join(METHODS)}") from None
+# The methods by name: UNKNOWN_METHODS in src/registry.py.
+MAX_SOFTMAX = Method(_no_state, _max_softmax_score, "1 - max calibrated class probability (original rule)")
+ENERGY = Method(_no_state, _energy_score, "free energy -logsumexp(logits)")
+MAHALANOBIS = Method(_fit_mahalanobis, _mahalanobis_score, "min Mahalanobis distance to class means")
+KNN = Method(_fit_knn, _knn_score, "distance to the k-th nearest training feature (cosine)")
 
 
 def threshold_for_false_reject(known_scores: np.ndarray, false_reject: float) -> float:
@@ -186,11 +181,11 @@ def fit_inference_extras(
     logits = head_logits(head, val_x)
     missing = sorted(set(range(logits.shape[1])) - set(np.unique(train_y).tolist()))
     if missing:
-        raise ValueError(f"unknown detectors: no training features for class index(es) {missing}")
+        raise InvalidFileError(f"unknown detectors: no training features for class index(es) {missing}")
     fitted = fit_temperature(logits, val_y)
     temperature = fitted if calibrate else 1.0
     unknown: dict[str, Any] = {}
-    for name, method in METHODS.items():
+    for name, method in UNKNOWN_METHODS.items():
         state = method.fit(train_x, train_y, knn_k)
         val_scores = method.score(state, val_x, logits, temperature)
         unknown[name] = {"state": state, "threshold": threshold_for_false_reject(val_scores, false_reject)}
@@ -230,13 +225,13 @@ def detector_from_extra(extra: Mapping[str, Any], name: str, max_softmax_thresho
     its val threshold like the others. A checkpoint from before detectors were saved has
     only the original rule, at temperature 1.
     """
-    method = get_method(name)
+    method = UNKNOWN_METHODS.get(name, "unknown.method")
     temperature = float(extra.get("temperature", 1.0))
     if name == "max_softmax" and max_softmax_threshold is not None:
         return Detector(name, method, {}, 1.0 - max_softmax_threshold, temperature)
     fitted = extra.get("unknown", {})
     if name not in fitted:
-        raise ValueError(
+        raise InvalidFileError(
             f"the checkpoint has no fitted unknown detector {name!r} (it has: {', '.join(fitted) or 'none'}); "
             "retrain it (dvc repro train) or choose unknown.method max_softmax"
         )

@@ -18,6 +18,7 @@ import numpy as np
 
 from src import figures
 from src.calibration import calibrated_probs
+from src.errors import InvalidFileError
 from src.metrics import expected_calibration_error, roc_auc
 from src.predictions import Predictions
 
@@ -78,7 +79,7 @@ def unknown_report(
         methods[name] = detection_metrics(known, unknown, 1.0 - rule_threshold, ood_full_image)
     for name, threshold in detectors["thresholds"].items():
         if name not in test.scores or name not in ood.scores:
-            raise ValueError(f"detector {name!r} has a threshold but no score_{name} column in the predictions")
+            raise InvalidFileError(f"detector {name!r} has a threshold but no score_{name} column in the predictions")
         known, unknown = test.scores[name], ood.scores[name]
         methods[name] = detection_metrics(known, unknown, threshold, ood_full_image)
         if target is not None:

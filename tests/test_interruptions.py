@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from src.models import load_checkpoint
+from src.checkpoint import load_checkpoint
 from src.predictions import read_predictions
 from tests.conftest import CLASSES, require_shared_photos
 from tests.pipeline_utils import make_project, run

@@ -6,16 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from src import models
+from src.backbones import Backbone, BackboneUnavailableError, build_backbone, convert_lukemelas_state_dict
+from src.checkpoint import load_checkpoint, save_checkpoint
 from src.data import load_rgb
-from src.models import (
-    BackboneUnavailableError,
-    Classifier,
-    build_backbone,
-    convert_lukemelas_state_dict,
-    load_checkpoint,
-    save_checkpoint,
-)
+from src.head import Classifier
 from src.transforms import eval_transform
 from tests.conftest import CLASSES
 
@@ -117,8 +111,11 @@ def test_backbones_build_and_their_blocks_compose_to_the_module(name: str, dim: 
 
 
 def test_unknown_backbone_lists_the_choices() -> None:
-    expected = "efficientnet_b0, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, mobilenet_v3_large"
-    with pytest.raises(ValueError, match=f"unknown backbone 'resnet9'; choose one of {expected}, resnet101, resnet18"):
+    expected = (
+        "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, resnet18, resnet50, resnet101, vgg16, "
+        "mobilenet_v3_large, efficientnet_b0"
+    )
+    with pytest.raises(ValueError, match=f"unknown backbone 'resnet9'; choose one of {expected} \\(did you mean"):
         build_backbone("resnet9")
 
 
@@ -182,7 +179,7 @@ def test_torchvision_weights_are_taken_from_the_cache_offline(torch_home: Path, 
     assert torch.equal(backbone.module.state_dict()[first], reference.state_dict()[first])
 
 
-def _small_classifier(seed: int = 0) -> tuple[Classifier, models.Backbone]:
+def _small_classifier(seed: int = 0) -> tuple[Classifier, Backbone]:
     torch.manual_seed(seed)
     backbone = build_backbone("efficientnet_lite0", pretrained=False)
     return Classifier(backbone.module, backbone.num_features, len(CLASSES), 0.2), backbone
@@ -251,7 +248,7 @@ def test_missing_checkpoint_names_the_file(tmp_path: Path) -> None:
 
 
 def test_head_dropout_is_inverted_dropout_and_identity_in_eval() -> None:
-    from src.models import Dropout
+    from src.head import Dropout
 
     torch.manual_seed(0)
     drop = Dropout(0.25)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import torch
 
+from src.backbones import build_backbone, convert_lukemelas_state_dict
 from src.data import load_rgb
-from src.models import build_backbone, convert_lukemelas_state_dict
 from src.ood_data import MIN_CROP_SIDE, PHOTOS, OodPhoto, main, package_file, regions
 from src.transforms import eval_transform
 

@@ -103,7 +103,7 @@ def _check_pngs_history_and_model(repo: Path, rows: list) -> None:
     epoch; model.pt loads for these classes and its head gives the test CSV's probabilities."""
     from PIL import Image
 
-    from src.models import load_checkpoint
+    from src.checkpoint import load_checkpoint
 
     for png, size in (("confusion", (572, 505)), ("roc", (605, 550))):
         with Image.open(repo / f"plots/test/{png}.png") as img:

@@ -8,7 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from src.models import Classifier, build_backbone, save_checkpoint
+from src.backbones import build_backbone
+from src.checkpoint import save_checkpoint
+from src.head import Classifier
 from src.predict import UNKNOWN, decide, expand_inputs, main
 from src.unknown import fit_inference_extras
 from tests.conftest import CLASSES, make_image

@@ -219,12 +219,18 @@ def test_unknown_choices_fail_at_stage_start(repo: Path, tmp_path: Path, monkeyp
     params["train"]["scheduler"] = "linear"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    for stage, expected in (
-        ("featurize", "unknown backbone 'resnet9'; choose one of efficientnet_b0, efficientnet_lite0"),
-        ("train", "'train.scheduler' is 'linear'; choose one of cosine, none, step"),
-    ):
+    backbone = "params: 'model.backbone': unknown backbone 'resnet9'; choose one of efficientnet_lite0, "
+    for stage in STAGES:  # every stage checks every choice at params load, also those that build no backbone
         main, args = STAGES[stage]
         monkeypatch.setattr(sys, "argv", [stage, *args])
         with pytest.raises(SystemExit):
             run(main, stage)
-        assert expected in capsys.readouterr().err
+        assert capsys.readouterr().err.startswith(f"{stage}: error: {backbone}"), stage
+    params["model"]["backbone"] = "resnet18"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    main, args = STAGES["train"]
+    monkeypatch.setattr(sys, "argv", ["train", *args])
+    with pytest.raises(SystemExit):
+        run(main, "train")
+    expected = "params: 'train.scheduler': unknown scheduler 'linear'; choose one of none, cosine, step"
+    assert capsys.readouterr().err.startswith(f"train: error: {expected}")

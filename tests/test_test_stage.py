@@ -11,9 +11,11 @@ import torch
 import yaml
 
 from src import test as test_stage
+from src.backbones import build_backbone
+from src.checkpoint import save_checkpoint
 from src.data import ImageDataset, Sample, write_manifest
 from src.engine import extract_features, make_loader, prepare_model, weights_fingerprint
-from src.models import Classifier, build_backbone, save_checkpoint
+from src.head import Classifier
 from src.params import load_params
 from src.predictions import read_predictions
 from src.runtime import resolve_runtime

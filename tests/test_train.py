@@ -5,9 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.models import Classifier, build_backbone, build_head, set_trainable_blocks
+from src.backbones import build_backbone, set_trainable_blocks
+from src.fit import fit
+from src.head import Classifier, build_head
+from src.optim import lr_factor, param_groups
 from src.params import TrainParams
-from src.train import CLASS_WEIGHTS, check_choices, fit, lr_factor, param_groups
+from src.registry import CLASS_WEIGHTS
+from src.schema import ParamsError, build
 
 PARAMS = TrainParams(
     epochs=30,
@@ -65,16 +69,16 @@ def test_fit_is_seeded() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "choices"),
     [
-        ("optimizer", "rmsprop", "adam, adamw, sgd"),
-        ("scheduler", "linear", "cosine, none, step"),
-        ("class_weights", "inverse", "balanced, none"),
-        ("init", "zeros", "probe, random"),
+        ("optimizer", "rmsprop", "optimizer 'rmsprop'; choose one of sgd, adam, adamw"),
+        ("scheduler", "linear", "scheduler 'linear'; choose one of none, cosine, step"),
+        ("class_weights", "inverse", "class weighting 'inverse'; choose one of none, balanced"),
+        ("init", "zeros", "head init 'zeros'; choose one of random, probe"),
     ],
 )
 def test_unknown_choices_list_the_registry(field: str, value: str, choices: str) -> None:
-    bad = dataclasses.replace(PARAMS, **{field: value})
-    with pytest.raises(ValueError, match=f"'train.{field}' is '{value}'; choose one of {choices}"):
-        check_choices(bad)
+    bad = {**dataclasses.asdict(PARAMS), field: value}
+    with pytest.raises(ParamsError, match=f"params: 'train.{field}': unknown {choices}"):
+        build(TrainParams, bad, "train")
 
 
 def test_ctrl_c_keeps_the_best_epoch_so_far() -> None:
@@ -145,9 +149,9 @@ def test_lr_warms_up_then_follows_the_schedule() -> None:
 
 
 def test_balanced_class_weights_are_inverse_frequencies() -> None:
-    w = CLASS_WEIGHTS["balanced"](torch.tensor([10.0, 30.0, 20.0, 20.0]))
+    w = CLASS_WEIGHTS.get("balanced")(torch.tensor([10.0, 30.0, 20.0, 20.0]))
     assert w.tolist() == pytest.approx([2.0, 2 / 3, 1.0, 1.0])
-    assert CLASS_WEIGHTS["none"](torch.tensor([1.0, 2.0])) is None
+    assert CLASS_WEIGHTS.get("none")(torch.tensor([1.0, 2.0])) is None
 
 
 def test_label_smoothing_class_weights_and_clipping_train() -> None:
@@ -175,7 +179,7 @@ def test_set_trainable_blocks_unfreezes_only_the_last_blocks() -> None:
     trainable = {n for n, p in backbone.module.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(("blocks.6.", "conv_head.", "bn2.")) for n in trainable)
     assert any(n.startswith("blocks.6.") for n in trainable) and "conv_head.weight" in trainable
-    with pytest.raises(ValueError, match=r"train\.trainable_blocks: 10 is out of range; this backbone has 9 blocks"):
+    with pytest.raises(ValueError, match=r"'train\.trainable_blocks' is 10, out of range: this backbone has 9 blocks"):
         set_trainable_blocks(backbone, 10)
 
 
@@ -197,20 +201,20 @@ def test_fine_tuning_keeps_batchnorm_statistics_and_trains_bn_affine() -> None:
 
 
 def test_resume_refuses_a_last_checkpoint_made_with_other_params(tmp_path, repo) -> None:
+    from src.checkpoint import load_training_state
+    from src.errors import InvalidFileError
     from src.params import load_params
-    from src.train import _resume_state
 
     params = load_params(repo / "params.yaml")
     path = tmp_path / "last.pt"
     resuming = dataclasses.replace(params, train=dataclasses.replace(params.train, resume=True))
-    assert _resume_state(path, resuming) is None  # nothing to resume: start from epoch 1
+    assert load_training_state(path, resuming.to_dict()) is None  # nothing to resume: start from epoch 1
     other = dataclasses.replace(params, train=dataclasses.replace(params.train, lr=params.train.lr * 2))
     torch.save({"format": 1, "params": other.to_dict(), "state": {"epoch": 3}}, path)
-    with pytest.raises(ValueError, match="made with other params; resuming needs the same ones"):
-        _resume_state(path, resuming)
+    with pytest.raises(InvalidFileError, match="made with other params; resuming needs the same ones"):
+        load_training_state(path, resuming.to_dict())
     torch.save({"format": 1, "params": params.to_dict(), "state": {"epoch": 3}}, path)  # resume: false there
-    assert _resume_state(path, resuming) == {"epoch": 3}
-    assert _resume_state(path, params) is None  # train.resume: false starts over
+    assert load_training_state(path, resuming.to_dict()) == {"epoch": 3}
 
 
 def _features_dir(tmp_path: Path, repo: Path, monkeypatch) -> list[str]:
@@ -255,12 +259,12 @@ def test_train_stage_saves_featurizes_backbone_weights_without_building_the_back
     import numpy as np
 
     from src.calibration import fit_temperature, nll
-    from src.models import load_checkpoint
+    from src.checkpoint import load_checkpoint
     from src.train import main
     from src.unknown import head_logits
 
     args = _features_dir(tmp_path, repo, monkeypatch)
-    monkeypatch.setattr("src.train.build_backbone", lambda *a, **k: pytest.fail("train built the backbone"))
+    monkeypatch.setattr("src.train_inputs.build_backbone", lambda *a, **k: pytest.fail("train built the backbone"))
     assert main(args) == 0
     loaded = load_checkpoint(tmp_path / "model.pt", lazy=True)
     assert torch.equal(loaded.state_dict["backbone.conv.weight"], torch.arange(6.0).reshape(2, 3))
@@ -285,8 +289,8 @@ def test_train_stage_without_the_backbone_weights_says_to_rerun_featurize(tmp_pa
 def test_train_stage_fine_tunes_the_last_block_and_saves_a_loadable_model(tmp_path, repo, monkeypatch) -> None:
     import yaml
 
+    from src.checkpoint import load_checkpoint
     from src.data import Sample, write_manifest
-    from src.models import load_checkpoint
     from src.train import main
     from tests.conftest import CLASSES, make_image
 
@@ -347,8 +351,8 @@ def test_fit_keeps_the_start_as_epoch_0_when_no_epoch_beats_it() -> None:
 
 
 def test_probe_init_puts_the_probe_fit_in_the_heads_linear_layer() -> None:
+    from src.head_init import init_head
     from src.linear_probe import fit_probe
-    from src.train import init_head
 
     train, val = _blobs(64, None, 0), _blobs(32, None, 1)
     torch.manual_seed(0)
@@ -396,8 +400,8 @@ def test_train_stage_starts_the_head_from_the_probe(tmp_path, repo, monkeypatch)
     import yaml
 
     import src.train
+    from src.checkpoint import load_checkpoint
     from src.linear_probe import fit_probe
-    from src.models import load_checkpoint
     from src.train import main
 
     args = _features_dir(tmp_path, repo, monkeypatch)

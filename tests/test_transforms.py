@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.models import Preprocess
+from src.backbones import Preprocess
 from src.params import AugmentParams
 from src.transforms import denormalize, eval_transform, train_transform
 

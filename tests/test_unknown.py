@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from src.backbones import Backbone, Preprocess
 from src.calibration import calibrated_probs, fit_temperature, nll
-from src.models import Classifier, build_head, load_checkpoint, save_checkpoint
+from src.checkpoint import load_checkpoint, save_checkpoint
+from src.head import Classifier, build_head
+from src.registry import UNKNOWN_METHODS
 from src.unknown import (
-    METHODS,
     detector_from_extra,
     fit_inference_extras,
-    get_method,
     ledoit_wolf_covariance,
     threshold_for_false_reject,
 )
@@ -70,8 +71,9 @@ def test_threshold_holds_the_false_reject_rate_on_new_images() -> None:
 
 
 def test_unknown_method_name_lists_the_registry() -> None:
-    with pytest.raises(ValueError, match=r"'unknown.method' is 'mahalonobis'; choose one of max_softmax, energy"):
-        get_method("mahalonobis")
+    msg = r"'unknown.method': unknown detector 'mahalonobis'; choose one of max_softmax, energy, mahalanobis, knn"
+    with pytest.raises(ValueError, match=msg + r" \(did you mean 'mahalanobis'\?\)"):
+        UNKNOWN_METHODS.get("mahalonobis", "unknown.method")
 
 
 @pytest.mark.parametrize("name", ["energy", "mahalanobis", "knn"])
@@ -94,7 +96,7 @@ def test_feature_methods_score_far_points_higher(name: str) -> None:
 
 
 def test_knn_score_is_the_cosine_distance_to_the_kth_nearest_training_feature() -> None:
-    knn = METHODS["knn"]
+    knn = UNKNOWN_METHODS.get("knn")
     # Training features along +x, +y and -x, of any length: the bank holds them on the unit circle.
     bank = np.array([[3.0, 0.0], [0.0, 0.5], [-2.0, 0.0]], np.float32)
     half = np.array([[1.0, np.sqrt(3.0)]], np.float32)  # 60 degrees from +x, 30 from +y
@@ -122,43 +124,41 @@ def test_knn_score_is_the_cosine_distance_to_the_kth_nearest_training_feature() 
 def test_knn_score_is_zero_not_nan_where_rounding_puts_a_point_inside_the_sphere() -> None:
     # A bank vector a rounding error longer than 1 (as fp16 storage can leave it): 2 - 2 cos < 0 there.
     state = {"bank": torch.tensor([[1.001, 0.0], [0.0, 1.0]], dtype=torch.float16), "k": torch.tensor(1)}
-    score = METHODS["knn"].score(state, np.array([[1.0, 0.0], [0.0, 3.0]], np.float32), np.zeros((2, C)), 1.0)
+    score = UNKNOWN_METHODS.get("knn").score(
+        state, np.array([[1.0, 0.0], [0.0, 3.0]], np.float32), np.zeros((2, C)), 1.0
+    )
     assert score.tolist() == [0.0, 0.0]
 
 
-def test_extras_survive_a_weights_only_checkpoint_round_trip(tmp_path: Path) -> None:
+def test_extras_survive_a_weights_only_checkpoint_round_trip(tmp_path: Path, monkeypatch) -> None:
     train_x, train_y = _clusters(100, 0)
     views = np.stack([train_x, train_x + 0.01], axis=1)  # (N, K, D) as featurize writes them
     val_x, val_y = _clusters(60, 1)
     extra = fit_inference_extras(
         _head(), views, train_y, val_x, val_y, false_reject=0.05, knn_k=3, ece_bins=10, calibrate=True
     )
-    assert set(extra["unknown"]) == set(METHODS)
+    assert set(extra["unknown"]) == set(UNKNOWN_METHODS)
     assert extra["unknown"]["knn"]["state"]["bank"].shape == (200, D)  # every view is in the bank
     model = Classifier(torch.nn.Identity(), D, C, 0.0)
     model.head = _head()
     path = tmp_path / "m.pt"
     # Identity backbone is not a registered one: patch the loader's factory for this test.
-    from src import models
-
-    models.BACKBONES["identity_test"] = lambda pretrained: models.Backbone(torch.nn.Identity(), D, None)
-    try:
-        pre = models.Preprocess(8, 8, (0.5,) * 3, (0.5,) * 3, "bilinear")
-        save_checkpoint(
-            path,
-            model.state_dict(),
-            dropout=model.head[0].p,
-            classes=list("abcd"),
-            backbone="identity_test",
-            preprocess=pre,
-            params={},
-            extra=extra,
-        )
-        loaded = load_checkpoint(path)
-    finally:
-        del models.BACKBONES["identity_test"]
+    monkeypatch.setattr(
+        "src.checkpoint.build_backbone", lambda name, pretrained: Backbone(torch.nn.Identity(), D, None)
+    )
+    save_checkpoint(
+        path,
+        model.state_dict(),
+        dropout=model.head[0].p,
+        classes=list("abcd"),
+        backbone="identity_test",
+        preprocess=Preprocess(8, 8, (0.5,) * 3, (0.5,) * 3, "bilinear"),
+        params={},
+        extra=extra,
+    )
+    loaded = load_checkpoint(path)
     assert loaded.extra["temperature"] == pytest.approx(extra["temperature"])
-    for name in METHODS:
+    for name in UNKNOWN_METHODS:
         before = detector_from_extra(extra, name, None)
         after = detector_from_extra(loaded.extra, name, None)
         logits = _head()(torch.from_numpy(val_x)).detach().numpy()

@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 from src import figures
+from src.backbones import build_backbone
 from src.data import ImageDataset, read_manifest
-from src.models import build_backbone
 from src.params import load_params
 from src.transforms import denormalize, eval_transform, train_transform
 

@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from src.backbones import build_backbone
 from src.data import load_rgb, read_manifest
 from src.engine import extract_features, make_loader, prepare_model, weights_fingerprint
-from src.models import build_backbone
 from src.params import load_params
 from src.runtime import resolve_runtime, seed_everything
 from src.transforms import eval_transform, train_transform

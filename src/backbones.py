@@ -1,14 +1,18 @@
-"""Backbone registry, the classifier (frozen backbone + new head) and checkpoints."""
+"""Backbones: ImageNet feature extractors by name (the ``BACKBONES`` registry in src/registry.py).
+
+Each factory here returns a :class:`Backbone`: the module, its feature width, the
+preprocessing its weights expect (read off the model, never typed in), and its blocks
+in forward order for fine-tuning the last N.
+"""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
 import urllib.error
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +20,8 @@ import torch
 from torch import nn
 
 from src.errors import UserError
-
-CHECKPOINT_FORMAT = 1
+from src.params import ParamsError
+from src.registry import BACKBONES
 
 
 class BackboneUnavailableError(UserError, RuntimeError):
@@ -68,8 +72,8 @@ class Backbone:
         """(frozen prefix, trainable suffix) sharing this backbone's modules; suffix = last N blocks."""
         n = trainable_blocks
         if not 0 <= n <= len(self.blocks):
-            raise ValueError(
-                f"train.trainable_blocks: {n} is out of range; this backbone has {len(self.blocks)} blocks"
+            raise ParamsError(
+                f"params: 'train.trainable_blocks' is {n}, out of range: this backbone has {len(self.blocks)} blocks"
             )
         cut = len(self.blocks) - n
         return nn.Sequential(*self.blocks[:cut]), nn.Sequential(*self.blocks[cut:])
@@ -89,25 +93,29 @@ def set_trainable_blocks(backbone: Backbone, trainable_blocks: int) -> None:
 
 
 BackboneFactory = Callable[[bool], Backbone]
-BACKBONES: dict[str, BackboneFactory] = {}
+
+# featurize saves the frozen backbone's weights beside the features it made with them, so that
+# train can write a complete checkpoint without importing timm and rebuilding the backbone.
+BACKBONE_WEIGHTS = "backbone.pt"
 
 
-def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    def wrap(factory: BackboneFactory) -> BackboneFactory:
-        BACKBONES[name] = factory
-        return factory
+def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of a state dict (names, dtypes, shapes, values), whatever the memory layout.
 
-    return wrap
+    Ties cached features to the exact weights that made them: the test stage uses
+    featurize's cache only for a checkpoint whose backbone has the same fingerprint.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def build_backbone(name: str, pretrained: bool = True) -> Backbone:
     """Build a registered backbone; ``pretrained=False`` gives random weights (tests)."""
-    try:
-        factory = BACKBONES[name]
-    except KeyError:
-        raise ValueError(
-            f"model.backbone: unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}"
-        ) from None
+    factory: BackboneFactory = BACKBONES.get(name, "model.backbone")
     return factory(pretrained)
 
 
@@ -202,8 +210,9 @@ def _efficientnet_lite(variant: int) -> BackboneFactory:
     return factory
 
 
-for _variant in (0, 1, 2):
-    register_backbone(f"efficientnet_lite{_variant}")(_efficientnet_lite(_variant))
+efficientnet_lite0 = _efficientnet_lite(0)
+efficientnet_lite1 = _efficientnet_lite(1)
+efficientnet_lite2 = _efficientnet_lite(2)
 
 
 # --- torchvision backbones (weights downloaded online, cached by torch) -------------------------
@@ -288,210 +297,9 @@ def _torchvision(
     return factory
 
 
-for _name, _enum, _head, _blocks in (
-    ("resnet18", "ResNet18_Weights", "fc", _resnet_blocks),
-    ("resnet50", "ResNet50_Weights", "fc", _resnet_blocks),
-    ("resnet101", "ResNet101_Weights", "fc", _resnet_blocks),
-    ("vgg16", "VGG16_Weights", "classifier.6", _vgg_blocks),
-    ("mobilenet_v3_large", "MobileNet_V3_Large_Weights", "classifier.3", _features_blocks),
-    ("efficientnet_b0", "EfficientNet_B0_Weights", "classifier.1", _features_blocks),
-):
-    register_backbone(_name)(_torchvision(_name, _enum, _head, _blocks))
-
-
-# --- classifier and checkpoints -----------------------------------------------------------------
-
-
-class Classifier(nn.Module):
-    """Backbone (frozen here; see ``set_trainable_blocks``) + trainable head (dropout, linear)."""
-
-    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, dropout: float) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = build_head(num_features, num_classes, dropout)
-        self.backbone.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> Classifier:
-        super().train(mode)
-        # The backbone always runs in eval mode, fine-tuned blocks included: ImageNet
-        # BatchNorm statistics, no backbone dropout or stochastic depth.
-        self.backbone.eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x).float())
-
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` with its mask drawn by ``torch.rand``.
-
-    Same semantics (inverted dropout, identity in eval mode) and the same state dict; but
-    on the pinned torch's CPU build the fused dropout kernel takes ~10 ms for a 64x1280
-    batch against ~0.3 ms here, which was a fifth of a head-only training run.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        return x * (torch.rand_like(x) >= self.p) / (1.0 - self.p)
-
-
-def build_head(num_features: int, num_classes: int, dropout: float) -> nn.Sequential:
-    """The new classifier head: trained alone on cached features, then saved inside ``Classifier``."""
-    return nn.Sequential(Dropout(dropout), nn.Linear(num_features, num_classes))
-
-
-def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
-    """sha256 of a state dict (names, dtypes, shapes, values), whatever the memory layout.
-
-    Ties cached features to the exact weights that made them: the test stage uses
-    featurize's cache only for a checkpoint whose backbone has the same fingerprint.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(state.items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-@dataclass
-class LoadedModel:
-    """A validated checkpoint. The full model is built on first use of ``model``: importing and
-    building a backbone costs seconds, which stages that only need the head (on cached
-    features) do not pay."""
-
-    classes: list[str]
-    backbone: str
-    preprocess: Preprocess
-    params: dict[str, Any]
-    num_features: int
-    dropout: float
-    state_dict: dict[str, torch.Tensor] = field(repr=False)
-    source: str = ""
-    # 0: backbone as pretrained (its features can be cached); N > 0: its last N blocks were fine-tuned.
-    trainable_blocks: int = 0
-    # Optional keys saved by train (temperature, fitted unknown detectors); {} in older checkpoints.
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @functools.cached_property
-    def model(self) -> Classifier:
-        backbone = build_backbone(self.backbone, pretrained=False)
-        model = Classifier(backbone.module, self.num_features, len(self.classes), self.dropout)
-        try:
-            model.load_state_dict(self.state_dict, strict=True)
-        except RuntimeError as err:
-            raise ValueError(f"{self.source}: weights do not fit backbone {self.backbone!r}: {err}") from None
-        return model.eval()
-
-    @functools.cached_property
-    def head(self) -> nn.Sequential:
-        """The classifier head alone (the full model's own once that is built)."""
-        if "model" in self.__dict__:
-            return self.model.head
-        head = build_head(self.num_features, len(self.classes), self.dropout)
-        head.load_state_dict({k[len("head.") :]: v for k, v in self.state_dict.items() if k.startswith("head.")})
-        return head.eval()
-
-    @functools.cached_property
-    def backbone_sha256(self) -> str:
-        prefix = "backbone."
-        return state_fingerprint({k[len(prefix) :]: v for k, v in self.state_dict.items() if k.startswith(prefix)})
-
-
-# featurize saves the frozen backbone's weights beside the features it made with them, so that
-# train can write a complete checkpoint without importing timm and rebuilding the backbone.
-BACKBONE_WEIGHTS = "backbone.pt"
-
-
-def classifier_state(
-    backbone_state: Mapping[str, torch.Tensor], head_state: Mapping[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """A :class:`Classifier`'s state dict from its two parts' state dicts."""
-    return {
-        **{f"backbone.{k}": v for k, v in backbone_state.items()},
-        **{f"head.{k}": v for k, v in head_state.items()},
-    }
-
-
-def save_checkpoint(
-    path: Path,
-    state_dict: Mapping[str, torch.Tensor],
-    *,
-    dropout: float,
-    classes: Sequence[str],
-    backbone: str,
-    preprocess: Preprocess,
-    params: Mapping[str, Any],
-    extra: Mapping[str, Any] | None = None,
-    trainable_blocks: int = 0,
-) -> None:
-    """Write a ``weights_only``-loadable checkpoint atomically (temp file, then rename).
-
-    ``state_dict`` is a :class:`Classifier`'s (``model.state_dict()`` or :func:`classifier_state`).
-    """
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
-        "classes": list(classes),
-        "backbone": backbone,
-        "num_features": int(state_dict["head.1.weight"].shape[1]),
-        "dropout": float(dropout),
-        "preprocess": preprocess.to_dict(),
-        "params": dict(params),
-        "extra": dict(extra or {}),
-        "trainable_blocks": int(trainable_blocks),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(
-    path: str | Path,
-    expected_classes: Sequence[str] | None = None,
-    expected_backbone: str | None = None,
-    lazy: bool = False,
-) -> LoadedModel:
-    """Load a checkpoint written by :func:`save_checkpoint`, without unpickling objects.
-
-    With ``lazy`` the full model is built (and its weights checked against the backbone) on
-    first use of ``.model`` instead of now.
-    """
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (train one with: dvc repro train)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a loadable checkpoint (weights_only load failed: {err})") from None
-    required = ("format", "state_dict", "classes", "backbone", "num_features", "dropout", "preprocess", "params")
-    missing = [k for k in required if not isinstance(payload, dict) or k not in payload]
-    if missing:
-        raise ValueError(f"{path}: not a checkpoint of this project (missing {', '.join(missing)})")
-    if payload["format"] != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: checkpoint format {payload['format']}, this code reads {CHECKPOINT_FORMAT}")
-    classes = list(payload["classes"])
-    if expected_classes is not None and classes != list(expected_classes):
-        raise ValueError(f"{path}: checkpoint was trained for classes {classes}, expected {list(expected_classes)}")
-    if expected_backbone is not None and payload["backbone"] != expected_backbone:
-        raise ValueError(
-            f"{path}: checkpoint was trained with backbone {payload['backbone']!r}, expected {expected_backbone!r}"
-        )
-    loaded = LoadedModel(
-        classes=classes,
-        backbone=payload["backbone"],
-        preprocess=Preprocess.from_dict(payload["preprocess"]),
-        params=payload["params"],
-        num_features=int(payload["num_features"]),
-        dropout=float(payload["dropout"]),
-        state_dict=payload["state_dict"],
-        source=str(path),
-        trainable_blocks=int(payload.get("trainable_blocks", 0)),
-        extra=dict(payload.get("extra") or {}),
-    )
-    if not lazy:
-        loaded.model  # noqa: B018 (builds and checks the weights now)
-    return loaded
+resnet18 = _torchvision("resnet18", "ResNet18_Weights", "fc", _resnet_blocks)
+resnet50 = _torchvision("resnet50", "ResNet50_Weights", "fc", _resnet_blocks)
+resnet101 = _torchvision("resnet101", "ResNet101_Weights", "fc", _resnet_blocks)
+vgg16 = _torchvision("vgg16", "VGG16_Weights", "classifier.6", _vgg_blocks)
+mobilenet_v3_large = _torchvision("mobilenet_v3_large", "MobileNet_V3_Large_Weights", "classifier.3", _features_blocks)
+efficientnet_b0 = _torchvision("efficientnet_b0", "EfficientNet_B0_Weights", "classifier.1", _features_blocks)

@@ -1,0 +1,192 @@
+"""What the train stage fits on, chosen once by ``train.trainable_blocks``.
+
+- 0 (:class:`CachedFeatures`): the backbone is frozen; the head trains on featurize's
+  cached pooled features, and the backbone's weights come from featurize's ``backbone.pt``
+  (this mode never builds the backbone).
+- N > 0 (:class:`PrefixActivations`): the backbone's last N blocks are fine-tuned. The
+  frozen prefix runs once per augmented view (the same seeded views as featurize's) and
+  the last blocks + head train on its cached output.
+
+Both give :func:`src.fit.fit` a module and (train, val) inputs, and turn its best epoch
+into the head, the backbone weights and pooled features the checkpoint is made from.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from src.backbones import BACKBONE_WEIGHTS, Backbone, Preprocess, build_backbone, set_trainable_blocks
+from src.data import ImageDataset, read_manifest
+from src.engine import make_loader
+from src.errors import InvalidFileError, MissingFileError
+from src.fit import FitResult
+from src.head import Classifier, Split, build_head
+from src.params import Params
+from src.runtime import Runtime, inference, resolve_runtime
+
+
+class Fitted(NamedTuple):
+    """The best epoch, ready for the checkpoint and the unknown detectors."""
+
+    head: nn.Sequential
+    backbone_state: Mapping[str, torch.Tensor]
+    train_features: Split  # pooled backbone features: (N, K, D) views, labels
+    val_features: Split
+
+
+@dataclass
+class TrainingInputs(abc.ABC):
+    module: nn.Module  # what fit trains: the head, or the fine-tuned blocks + head
+    train: Split  # (N, K, ...): K views per image, one sampled per epoch
+    val: Split
+    preprocess: Preprocess
+    precision: str  # of the backbone's forward passes that made the inputs
+    features: Path  # featurize's cache: the linear probe is fitted on its pooled features in both modes
+
+    @property
+    def linear(self) -> nn.Linear:
+        """The head's last layer, whose start ``train.init`` sets."""
+        return getattr(self.module, "head", self.module)[-1]
+
+    def probe_data(self, classes: Sequence[str]) -> tuple[Split, Split]:
+        """(train eval-view features, labels), (val features, labels): the pretrained backbone's, from the cache."""
+        train = load_features(self.features / "train.npz", classes, "eval_features")
+        return train, load_features(self.features / "val.npz", classes)
+
+    @abc.abstractmethod
+    def finish(self, result: FitResult) -> Fitted:
+        """The best epoch's head, the backbone weights to save with it, and pooled features."""
+
+
+@dataclass
+class CachedFeatures(TrainingInputs):
+    backbone_state: Mapping[str, torch.Tensor]
+
+    @classmethod
+    def load(cls, params: Params, features: Path) -> CachedFeatures:
+        meta_path = features / "meta.json"
+        if not meta_path.is_file():
+            raise MissingFileError(f"features not found: {meta_path} (run: dvc repro featurize)")
+        meta = json.loads(meta_path.read_text())
+        if meta["backbone"] != params.model.backbone or meta["classes"] != params.classes:
+            raise InvalidFileError(
+                f"{features}: features are for backbone {meta['backbone']!r} and classes {meta['classes']}, "
+                f"params ask for {params.model.backbone!r} and {params.classes} (run: dvc repro featurize)"
+            )
+        train = load_features(features / "train.npz", params.classes)
+        val = load_features(features / "val.npz", params.classes)
+        # Loaded before training so that a missing weight file fails now, not after the epochs.
+        backbone_state = load_backbone_weights(features / BACKBONE_WEIGHTS)
+        # Head-only training is thousands of tiny ops: a second OpenMP thread adds synchronisation,
+        # not speed, and on a busy machine its spin-waits made the 60 epochs 40x slower (0.8 s -> 32 s).
+        # One thread gives the same best epoch and val loss to 7 digits. (The head trains on the CPU.)
+        torch.set_num_threads(1)
+        head = build_head(meta["num_features"], len(params.classes), params.model.dropout)
+        preprocess = Preprocess.from_dict(meta["preprocess"])
+        return cls(head, train, val, preprocess, meta["precision"], features, backbone_state)
+
+    def finish(self, result: FitResult) -> Fitted:
+        return Fitted(result.head, self.backbone_state, self.train, self.val)
+
+
+@dataclass
+class PrefixActivations(TrainingInputs):
+    backbone: Backbone
+
+    @classmethod
+    def build(cls, params: Params, features: Path, data: Path) -> PrefixActivations:
+        from src.transforms import eval_transform, train_transform  # albumentations: fine-tuning only
+
+        backbone = build_backbone(params.model.backbone, pretrained=True)
+        runtime = resolve_runtime(params.runtime)
+        blocks = params.train.trainable_blocks
+        set_trainable_blocks(backbone, blocks)
+        prefix, suffix = backbone.split(blocks)
+        views = params.featurize.views
+        jobs = {
+            "train": ("train.csv", train_transform(backbone.preprocess, params.augment), views),
+            "val": ("val.csv", eval_transform(backbone.preprocess), 1),
+        }
+        cached = {}
+        for split, (manifest, transform, n_views) in jobs.items():
+            samples = read_manifest(data / manifest, params.classes)
+            dataset = ImageDataset(samples, params.classes, transform, views=n_views, seed=params.seed)
+            loader = make_loader(dataset, max(1, params.featurize.batch_size // n_views), runtime)
+            cached[split] = prefix_activations(prefix, loader, runtime)
+            print(f"train: {split} prefix activations {tuple(cached[split][0].shape)}")
+        module = Classifier(suffix, backbone.num_features, len(params.classes), params.model.dropout)
+        suffix.requires_grad_(True)  # Classifier froze it
+        return cls(module, cached["train"], cached["val"], backbone.preprocess, runtime.precision, features, backbone)
+
+    def finish(self, result: FitResult) -> Fitted:
+        # The fitted suffix shares its modules with backbone.module: loading the best state updates both.
+        self.module.load_state_dict(result.head.state_dict())
+        return Fitted(
+            self.module.head, self.backbone.module.state_dict(), self._pooled(self.train), self._pooled(self.val)
+        )
+
+    def _pooled(self, data: Split) -> Split:
+        """The fine-tuned suffix run on prefix activations: pooled backbone features."""
+        x, y = data
+        flat = x.flatten(0, 1) if x.ndim == 5 else x  # (N, K, C, h, w) views -> one batch axis
+        with inference(self.module.backbone):
+            feats = torch.cat([self.module.backbone(chunk) for chunk in flat.split(64)]).float()
+        return (feats.unflatten(0, x.shape[:2]) if x.ndim == 5 else feats), y
+
+
+def load_backbone_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The frozen backbone's weights that featurize saved beside its features."""
+    if not path.is_file():
+        raise MissingFileError(f"backbone weights not found: {path} (written by featurize; run: dvc repro featurize)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def training_inputs(params: Params, features: Path, data: Path) -> TrainingInputs:
+    """The inputs for ``train.trainable_blocks``: cached features (0) or prefix activations (N > 0)."""
+    if params.train.trainable_blocks == 0:
+        return CachedFeatures.load(params, features)
+    return PrefixActivations.build(params, features, data)
+
+
+def load_features(path: Path, classes: Sequence[str], key: str = "features") -> Split:
+    """(features, labels) of one split of featurize's cache; ``key`` picks the array (npz loads it alone)."""
+    if not path.is_file():
+        raise MissingFileError(f"features not found: {path} (run: dvc repro featurize)")
+    with np.load(path) as npz:
+        if key not in npz:
+            raise InvalidFileError(f"{path}: no {key} (made by an older featurize): run dvc repro featurize")
+        x, y = torch.from_numpy(npz[key]), torch.from_numpy(npz["labels"]).long()
+    if len(y) and (y.min() < 0 or y.max() >= len(classes)):
+        raise InvalidFileError(f"{path}: labels outside 0..{len(classes) - 1} for classes {list(classes)}")
+    return x, y
+
+
+@torch.no_grad()
+def prefix_activations(prefix: nn.Module, batches: Iterable, runtime: Runtime) -> Split:
+    """The frozen prefix's outputs for every image (or view: N,K,3,H,W -> N,K,C,h,w), as fp32 on the CPU.
+
+    Computed once, so fine-tuning the last blocks costs one prefix pass per view instead
+    of one per epoch. The views are the same seeded draws as featurize's.
+    """
+    prefix = prefix.to(runtime.device, memory_format=torch.channels_last).eval()
+    outs, labels = [], []
+    for x, y in tqdm(batches, desc="prefix", unit="batch", leave=False, disable=None):
+        views = x.shape[1] if x.ndim == 5 else None
+        flat = (x.flatten(0, 1) if views else x).to(runtime.device).contiguous(memory_format=torch.channels_last)
+        with runtime.autocast():
+            a = prefix(flat)
+        a = a.float().cpu().contiguous()
+        outs.append(a.unflatten(0, (-1, views)) if views else a)
+        labels.append(torch.as_tensor(y))
+    prefix.cpu()
+    return torch.cat(outs), torch.cat(labels).long()
