@@ -113,6 +113,9 @@ def test_csv_schema_round_trip(tmp_path: Path) -> None:
     with path.open() as f:
         assert next(csv.reader(f)) == ["image", "label", "prediction", "prob_a", "prob_b"]
     assert columns(["ants", "bees"]) == ["image", "label", "prediction", "prob_ants", "prob_bees"]
+    # Byte for byte what csv.writer wrote before pandas: CRLF line ends, 6 significant digits.
+    head = b"image,label,prediction,prob_a,prob_b\r\n1.jpg,a,a,0.9,0.1\r\n2.jpg,a,b,0.35,0.65\r\n"
+    assert path.read_bytes().startswith(head)
     back = read_predictions(path)
     assert back.images == HAND.images and back.classes == HAND.classes
     np.testing.assert_array_equal(back.predicted, HAND.predicted)
@@ -126,7 +129,12 @@ def test_csv_schema_round_trip(tmp_path: Path) -> None:
         ("image,label,prediction,prob_a,prob_b,x\n", r"p.csv:1: .* then only 'score_<method>' columns"),
         ("image,label,prediction,prob_a,prob_b,score_k\n1.jpg,a,a,0.5,0.5,x\n", r"p.csv:2: .* must be numbers"),
         ("image,label,prediction,prob_a,prob_b\n1.jpg,c,a,0.5,0.5\n", r"p.csv:2: label 'c' is not one of a, b"),
-        ("image,label,prediction,prob_a,prob_b\n1.jpg,a,a,0.5\n", r"p.csv:2: expected 5 fields, got 4"),
+        ("image,label,prediction,prob_a,prob_b\n1.jpg,a,a,0.5\n", r"p.csv:2: prob_b is '': .* must be numbers"),
+        ("image,label,prediction,prob_a,prob_b\nx,a,a,.5,.5\ny,a,a,.5,.5,0\n", r"p.csv:3: expected 5 fields, got 6"),
+        ("image,label,prediction,prob_a,prob_b\n1.jpg,a,a,0.5,0.5\n\n", r"p.csv:3: prediction '' is not one of a, b"),
+        ("image,label,prediction,prob_a,prob_b\n1.jpg,c,x,0.5,0.5\n", r"p.csv:2: prediction 'x' is not one of a, b"),
+        ("image,label,prediction,prob_a,prob_b\n1.jpg,a,a,0.5,0.5\n1.jpg,a,a,0.5,nan\n", r"p.csv:3: prob_b is 'nan'"),
+        ("", r"p.csv:1: header must be image,label,prediction"),
         ("image,label,prediction,prob_a,prob_b\n1.jpg,a,a,0.9,0.9\n", r"p.csv:2: probabilities must .* sum to 1"),
         ("image,label,prediction,prob_a,prob_b\n", r"p.csv: no prediction rows"),
     ],
