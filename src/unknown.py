@@ -18,7 +18,6 @@ import torch
 
 from src.calibration import calibrated_probs, fit_temperature, nll
 from src.errors import InvalidFileError
-from src.metrics import expected_calibration_error
 from src.params import ParamsError
 from src.registry import UNKNOWN_METHODS
 
@@ -160,6 +159,10 @@ def fit_inference_extras(
     ``train_x`` is (N, K, D) augmented views or (N, D); all views are used as samples. Without
     ``calibrate`` the temperature is 1 (the one a fit would give is still recorded).
     """
+    # Imported here: sklearn.metrics, below src.metrics, is only needed to fit (train); test and
+    # predict import this module to score, and its import would cost each of them about half a second.
+    from src.metrics import expected_calibration_error
+
     train_x = np.asarray(train_x, np.float32)
     train_y = np.asarray(train_y)
     if train_x.ndim == 3:

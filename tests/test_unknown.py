@@ -1,5 +1,7 @@
 """Temperature scaling, the unknown-score registry, val thresholds, and their checkpoint round trip."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +239,10 @@ def test_uncalibrated_probabilities_are_recovered_from_calibrated_ones() -> None
     logits = np.random.default_rng(4).normal(size=(50, 4)) * 3
     t = 0.7
     np.testing.assert_allclose(uncalibrated(calibrated_probs(logits, t), t), calibrated_probs(logits, 1.0), atol=1e-12)
+
+
+def test_scoring_stages_do_not_import_scikit_learn(repo: Path) -> None:
+    # test and predict score with fitted detectors; sklearn (fitting, metrics) would cost each ~0.5 s to import.
+    code = "import sys, src.test, src.predict; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True).stdout
+    assert "'torch'" in out and "'sklearn'" not in out
