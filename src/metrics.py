@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
-import sklearn
 from sklearn import metrics as skm
 
 # scikit-learn's ranking functions, under this module's names.
@@ -103,10 +102,7 @@ def bootstrap_ci(
     """Percentile bootstrap interval of ``statistic(labels, probs)`` over images, seeded."""
     rng = np.random.default_rng(seed)
     n = len(labels)
-    # Each resample's arrays are slices of validated ones: sklearn's parameter and finiteness
-    # checks, repeated per call, would add a third to the loop's time.
-    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
-        values = np.array([statistic(labels[idx], probs[idx]) for idx in rng.integers(0, n, size=(n_resamples, n))])
+    values = np.array([statistic(labels[idx], probs[idx]) for idx in rng.integers(0, n, size=(n_resamples, n))])
     alpha = (1.0 - level) / 2
     low, high = np.quantile(values, [alpha, 1.0 - alpha])
     return {"low": float(low), "high": float(high)}
