@@ -10,7 +10,7 @@ and the eval view of train/val/test; then, with params.yaml's train/model settin
    eval-view features of the training images, its L2 strength chosen on val log loss;
  - frozen: the pipeline's head training (``train.trainable_blocks: 0``) on the views' features,
    from the pipeline's start (``train.init``: with ``probe``, the probe above, fitted by
-   src/linear_probe.py, which reproduces scikit-learn's iterate; it stays if no epoch beats it on val);
+   src/linear_probe.py, the same scikit-learn model; it stays if no epoch beats it on val);
  - fine-tuned: the pipeline's fine-tuning of the last ``--blocks`` blocks + head, from the same start.
 Features of the frozen modes come from the same prefix outputs through the pretrained
 last blocks, so the three modes see identical inputs. Val metrics are for choosing

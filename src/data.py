@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import csv
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from src.errors import InvalidFileError, MissingFileError, UserError
@@ -189,32 +190,66 @@ def stratified_split(samples: Sequence[Sample], sizes: dict[str, float | str], s
     return out
 
 
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV file as a frame of strings, exactly as written (no NA guessing): row ``i`` is line ``i + 2``.
+
+    Blank lines are kept as rows of empty strings, so row numbers stay line numbers (a quoted
+    field spanning lines counts as one, as for ``csv.reader``). A row with too many fields is
+    an :class:`InvalidFileError` naming its line; a short one reads as empty trailing fields,
+    which the caller's checks of the values then report. A file with no header reads as no columns.
+    """
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except pd.errors.ParserError as err:
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
+        if found is None:
+            raise InvalidFileError(f"{path}: not a readable CSV file ({str(err).strip()})") from None
+        expected, line, got = found.groups()
+        raise InvalidFileError(f"{path}:{line}: expected {expected} fields, got {got}") from None
+
+
+def reject_rows(path: Path, checks: Sequence[tuple[np.ndarray, Callable[[int], str]]]) -> None:
+    """Raise ``path:line: message`` for the first row of a :func:`read_table` frame that fails a check.
+
+    Each check is (a boolean mask of failing rows, the message for row ``i``); on the first
+    failing row, the first check that fails it speaks, as a row-by-row reader would.
+    """
+    first = min((int(np.argmax(bad)) for bad, _ in checks if np.any(bad)), default=None)
+    if first is not None:
+        message = next(describe for bad, describe in checks if bad[first])(first)
+        raise InvalidFileError(f"{path}:{first + 2}: {message}")
+
+
 def write_manifest(path: Path, samples: Sequence[Sample]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(MANIFEST_FIELDS)
-        writer.writerows((s.path, s.label) for s in samples)
+    frame = pd.DataFrame([(s.path, s.label) for s in samples], columns=list(MANIFEST_FIELDS))
+    frame.to_csv(path, index=False, lineterminator="\r\n")  # csv.writer's line ends, as before: same bytes
 
 
 def read_manifest(path: Path, classes: Sequence[str], root: Path = Path(".")) -> list[Sample]:
     """Read a ``path,label`` manifest, checking its header, labels and that each file exists."""
     if not path.is_file():
         raise MissingFileError(f"manifest not found: {path} (run the prepare stage: dvc repro prepare)")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != MANIFEST_FIELDS:
-            raise InvalidFileError(f"{path}: header must be {','.join(MANIFEST_FIELDS)}, got {reader.fieldnames}")
-        samples = []
-        for line, row in enumerate(reader, start=2):
-            if row["label"] not in classes:
-                raise InvalidFileError(f"{path}:{line}: label {row['label']!r} is not one of {', '.join(classes)}")
-            if not (root / row["path"]).is_file():
-                raise InvalidFileError(
-                    f"{path}:{line}: path {row['path']!r} does not exist (relative to {root.resolve()})"
-                )
-            samples.append(Sample(row["path"], row["label"]))
-    return samples
+    frame = read_table(path)
+    if tuple(frame.columns) != MANIFEST_FIELDS:
+        raise InvalidFileError(f"{path}: header must be {','.join(MANIFEST_FIELDS)}, got {list(frame.columns)}")
+    paths, labels = frame["path"].tolist(), frame["label"].tolist()
+    reject_rows(
+        path,
+        [
+            (
+                ~frame["label"].isin(classes).to_numpy(),
+                lambda i: f"label {labels[i]!r} is not one of {', '.join(classes)}",
+            ),
+            (
+                np.array([not (root / p).is_file() for p in paths], bool),
+                lambda i: f"path {paths[i]!r} does not exist (relative to {root.resolve()})",
+            ),
+        ],
+    )
+    return [Sample(p, label) for p, label in zip(paths, labels)]
 
 
 class ImageDataset:

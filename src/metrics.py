@@ -1,80 +1,65 @@
-"""Classification metrics on (labels, probabilities): NumPy only.
+"""Classification metrics on (labels, probabilities): scikit-learn's, plus what it lacks.
 
-The ranking metrics (ROC, precision-recall, AUC, AP) follow scikit-learn's definitions
-exactly and are tested against it; they are written out here because importing
-sklearn.metrics costs the evaluate stage 0.8 s of a head-only experiment's budget.
+sklearn.metrics computes every metric and curve it has (F1, log loss, Brier, confusion,
+ROC and precision-recall curves, AUC, average precision). Written here: thin wrappers
+giving them this project's shape (labels are class indices ``0..k-1``, all ``k`` passed,
+so a class missing from a split or a bootstrap resample still counts), equal-width
+calibration bins and ECE (sklearn's ``calibration_curve`` is binary), and the seeded
+percentile bootstrap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
+from sklearn import metrics as skm
 
-EPS = 1e-15  # probability floor for log loss: one confident miss costs at most -log(1e-15) = 34.5
+# scikit-learn's ranking functions, under this module's names.
+roc_curve = skm.roc_curve
+precision_recall_curve = skm.precision_recall_curve
+roc_auc = skm.roc_auc_score
+average_precision = skm.average_precision_score
+
+
+@contextmanager
+def _stored_probabilities() -> Iterator[None]:
+    """Silence sklearn's "do not sum to one" warning for probabilities as the predictions CSV stores them.
+
+    The CSV keeps 6 significant digits, so a row sums to 1 only within about 1e-6 (read_predictions
+    rejects more than 1e-3); sklearn warns beyond 1.5e-8, once per call of a bootstrap, and uses the
+    values as they are (it does not renormalise).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The y_prob values do not sum to one")
+        yield
 
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
     """(k, k) counts, rows = true class, columns = predicted class."""
-    return np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
+    return skm.confusion_matrix(labels, predicted, labels=np.arange(k))
 
 
 def f1_macro(labels: np.ndarray, predicted: np.ndarray, k: int) -> float:
     """Unweighted mean of per-class F1 over all ``k`` classes (0 where a class has no support)."""
-    cm = confusion(labels, predicted, k)
-    tp = np.diag(cm).astype(float)
-    denom = cm.sum(0) + cm.sum(1)  # 2tp + fp + fn
-    f1 = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
-    return float(f1.mean())
+    return float(skm.f1_score(labels, predicted, labels=np.arange(k), average="macro", zero_division=0))
 
 
 def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], EPS, 1.0))))
+    """Mean cross-entropy; sklearn clips probabilities to [eps, 1 - eps] (float64 eps: at most 36 per image)."""
+    with _stored_probabilities():
+        return float(skm.log_loss(labels, probs, labels=np.arange(probs.shape[1])))
 
 
 def brier(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Multi-class Brier score: mean over images of the squared distance to the one-hot label."""
-    onehot = np.eye(probs.shape[1])[labels]
-    return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
+    """Multi-class Brier score: mean over images of the squared distance to the one-hot label.
 
-
-def _binary_clf_curve(positives: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False and true positive counts at each distinct score, highest first (sklearn's ``_binary_clf_curve``)."""
-    order = np.argsort(scores, kind="mergesort")[::-1]
-    s, y = np.asarray(scores, np.float64)[order], np.asarray(positives, bool)[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each run of equal scores
-    tps = np.cumsum(y)[last].astype(np.float64)
-    return 1.0 + last - tps, tps, s[last]
-
-
-def roc_curve(positives: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds) as ``sklearn.metrics.roc_curve`` (collinear points dropped; first threshold inf)."""
-    fps, tps, thr = _binary_clf_curve(positives, scores)
-    if len(fps) > 2:
-        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
-        fps, tps, thr = fps[keep], tps[keep], thr[keep]
-    fps, tps, thr = np.r_[0.0, fps], np.r_[0.0, tps], np.r_[np.inf, thr]
-    return fps / fps[-1], tps / tps[-1], thr
-
-
-def roc_auc(positives: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve: the chance that a positive outscores a negative (ties count half)."""
-    fpr, tpr, _ = roc_curve(positives, scores)
-    return float(np.trapezoid(tpr, fpr))
-
-
-def precision_recall_curve(positives: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(precision, recall, thresholds) as ``sklearn.metrics.precision_recall_curve``, ending at (1, 0)."""
-    fps, tps, thr = _binary_clf_curve(positives, scores)
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], thr[::-1]
-
-
-def average_precision(positives: np.ndarray, scores: np.ndarray) -> float:
-    """Step-wise area under the precision-recall curve (sklearn's ``average_precision_score``)."""
-    precision, recall, _ = precision_recall_curve(positives, scores)
-    return float(-np.sum(np.diff(recall) * precision[:-1]))
+    Not halved for two classes (sklearn's binary convention), so it means the same for any ``k``.
+    """
+    with _stored_probabilities():
+        return float(skm.brier_score_loss(labels, probs, labels=np.arange(probs.shape[1]), scale_by_half=False))
 
 
 def calibration_bins(labels: np.ndarray, probs: np.ndarray, bins: int) -> list[dict[str, float]]:
@@ -136,11 +121,9 @@ def classification_report(
     """Every metric of the evaluate stage, as one nested dict (``dvc exp show`` flattens it)."""
     k = len(classes)
     predicted = probs.argmax(axis=1)
-    cm = confusion(labels, predicted, k)
-    tp, support = np.diag(cm).astype(float), cm.sum(axis=1)
-    precision = np.divide(tp, cm.sum(axis=0), out=np.zeros(k), where=cm.sum(axis=0) > 0)
-    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        labels, predicted, labels=np.arange(k), zero_division=0
+    )
     per_class = {}
     for i, name in enumerate(classes):
         positives = labels == i
@@ -150,21 +133,22 @@ def classification_report(
             "recall": float(recall[i]),
             "f1": float(f1[i]),
             "support": int(support[i]),
-            "roc_auc": roc_auc(positives, probs[:, i]) if defined else None,
-            "average_precision": average_precision(positives, probs[:, i]) if defined else None,
+            "roc_auc": float(roc_auc(positives, probs[:, i])) if defined else None,
+            "average_precision": float(average_precision(positives, probs[:, i])) if defined else None,
         }
     aucs = [c["roc_auc"] for c in per_class.values() if c["roc_auc"] is not None]
     level = round(ci_level * 100)
     return {
         "n": len(labels),
-        "accuracy": float(np.mean(predicted == labels)),
-        "balanced_accuracy": float(np.mean([r for r, s in zip(recall, support) if s > 0])),
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        # Mean recall over the classes present (sklearn warns if a class is predicted but absent).
+        "balanced_accuracy": float(skm.balanced_accuracy_score(labels, predicted)),
         "f1_macro": f1_macro(labels, predicted, k),
-        # Single-label, every label among the classes: micro F1 is the accuracy.
-        "f1_micro": float(np.mean(predicted == labels)),
+        "f1_micro": float(skm.f1_score(labels, predicted, labels=np.arange(k), average="micro", zero_division=0)),
         "log_loss": log_loss(labels, probs),
         "brier": brier(labels, probs),
         "ece": expected_calibration_error(labels, probs, ece_bins),
+        # Macro one-vs-rest AUC (what roc_auc_score(multi_class="ovr") gives), over the classes where it is defined.
         "roc_auc_macro": float(np.mean(aucs)) if aucs else None,
         f"ci{level}": {
             "f1_macro": bootstrap_ci(

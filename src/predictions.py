@@ -6,13 +6,14 @@ columns are unknown-image scores ("higher = more likely unknown"), one per detec
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from src.data import read_table, reject_rows
 from src.errors import InvalidFileError, MissingFileError
 from src.fileio import atomic_file
 
@@ -52,12 +53,19 @@ def write_predictions(
     for name, s in scores.items():
         if np.shape(s) != (len(images),):
             raise ValueError(f"score {name!r} of shape {np.shape(s)} for {len(images)} images")
-    with atomic_file(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns(classes, list(scores)))
-        for i, (image, label, p) in enumerate(zip(images, labels, probs)):
-            row = [image, label or "", classes[int(np.argmax(p))], *(f"{v:.6g}" for v in p)]
-            writer.writerow(row + [f"{s[i]:.8g}" for s in scores.values()])
+    frame = pd.DataFrame(
+        {
+            "image": list(images),
+            "label": [label or "" for label in labels],
+            "prediction": [classes[i] for i in np.argmax(probs, axis=1)],
+            # Formatted here, per kind: 6 significant digits for probabilities, 8 for scores.
+            **{PROB_PREFIX + c: [f"{v:.6g}" for v in probs[:, j]] for j, c in enumerate(classes)},
+            **{SCORE_PREFIX + name: [f"{v:.8g}" for v in s] for name, s in scores.items()},
+        },
+        columns=columns(classes, list(scores)),
+    )
+    with atomic_file(path) as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\r\n")  # csv.writer's line ends, as before: same bytes
 
 
 def read_predictions(path: Path, labelled: bool = True) -> Predictions:
@@ -67,56 +75,58 @@ def read_predictions(path: Path, labelled: bool = True) -> Predictions:
     """
     if not path.is_file():
         raise MissingFileError(f"predictions CSV not found: {path} (run: dvc repro test)")
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if not header or tuple(header[:3]) != BASE_COLUMNS or len(header) < 5:
-            raise InvalidFileError(
-                f"{path}:1: header must be {','.join(BASE_COLUMNS)},{PROB_PREFIX}<class>... (two classes or more), "
-                f"got {header}"
-            )
-        n_probs = sum(1 for h in header[3:] if h.startswith(PROB_PREFIX))
-        extra = header[3 + n_probs :]
-        bad = [h for h in header[3 : 3 + n_probs] if not h.startswith(PROB_PREFIX)]
-        bad += [h for h in extra if not h.startswith(SCORE_PREFIX)]
-        if bad or n_probs < 2:
-            raise InvalidFileError(
-                f"{path}:1: after {','.join(BASE_COLUMNS)} come two or more '{PROB_PREFIX}<class>' columns, "
-                f"then only '{SCORE_PREFIX}<method>' columns; got {header}"
-            )
-        classes = [h[len(PROB_PREFIX) :] for h in header[3 : 3 + n_probs]]
-        index = {c: i for i, c in enumerate(classes)}
-        images, labels, predicted, probs, scores = [], [], [], [], []
-        for line, row in enumerate(reader, start=2):
-            if len(row) != len(header):
-                raise InvalidFileError(f"{path}:{line}: expected {len(header)} fields, got {len(row)}")
-            if row[2] not in index:
-                raise InvalidFileError(f"{path}:{line}: prediction {row[2]!r} is not one of {', '.join(classes)}")
-            if labelled and row[1] not in index:
-                raise InvalidFileError(f"{path}:{line}: label {row[1]!r} is not one of {', '.join(classes)}")
-            if not labelled and row[1]:
-                raise InvalidFileError(f"{path}:{line}: label {row[1]!r} in a file of unlabelled (unknown) images")
-            try:
-                p = [float(v) for v in row[3 : 3 + n_probs]]
-                s = [float(v) for v in row[3 + n_probs :]]
-            except ValueError:
-                raise InvalidFileError(
-                    f"{path}:{line}: probabilities and scores must be numbers, got {row[3:]}"
-                ) from None
-            if not all(0.0 <= v <= 1.0 for v in p) or abs(sum(p) - 1.0) > 1e-3:
-                raise InvalidFileError(f"{path}:{line}: probabilities must lie in [0, 1] and sum to 1, got {p}")
-            images.append(row[0])
-            labels.append(index[row[1]] if labelled else -1)
-            predicted.append(index[row[2]])
-            probs.append(p)
-            scores.append(s)
-    if not images:
+    frame = read_table(path)
+    header = list(frame.columns)
+    if tuple(header[:3]) != BASE_COLUMNS or len(header) < 5:
+        raise InvalidFileError(
+            f"{path}:1: header must be {','.join(BASE_COLUMNS)},{PROB_PREFIX}<class>... (two classes or more), "
+            f"got {header}"
+        )
+    n_probs = sum(1 for h in header[3:] if h.startswith(PROB_PREFIX))
+    prob_columns, score_columns = header[3 : 3 + n_probs], header[3 + n_probs :]
+    bad = [h for h in prob_columns if not h.startswith(PROB_PREFIX)]
+    bad += [h for h in score_columns if not h.startswith(SCORE_PREFIX)]
+    if bad or n_probs < 2:
+        raise InvalidFileError(
+            f"{path}:1: after {','.join(BASE_COLUMNS)} come two or more '{PROB_PREFIX}<class>' columns, "
+            f"then only '{SCORE_PREFIX}<method>' columns; got {header}"
+        )
+    if frame.empty:
         raise InvalidFileError(f"{path}: no prediction rows")
+    classes = [h[len(PROB_PREFIX) :] for h in prob_columns]
+    text = frame.to_numpy()
+    numbers = frame[prob_columns + score_columns].apply(pd.to_numeric, errors="coerce").to_numpy()
+    probs = numbers[:, :n_probs]
+    first_nan = np.argmax(np.isnan(numbers), axis=1)  # per row: the first field that is not a number
+    if labelled:
+        bad_label, label_rule = ~frame["label"].isin(classes).to_numpy(), f"is not one of {', '.join(classes)}"
+    else:
+        bad_label, label_rule = frame["label"].to_numpy() != "", "in a file of unlabelled (unknown) images"
+    reject_rows(
+        path,
+        [
+            (
+                ~frame["prediction"].isin(classes).to_numpy(),
+                lambda i: f"prediction {text[i, 2]!r} is not one of {', '.join(classes)}",
+            ),
+            (bad_label, lambda i: f"label {text[i, 1]!r} {label_rule}"),
+            (
+                np.isnan(numbers).any(axis=1),
+                lambda i: f"{header[3 + first_nan[i]]} is {text[i, 3 + first_nan[i]]!r}: "
+                "probabilities and scores must be numbers",
+            ),
+            (
+                ((probs < 0) | (probs > 1)).any(axis=1) | (np.abs(probs.sum(axis=1) - 1.0) > 1e-3),
+                lambda i: f"probabilities must lie in [0, 1] and sum to 1, got {probs[i].tolist()}",
+            ),
+        ],
+    )
+    index = {c: i for i, c in enumerate(classes)}
     return Predictions(
-        images=images,
+        images=frame["image"].tolist(),
         classes=classes,
-        labels=np.asarray(labels),
-        predicted=np.asarray(predicted),
-        probs=np.asarray(probs, dtype=np.float64),
-        scores={h[len(SCORE_PREFIX) :]: np.asarray([s[j] for s in scores]) for j, h in enumerate(extra)},
+        labels=frame["label"].map(index).to_numpy(np.int64) if labelled else np.full(len(frame), -1),
+        predicted=frame["prediction"].map(index).to_numpy(np.int64),
+        probs=probs.astype(np.float64),
+        scores={h[len(SCORE_PREFIX) :]: numbers[:, n_probs + j] for j, h in enumerate(score_columns)},
     )

@@ -15,11 +15,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from src import figures
 from src.checkpoint import classifier_state, load_training_state, save_checkpoint, save_training_state
 from src.cli import run, stage_args
 from src.data import read_manifest
-from src.fileio import atomic_write_text
+from src.fileio import atomic_file, atomic_write_text
 from src.fit import FitResult, fit
 from src.head_init import init_head
 from src.params import Params, load_params
@@ -123,8 +125,8 @@ def write_results(metrics_path: Path, history_path: Path, result: FitResult, val
     metrics = {"best_epoch": result.best_epoch, "epochs_run": result.history[-1]["epoch"], "val": val, **init_info}
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     figures.save(figures.history_figure(result.history, result.best_epoch), history_path.with_suffix(".png"))
-    lines = [",".join(result.history[0])] + [",".join(str(v) for v in row.values()) for row in result.history]
-    atomic_write_text(history_path, "\n".join(lines) + "\n")
+    with atomic_file(history_path) as tmp:
+        pd.DataFrame(result.history).to_csv(tmp, index=False)
 
 
 def _summary(result: FitResult, patience: int) -> str:

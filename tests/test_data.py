@@ -60,7 +60,17 @@ def test_manifest_round_trip_and_validation(tmp_path: Path) -> None:
         make_image(tmp_path / s.path)
     path = tmp_path / "m.csv"
     write_manifest(path, samples)
+    assert path.read_bytes() == b'path,label\r\na.jpg,ants\r\n"b, with comma.jpg",dogs\r\n'  # as csv.writer wrote it
     assert read_manifest(path, CLASSES, root=tmp_path) == samples
+    path.write_text("path,label\na.jpg,ants\nb.jpg,bees,x\n")
+    with pytest.raises(ValueError, match=r"m.csv:3: expected 2 fields, got 3"):
+        read_manifest(path, CLASSES, root=tmp_path)
+    path.write_text("path,label\na.jpg,ants\n\nb.jpg\n")  # a blank line, then a row without its label
+    with pytest.raises(ValueError, match=r"m.csv:3: label '' is not one of"):
+        read_manifest(path, CLASSES, root=tmp_path)
+    path.write_text("path,label\ngone.jpg,ants\nb.jpg,wolves\n")  # the first bad line speaks, whatever its fault
+    with pytest.raises(ValueError, match=r"m.csv:2: path 'gone.jpg' does not exist"):
+        read_manifest(path, CLASSES, root=tmp_path)
     path.write_text("path,label\na.jpg,ants\nb.jpg,wolves\n")
     with pytest.raises(ValueError, match=r"m.csv:3: label 'wolves' is not one of ants, bees, cats, dogs"):
         read_manifest(path, CLASSES, root=tmp_path)
@@ -68,5 +78,8 @@ def test_manifest_round_trip_and_validation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"m.csv:3: path 'gone.jpg' does not exist"):
         read_manifest(path, CLASSES, root=tmp_path)
     path.write_text("file,class\n")
+    with pytest.raises(ValueError, match="header must be path,label"):
+        read_manifest(path, CLASSES, root=tmp_path)
+    path.write_text("")
     with pytest.raises(ValueError, match="header must be path,label"):
         read_manifest(path, CLASSES, root=tmp_path)

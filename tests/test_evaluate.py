@@ -1,6 +1,7 @@
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,9 @@ def test_csv_schema_round_trip(tmp_path: Path) -> None:
     with path.open() as f:
         assert next(csv.reader(f)) == ["image", "label", "prediction", "prob_a", "prob_b"]
     assert columns(["ants", "bees"]) == ["image", "label", "prediction", "prob_ants", "prob_bees"]
+    # Byte for byte what csv.writer wrote before pandas: CRLF line ends, 6 significant digits.
+    head = b"image,label,prediction,prob_a,prob_b\r\n1.jpg,a,a,0.9,0.1\r\n2.jpg,a,b,0.35,0.65\r\n"
+    assert path.read_bytes().startswith(head)
     back = read_predictions(path)
     assert back.images == HAND.images and back.classes == HAND.classes
     np.testing.assert_array_equal(back.predicted, HAND.predicted)
@@ -125,7 +129,12 @@ def test_csv_schema_round_trip(tmp_path: Path) -> None:
         ("image,label,prediction,prob_a,prob_b,x\n", r"p.csv:1: .* then only 'score_<method>' columns"),
         ("image,label,prediction,prob_a,prob_b,score_k\n1.jpg,a,a,0.5,0.5,x\n", r"p.csv:2: .* must be numbers"),
         ("image,label,prediction,prob_a,prob_b\n1.jpg,c,a,0.5,0.5\n", r"p.csv:2: label 'c' is not one of a, b"),
-        ("image,label,prediction,prob_a,prob_b\n1.jpg,a,a,0.5\n", r"p.csv:2: expected 5 fields, got 4"),
+        ("image,label,prediction,prob_a,prob_b\n1.jpg,a,a,0.5\n", r"p.csv:2: prob_b is '': .* must be numbers"),
+        ("image,label,prediction,prob_a,prob_b\nx,a,a,.5,.5\ny,a,a,.5,.5,0\n", r"p.csv:3: expected 5 fields, got 6"),
+        ("image,label,prediction,prob_a,prob_b\n1.jpg,a,a,0.5,0.5\n\n", r"p.csv:3: prediction '' is not one of a, b"),
+        ("image,label,prediction,prob_a,prob_b\n1.jpg,c,x,0.5,0.5\n", r"p.csv:2: prediction 'x' is not one of a, b"),
+        ("image,label,prediction,prob_a,prob_b\n1.jpg,a,a,0.5,0.5\n1.jpg,a,a,0.5,nan\n", r"p.csv:3: prob_b is 'nan'"),
+        ("", r"p.csv:1: header must be image,label,prediction"),
         ("image,label,prediction,prob_a,prob_b\n1.jpg,a,a,0.9,0.9\n", r"p.csv:2: probabilities must .* sum to 1"),
         ("image,label,prediction,prob_a,prob_b\n", r"p.csv: no prediction rows"),
     ],
@@ -137,22 +146,23 @@ def test_bad_csv_is_reported_with_file_and_line(tmp_path: Path, text: str, messa
         read_predictions(path)
 
 
-def test_ranking_metrics_match_scikit_learn() -> None:
-    rng = np.random.default_rng(0)
-    for _ in range(100):
-        n = int(rng.integers(2, 50))
-        y = rng.random(n) < 0.4
-        if y.all() or not y.any():
-            continue
-        s = np.round(rng.random(n), int(rng.integers(1, 3)))  # coarse scores: many ties
-        for ours, theirs in (
-            (metrics.roc_curve, skm.roc_curve),
-            (metrics.precision_recall_curve, skm.precision_recall_curve),
-        ):
-            for a, b in zip(ours(y, s), theirs(y, s), strict=True):
-                np.testing.assert_allclose(a, b)
-        assert metrics.roc_auc(y, s) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
-        assert metrics.average_precision(y, s) == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
+def test_metrics_count_every_class_and_take_probabilities_as_stored() -> None:
+    # Class c is absent from the labels and never predicted: it still counts in macro F1 (as 0) and in
+    # the log loss's labels, as in a bootstrap resample that misses a class.
+    labels, probs = np.array([0, 1, 1]), np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.6, 0.1]])
+    predicted = probs.argmax(1)
+    assert metrics.f1_macro(labels, predicted, 3) == pytest.approx(2 / 3)
+    assert metrics.f1_macro(labels, predicted, 2) == pytest.approx(1.0)
+    assert log_loss(labels, probs) == pytest.approx(-(math.log(0.7) + math.log(0.8) + math.log(0.6)) / 3)
+    np.testing.assert_array_equal(metrics.confusion(labels, predicted, 3), [[1, 0, 0], [0, 2, 0], [0, 0, 0]])
+    # Brier for two classes: the multi-class definition, not sklearn's binary half of it.
+    assert metrics.brier(HAND.labels, HAND.probs) == pytest.approx((0.02 + 0.845 + 0.08 + 0.405) / 4)
+    # Probabilities rounded to 6 digits, as the CSV stores them, pass without sklearn's "sum to one" warning.
+    rounded = np.array([[0.333333, 0.333333, 0.333333]] * 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert log_loss(labels, rounded) == pytest.approx(-math.log(0.333333))
+        metrics.brier(labels, rounded)
 
 
 def test_scores_and_unlabelled_rows_round_trip(tmp_path: Path) -> None:

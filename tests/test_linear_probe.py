@@ -2,8 +2,11 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from src.linear_probe import fit_logistic, fit_probe
+from src.linear_probe import fit_probe
 
 
 def _data(n: int, seed: int, d: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
@@ -14,22 +17,34 @@ def _data(n: int, seed: int, d: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("c", [0.01, 1.0, 100.0])
-def test_logistic_regression_has_scikit_learns_optimum(c: float) -> None:
-    x, y = _data(200, 0)
-    w, b = fit_logistic(x, y, 4, c, tol=1e-10)
-    ref = LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(x.numpy(), y.numpy())
-    np.testing.assert_allclose(w.numpy(), ref.coef_, atol=1e-5)
-    np.testing.assert_allclose(b.numpy(), ref.intercept_, atol=1e-5)
+def test_probe_is_scikit_learns_pipeline_on_raw_features(c: float) -> None:
+    # Standardise + lbfgs logistic regression at sklearn's default tolerance, folded into weights on the
+    # raw features. Not the optimum but the early iterate (7-13 iterations here): the probe's numbers depend on it.
+    (x, y), (xv, yv) = _data(300, 1), _data(100, 4)
+    x, xv = x * 3.0 + 1.0, xv * 3.0 + 1.0
+    probe = fit_probe((x, y), (xv, yv), 4, [c])
+    got = torch.softmax(xv @ probe.weight.T + probe.bias, dim=1).numpy()
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)).fit(x.numpy(), y.numpy())
+    np.testing.assert_allclose(got, ref.predict_proba(xv.numpy()), rtol=0, atol=1e-12)
+    assert probe.c == c and probe.val_loss == pytest.approx(log_loss(yv.numpy(), got), rel=1e-12)
+    optimum = make_pipeline(StandardScaler(), LogisticRegression(C=c, tol=1e-10, max_iter=10_000))
+    assert np.abs(optimum.fit(x.numpy(), y.numpy()).predict_proba(xv.numpy()) - got).max() > 1e-9  # tells them apart
 
 
-@pytest.mark.parametrize("c", [0.01, 1.0, 100.0])
-def test_default_tolerance_stops_at_scikit_learns_iterate(c: float) -> None:
-    # Not the optimum: the early lbfgs iterate (7-13 iterations here), which the probe's numbers depend on.
-    x, y = _data(300, 1)
-    w, b = fit_logistic(x, y, 4, c)
-    ref = LogisticRegression(C=c, max_iter=5000).fit(x.numpy(), y.numpy())
-    np.testing.assert_allclose(w.numpy(), ref.coef_, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(b.numpy(), ref.intercept_, rtol=0, atol=1e-12)
+def test_two_classes_give_scikit_learns_binary_probabilities() -> None:
+    x, y = _data(200, 5)
+    y = y % 2
+    probe = fit_probe((x, y), (x, y), 2, [1.0])
+    assert probe.weight.shape == (2, x.shape[1]) and probe.bias.shape == (2,)
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000)).fit(x.numpy(), y.numpy())
+    got = torch.softmax(x @ probe.weight.T + probe.bias, dim=1).numpy()
+    np.testing.assert_allclose(got, ref.predict_proba(x.numpy()), rtol=0, atol=1e-12)
+
+
+def test_a_class_missing_from_training_is_an_error() -> None:
+    x, y = _data(100, 6)
+    with pytest.raises(ValueError, match=r"training labels \[0, 1, 2\], expected each of 0..3"):
+        fit_probe((x[y < 3], y[y < 3]), (x, y), 4, [1.0])
 
 
 def test_probe_picks_c_by_val_loss_and_takes_raw_features() -> None:

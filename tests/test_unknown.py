@@ -1,5 +1,7 @@
 """Temperature scaling, the unknown-score registry, val thresholds, and their checkpoint round trip."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -207,15 +209,19 @@ def test_without_calibration_the_temperature_is_one_and_a_separable_val_would_co
     assert off["temperature"] == 1.0 and on["temperature"] == pytest.approx(off["calibration"]["fitted_temperature"])
 
 
-def test_ledoit_wolf_matches_scikit_learn() -> None:
-    from sklearn.covariance import LedoitWolf
+def test_shrunk_covariance_is_invertible_where_the_sample_covariance_is_not() -> None:
+    from sklearn.covariance import empirical_covariance
 
     rng = np.random.default_rng(0)
     for n, d in ((300, 20), (40, 120)):  # more samples than dimensions, and fewer (the shrinkage matters)
         x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))
         x -= x.mean(axis=0)
-        expected = LedoitWolf(assume_centered=True).fit(x).covariance_
-        np.testing.assert_allclose(ledoit_wolf_covariance(x), expected, rtol=1e-10, atol=1e-12)
+        cov, sample = ledoit_wolf_covariance(x), empirical_covariance(x, assume_centered=True)
+        assert cov.dtype == np.float64 and np.allclose(cov, cov.T)
+        assert np.linalg.eigvalsh(cov).min() > 1e-3 * np.trace(cov) / d  # well conditioned: a plain inverse is safe
+        assert np.trace(cov) == pytest.approx(np.trace(sample))  # shrunk towards the mean variance, trace kept
+        assert not np.allclose(cov, sample)
+    assert np.linalg.matrix_rank(sample) < d  # the case shrinkage is for: d > n, singular without it
 
 
 def test_temperature_search_finds_scipys_minimum() -> None:
@@ -233,3 +239,10 @@ def test_uncalibrated_probabilities_are_recovered_from_calibrated_ones() -> None
     logits = np.random.default_rng(4).normal(size=(50, 4)) * 3
     t = 0.7
     np.testing.assert_allclose(uncalibrated(calibrated_probs(logits, t), t), calibrated_probs(logits, 1.0), atol=1e-12)
+
+
+def test_scoring_stages_do_not_import_scikit_learn(repo: Path) -> None:
+    # test and predict score with fitted detectors; sklearn (fitting, metrics) would cost each ~0.5 s to import.
+    code = "import sys, src.test, src.predict; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True).stdout
+    assert "'torch'" in out and "'sklearn'" not in out
