@@ -47,6 +47,9 @@ class InferenceGraph(nn.Module):
         if "knn" in fitted:
             self.register_buffer("bank", fitted["knn"]["state"]["bank"].float())
             self.k = int(fitted["knn"]["state"]["k"])
+        # Eval mode for the whole tree, this module included: torch.onnx.export restores the mode it
+        # found, and a module left in training mode would switch the head's dropout back on afterwards.
+        self.eval()
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feats = self.model.backbone(image).float()
@@ -119,6 +122,7 @@ def export_onnx(loaded: LoadedModel, out: Path, metadata: Mapping[str, Any]) -> 
 def check_parity(graph: InferenceGraph, exported: OnnxClassifier, size: int, n: int = 3) -> float:
     """Max abs difference of probabilities and scores on random inputs; InvalidFileError above ``PARITY_ATOL``."""
     x = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (n, 3, size, size)).astype(np.float32))
+    graph.eval()
     with torch.inference_mode():
         expected = [t.numpy() for t in graph(x)]
     got = exported.session.run(None, {exported.input_name: x.numpy()})

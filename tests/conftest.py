@@ -81,7 +81,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("exported")
     torch.manual_seed(0)
     backbone = build_backbone("efficientnet_lite0", pretrained=False)
-    model = Classifier(backbone.module, backbone.num_features, len(CLASSES), 0.0)
+    # Dropout 0.5, as trained: the export must switch it off (eval mode) in the graph and after tracing.
+    model = Classifier(backbone.module, backbone.num_features, len(CLASSES), 0.5).eval()
     rng = np.random.default_rng(0)
     train_x = rng.normal(0, 1, (64, 2, backbone.num_features)).astype(np.float32)
     val_x = rng.normal(0, 1, (40, backbone.num_features)).astype(np.float32)
@@ -100,7 +101,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     save_checkpoint(
         checkpoint,
         model.state_dict(),
-        dropout=0.0,
+        dropout=0.5,
         classes=CLASSES,
         backbone="efficientnet_lite0",
         preprocess=backbone.preprocess,
