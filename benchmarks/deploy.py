@@ -187,7 +187,10 @@ def serve_and_load(photo: Path, requests: int) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "src.serve", "--port", str(port)], cwd=REPO, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "src.serve", "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:

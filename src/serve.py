@@ -15,6 +15,7 @@ The model is loaded once; no torch is imported.
 from __future__ import annotations
 
 import argparse
+import re
 import threading
 from collections.abc import Sequence
 from importlib import resources
@@ -82,7 +83,8 @@ class Classifier:
         try:
             return decode_upload(data, self.max_pixels)
         except ImageError as err:
-            return err.reason.replace(" (prepare.max_pixels)", "")
+            # Pillow names the stream it was given (an object address): noise for the client.
+            return re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", err.reason)
 
     def classify(self, images: Sequence[np.ndarray]) -> list[tuple[str, np.ndarray, float]]:
         with self._lock:

@@ -71,6 +71,7 @@ def test_batch_with_good_and_bad_files_is_200_with_per_file_answers(client: Test
     results = response.json()["results"]
     assert [r["filename"] for r in results] == ["a.jpg", "notes.txt", "cmyk.jpg", "alpha.png"]
     assert "cannot decode" in results[1]["error"] and results[1]["prediction"] is None
+    assert "BytesIO" not in results[1]["error"]  # no object address in the message
     detector = model.detector()
     for r in (results[0], results[2], results[3]):
         assert r["error"] is None and set(r["probabilities"]) == set(CLASSES)
