@@ -135,7 +135,13 @@ def _check_pngs_history_and_model(repo: Path, rows: list) -> None:
 def test_forced_repro_is_byte_identical(reproduced) -> None:
     """train.deterministic (default true): re-running every stage gives the same bytes."""
     repo, env, _ = reproduced
-    files = ["data/predictions/test.csv", "metrics/test.json", "metrics/train.json", "models/model.pt"]
+    files = [
+        "data/predictions/test.csv",
+        "metrics/test.json",
+        "metrics/train.json",
+        "models/model.pt",
+        "models/model.onnx",
+    ]
     before = {f: (repo / f).read_bytes() for f in files}
     run(["dvc", "repro", "--force"], repo, env)
     for f in files:
