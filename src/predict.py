@@ -15,7 +15,8 @@ read; the run goes on past them and exits 1 if any failed, 0 otherwise.
 
 ``--runtime onnx`` runs the exported model (``models/model.onnx``, stage ``export``) on
 onnxruntime and never imports torch: the default when that file exists, was exported from
-``--checkpoint``'s file and no other checkpoint is asked for; ``torch`` builds the checkpoint's model.
+``models/model.pt`` (its sha256 is in the export) and no --checkpoint is given; ``torch`` builds the
+checkpoint's model.
 """
 
 from __future__ import annotations
@@ -219,7 +220,9 @@ def annotate(result: Result, out_dir: Path, taken: set[str]) -> Path:
     return out_dir / name
 
 
-def classify_files_onnx(model: OnnxClassifier, method: str, threshold: float, paths: Sequence[str], batch_size: int):
+def classify_files_onnx(
+    model: OnnxClassifier, method: str, threshold: float, paths: Sequence[str], batch_size: int
+) -> tuple[list[Result], OnnxDetector]:
     """:func:`classify_files` on the exported model (onnxruntime, no torch); also returns its detector."""
     from src.onnx_model import classify_arrays
 
@@ -241,7 +244,9 @@ def classify_files_onnx(model: OnnxClassifier, method: str, threshold: float, pa
     return sorted(results, key=lambda r: order[r.path]), detector
 
 
-def classify_files_torch(checkpoint: Path, params: Params, method: str, threshold: float, paths: Sequence[str]):
+def classify_files_torch(
+    checkpoint: Path, params: Params, method: str, threshold: float, paths: Sequence[str]
+) -> tuple[list[Result], list[str], Detector]:
     """:func:`classify_files` on the checkpoint's model; also returns its classes and detector."""
     from src.checkpoint import load_checkpoint
     from src.engine import prepare_model

@@ -107,3 +107,25 @@ def test_predict_with_onnx_runtime_never_imports_torch(exported, tmp_path: Path)
         assert [row["probabilities"][c] for c in CLASSES] == pytest.approx(list(p), abs=1e-4)
         assert row["unknown_score"] == pytest.approx(s, abs=1e-4)
         assert row["prediction"] == ("unknown" if s > doc["threshold"] else CLASSES[int(np.argmax(p))])
+
+
+def test_predict_defaults_to_the_export_only_when_it_is_the_default_checkpoints(
+    exported, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import shutil
+
+    from src.predict import onnx_model_to_use
+
+    monkeypatch.chdir(tmp_path)
+    onnx = Path("models/model.onnx")
+    assert onnx_model_to_use(None, None, onnx) is None  # no export: torch
+    (tmp_path / "models").mkdir()
+    shutil.copy(exported["onnx"], onnx)
+    shutil.copy(exported["checkpoint"], "models/model.pt")
+    assert onnx_model_to_use(None, None, onnx) is not None
+    assert onnx_model_to_use("torch", None, onnx) is None
+    assert onnx_model_to_use(None, Path("other.pt"), onnx) is None  # another checkpoint asked for: torch
+    assert onnx_model_to_use("onnx", Path("other.pt"), onnx) is not None
+    Path("models/model.pt").write_bytes(b"retrained since the export")
+    assert onnx_model_to_use(None, None, onnx) is None
+    assert "was exported from another models/model.pt" in capsys.readouterr().err
