@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from src.data import load_rgb
 from src.onnx_model import OnnxClassifier, classify_arrays
 from src.params import ServeParams
@@ -12,8 +14,25 @@ from tests.browser_utils import chromium, headless_chromium, live_server, upload
 from tests.conftest import CLASSES
 
 
-def test_page_shows_the_class_of_a_photo_and_the_error_of_a_non_image(exported, shared_photos, tmp_path: Path) -> None:
-    chromium()  # skip (or, with CI set, fail) before any work when the browser is missing
+@pytest.fixture
+def browser() -> tuple[str, str]:
+    """Requested first, so that a missing browser skips (or, with CI set, fails) before the export is built."""
+    return chromium()
+
+
+def test_missing_browser_skips_with_the_reason_but_fails_under_ci(monkeypatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium chromium-driver"):
+        chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set, so the browser is required"):
+        chromium()
+
+
+def test_page_shows_the_class_of_a_photo_and_the_error_of_a_non_image(
+    browser, exported, shared_photos, tmp_path: Path
+) -> None:
     model = OnnxClassifier(exported["onnx"])
     # The original rule at threshold 0 never says unknown: the page must show a class name.
     app = create_app(model, ServeParams(20, 32), max_pixels=40_000_000, method="max_softmax", threshold=0.0)
