@@ -6,7 +6,7 @@ PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install repro test test-fast lint format plots-template
+.PHONY: install repro serve test test-fast lint format plots-template
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 repro: install  ## set up, then run the whole pipeline on the default data
 	dvc repro
+
+serve: install  ## the exported model (dvc repro makes it) behind HTTP: http://127.0.0.1:8000/
+	python -m src.serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 test: install  ## lint, then the whole test suite (unit + end-to-end)
 	ruff check .

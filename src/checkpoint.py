@@ -208,7 +208,7 @@ def load_training_state(path: Path, params: Mapping[str, Any]) -> dict | None:
 
 
 def _resumable(params: Mapping[str, Any]) -> dict:
-    """Params that must match to resume: all but train.resume itself and runtime (where it runs)."""
-    out = {k: v for k, v in params.items() if k != "runtime"}
+    """Params that must match to resume: all but train.resume itself, runtime (where it runs) and serve."""
+    out = {k: v for k, v in params.items() if k not in ("runtime", "serve")}
     out["train"] = {k: v for k, v in out.get("train", {}).items() if k != "resume"}
     return out

@@ -227,6 +227,22 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class ServeParams:
+    """Limits of the HTTP service (src/serve.py): larger uploads are refused with 413."""
+
+    max_file_mb: float
+    max_files: int
+
+    def __post_init__(self) -> None:
+        check(self.max_file_mb > 0, "serve.max_file_mb", "a size in MB > 0, e.g. 20")
+        check(self.max_files >= 1, "serve.max_files", "an integer >= 1, e.g. 32")
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 1_000_000)
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     classes: list[str]
@@ -239,6 +255,7 @@ class Params:
     evaluate: EvaluateParams
     predict: PredictParams
     unknown: UnknownParams
+    serve: ServeParams
 
     def __post_init__(self) -> None:
         check(len(self.classes) >= 2, "classes", "a list of at least two class names")

@@ -1,6 +1,7 @@
 """Classify images; images unlike any class are reported as ``unknown``.
 
     python -m src.predict photo.jpg more/*.png some/dir [--format table|csv|json] [--annotate out/]
+        [--runtime torch|onnx]
 
 Inputs are files, directories (searched recursively for images) or glob patterns
 (quote them to let this command expand ``**``). Per image: predicted class or
@@ -11,6 +12,11 @@ read; the run goes on past them and exits 1 if any failed, 0 otherwise.
 ``unknown.method`` in params (or --method) picks the detector stored in the checkpoint:
 ``max_softmax`` is the original rule (max probability below ``predict.threshold``);
 ``energy``, ``mahalanobis`` and ``knn`` use the threshold fitted on validation data.
+
+``--runtime onnx`` runs the exported model (``models/model.onnx``, stage ``export``) on
+onnxruntime and never imports torch: the default when that file exists, was exported from
+``models/model.pt`` (its sha256 is in the export) and no --checkpoint is given; ``torch`` builds the
+checkpoint's model.
 """
 
 from __future__ import annotations
@@ -24,25 +30,30 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from src.calibration import calibrated_probs
-from src.checkpoint import LoadedModel, load_checkpoint
 from src.cli import run
 from src.data import IMAGE_EXTENSIONS, ImageError, load_rgb
-from src.engine import extract_features, prepare_model
-from src.params import load_params
+from src.params import Params, load_params
 from src.registry import UNKNOWN_METHODS
-from src.runtime import Runtime, resolve_runtime
-from src.transforms import eval_transform
-from src.unknown import Detector, detector_from_extra, head_logits
+
+# torch and the modules that import it are imported where the torch runtime runs: with
+# --runtime onnx this command must not import torch at all (its import alone is seconds).
+if TYPE_CHECKING:
+    from src.checkpoint import LoadedModel
+    from src.onnx_model import OnnxClassifier, OnnxDetector
+    from src.runtime import Runtime
+    from src.unknown import Detector
 
 UNKNOWN = "unknown"
 FORMATS = ("table", "csv", "json")
+RUNTIMES = ("torch", "onnx")
+DEFAULT_CHECKPOINT = "models/model.pt"
+DEFAULT_ONNX = "models/model.onnx"
 
 
 @dataclass
@@ -95,6 +106,13 @@ def classify_files(
     loaded: LoadedModel, detector: Detector, paths: Sequence[str], runtime: Runtime, batch_size: int
 ) -> list[Result]:
     """One result per path, in order; images are decoded and run one batch at a time."""
+    import torch
+
+    from src.calibration import calibrated_probs
+    from src.engine import extract_features
+    from src.transforms import eval_transform
+    from src.unknown import head_logits
+
     transform = eval_transform(loaded.preprocess)
     results: list[Result] = []
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=None if len(paths) > batch_size else True)
@@ -157,7 +175,7 @@ def format_csv(results: Sequence[Result], classes: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def format_json(results: Sequence[Result], classes: Sequence[str], detector: Detector) -> str:
+def format_json(results: Sequence[Result], classes: Sequence[str], detector: Detector | OnnxDetector) -> str:
     doc = {
         "classes": list(classes),
         "method": detector.name,
@@ -202,10 +220,69 @@ def annotate(result: Result, out_dir: Path, taken: set[str]) -> Path:
     return out_dir / name
 
 
+def classify_files_onnx(
+    model: OnnxClassifier, method: str, threshold: float, paths: Sequence[str], batch_size: int
+) -> tuple[list[Result], OnnxDetector]:
+    """:func:`classify_files` on the exported model (onnxruntime, no torch); also returns its detector."""
+    from src.onnx_model import classify_arrays
+
+    detector = model.detector(method, threshold)
+    results: list[Result] = []
+    for chunk in _batches(paths, batch_size):
+        images, ok = [], []
+        for path in chunk:
+            try:
+                images.append(load_rgb(path))
+                ok.append(Result(path))
+            except ImageError as err:
+                results.append(Result(path, error=err.reason))
+        for r, (label, p, s) in zip(ok, classify_arrays(model, images, detector, batch_size)):
+            r.label, r.probability, r.unknown_score = label, float(p.max()), s
+            r.probs = {c: float(v) for c, v in zip(model.classes, p)}
+        results.extend(ok)
+    order = {p: i for i, p in enumerate(paths)}
+    return sorted(results, key=lambda r: order[r.path]), detector
+
+
+def classify_files_torch(
+    checkpoint: Path, params: Params, method: str, threshold: float, paths: Sequence[str]
+) -> tuple[list[Result], list[str], Detector]:
+    """:func:`classify_files` on the checkpoint's model; also returns its classes and detector."""
+    from src.checkpoint import load_checkpoint
+    from src.engine import prepare_model
+    from src.runtime import resolve_runtime
+    from src.unknown import detector_from_extra
+
+    loaded = load_checkpoint(checkpoint)
+    detector = detector_from_extra(loaded.extra, method, threshold)
+    runtime = resolve_runtime(params.runtime)
+    prepare_model(loaded.model, runtime)
+    return classify_files(loaded, detector, paths, runtime, params.predict.batch_size), loaded.classes, detector
+
+
+def onnx_model_to_use(requested: str | None, checkpoint: Path | None, onnx: Path) -> OnnxClassifier | None:
+    """The exported model when asked for, or by default when it exists and was exported from the
+    default checkpoint; None: use torch."""
+    if requested == "torch" or (requested is None and (checkpoint is not None or not onnx.is_file())):
+        return None
+    from src.onnx_model import OnnxClassifier
+
+    model = OnnxClassifier(onnx)
+    default = Path(DEFAULT_CHECKPOINT)
+    if requested is None and default.is_file() and not model.exported_from(default):
+        print(f"predict: {onnx} was exported from another {default} (dvc repro export); using torch", file=sys.stderr)
+        return None
+    return model
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files, directories or glob patterns")
-    parser.add_argument("--checkpoint", type=Path, default=Path("models/model.pt"))
+    parser.add_argument("--checkpoint", type=Path, default=None, help=f"default: {DEFAULT_CHECKPOINT}")
+    parser.add_argument("--onnx", type=Path, default=Path(DEFAULT_ONNX), help="exported model, for --runtime onnx")
+    parser.add_argument(
+        "--runtime", choices=RUNTIMES, default=None, help="default: onnx if the export of the checkpoint exists"
+    )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument(
         "--method", choices=UNKNOWN_METHODS.names(), default=None, help="default: unknown.method in params"
@@ -226,16 +303,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     threshold = params.predict.threshold if args.threshold is None else args.threshold
 
     paths, missing = expand_inputs(args.inputs)
-    loaded = load_checkpoint(args.checkpoint)
-    detector = detector_from_extra(loaded.extra, method, threshold)
-    runtime = resolve_runtime(params.runtime)
-    prepare_model(loaded.model, runtime)
-    results = missing + classify_files(loaded, detector, paths, runtime, params.predict.batch_size)
+    onnx_model = onnx_model_to_use(args.runtime, args.checkpoint, args.onnx)
+    if onnx_model is not None:
+        found, detector = classify_files_onnx(onnx_model, method, threshold, paths, params.predict.batch_size)
+        classes = onnx_model.classes
+    else:
+        checkpoint = args.checkpoint or Path(DEFAULT_CHECKPOINT)
+        found, classes, detector = classify_files_torch(checkpoint, params, method, threshold, paths)
+    results = missing + found
 
     formatters = {
-        "table": lambda: format_table(results, loaded.classes),
-        "csv": lambda: format_csv(results, loaded.classes),
-        "json": lambda: format_json(results, loaded.classes, detector),
+        "table": lambda: format_table(results, classes),
+        "csv": lambda: format_csv(results, classes),
+        "json": lambda: format_json(results, classes, detector),
     }
     sys.stdout.write(formatters[args.format]())
     if args.annotate is not None:

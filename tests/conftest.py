@@ -65,3 +65,49 @@ def image_tree(tmp_path: Path) -> Path:
         for i in range(10):
             make_image(root / label / f"{label}_{i}.jpg", seed=100 * c + i)
     return root
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A random-weight lite0 checkpoint with fitted unknown detectors, and its ONNX export (stage `export`)."""
+    import torch
+
+    from src.backbones import build_backbone
+    from src.checkpoint import load_checkpoint, save_checkpoint
+    from src.export import export_metadata, export_onnx
+    from src.head import Classifier
+    from src.unknown import fit_inference_extras
+
+    tmp = tmp_path_factory.mktemp("exported")
+    torch.manual_seed(0)
+    backbone = build_backbone("efficientnet_lite0", pretrained=False)
+    # Dropout 0.5, as trained: the export must switch it off (eval mode) in the graph and after tracing.
+    model = Classifier(backbone.module, backbone.num_features, len(CLASSES), 0.5).eval()
+    rng = np.random.default_rng(0)
+    train_x = rng.normal(0, 1, (64, 2, backbone.num_features)).astype(np.float32)
+    val_x = rng.normal(0, 1, (40, backbone.num_features)).astype(np.float32)
+    extras = fit_inference_extras(
+        model.head,
+        train_x,
+        np.arange(64) % 4,
+        val_x,
+        np.arange(40) % 4,
+        false_reject=0.02,
+        knn_k=3,
+        ece_bins=10,
+        calibrate=True,
+    )
+    checkpoint, onnx = tmp / "model.pt", tmp / "model.onnx"
+    save_checkpoint(
+        checkpoint,
+        model.state_dict(),
+        dropout=0.5,
+        classes=CLASSES,
+        backbone="efficientnet_lite0",
+        preprocess=backbone.preprocess,
+        params={},
+        extra=extras,
+    )
+    loaded = load_checkpoint(checkpoint)
+    export_onnx(loaded, onnx, export_metadata(loaded, checkpoint, "knn", 0.6))
+    return {"checkpoint": checkpoint, "onnx": onnx}

@@ -42,7 +42,7 @@ def reproduced(project: tuple[Path, dict[str, str]]) -> tuple[Path, dict[str, st
 
 def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None:
     repo, env, out = reproduced
-    for stage in ("prepare", "featurize", "train", "test", "evaluate", "ood_data", "report"):
+    for stage in ("prepare", "featurize", "train", "export", "test", "evaluate", "ood_data", "report"):
         assert f"Running stage '{stage}'" in out
     data = json.loads((repo / "metrics/data.json").read_text())["data"]
     assert data == {"kept": 24, "skipped": 0, "train": 16, "val": 4, "test": 4}
@@ -135,7 +135,13 @@ def _check_pngs_history_and_model(repo: Path, rows: list) -> None:
 def test_forced_repro_is_byte_identical(reproduced) -> None:
     """train.deterministic (default true): re-running every stage gives the same bytes."""
     repo, env, _ = reproduced
-    files = ["data/predictions/test.csv", "metrics/test.json", "metrics/train.json", "models/model.pt"]
+    files = [
+        "data/predictions/test.csv",
+        "metrics/test.json",
+        "metrics/train.json",
+        "models/model.pt",
+        "models/model.onnx",
+    ]
     before = {f: (repo / f).read_bytes() for f in files}
     run(["dvc", "repro", "--force"], repo, env)
     for f in files:
@@ -355,7 +361,8 @@ def test_predict_command_uses_the_trained_checkpoint(reproduced) -> None:
         (expected,) = [r for r in csv.DictReader(f) if r["label"] == "cats"]
     knn_threshold = json.loads((repo / "data/predictions/detectors.json").read_text())["thresholds"]["knn"]
     image = repo / expected["image"]
-    out = run([sys.executable, "-m", "src.predict", str(image), "--format", "csv"], repo, env, stdout_only=True)
+    cmd = [sys.executable, "-m", "src.predict", str(image), "--format", "csv", "--runtime", "torch"]
+    out = run(cmd, repo, env, stdout_only=True)
     (row,) = csv.DictReader(out.strip().splitlines())
     assert row["path"] == str(image) and row["error"] == ""
     probs = [float(row[f"prob_{c}"]) for c in CLASSES]
@@ -365,3 +372,32 @@ def test_predict_command_uses_the_trained_checkpoint(reproduced) -> None:
     assert float(row["unknown_score"]) == pytest.approx(float(expected["score_knn"]), abs=1e-4)
     known = float(expected["score_knn"]) <= knn_threshold
     assert row["prediction"] == (expected["prediction"] if known else "unknown")
+
+
+def test_onnx_export_matches_torch_fp32_on_the_test_split_and_ood_set(reproduced) -> None:
+    """The exported model against the checkpoint in fp32: probabilities, classes and every unknown decision."""
+    from src.data import load_rgb
+    from src.onnx_model import OnnxClassifier
+    from src.ood_data import read_ood_manifest
+    from tests.test_export import METHODS, torch_fp32
+
+    repo, env, _ = reproduced
+    with (repo / "data/prepared/test.csv").open() as f:
+        paths = [repo / r["path"] for r in csv.DictReader(f)]
+    paths += [repo / p for p in read_ood_manifest(repo / "data/ood/manifest.csv")[0]]
+    images = [load_rgb(p) for p in paths]
+    probs, scores = torch_fp32(repo / "models/model.pt", images)
+    model = OnnxClassifier(repo / "models/model.onnx")
+    assert model.exported_from(repo / "models/model.pt") and model.meta["method"] == "knn"
+    batch = np.stack([model.preprocess(im) for im in images])
+    for method in METHODS:
+        onnx_probs, onnx_scores = model.run(batch, method)
+        assert np.abs(onnx_probs - probs).max() <= 1e-4
+        assert (onnx_probs.argmax(1) == probs.argmax(1)).all()
+        threshold = model.detector(method).threshold
+        assert ((onnx_scores > threshold) == (scores[method] > threshold)).all(), method
+
+    # predict's default runtime is the export (it was made from models/model.pt): the same answer.
+    out = run([sys.executable, "-m", "src.predict", str(paths[0]), "--format", "json"], repo, env, stdout_only=True)
+    (row,) = json.loads(out)["results"]
+    assert [row["probabilities"][c] for c in CLASSES] == pytest.approx(list(probs[0]), abs=1e-4)

@@ -1,0 +1,145 @@
+"""Stage `export`: the checkpoint as one ONNX file that onnxruntime runs without torch.
+
+The graph is the whole classifier: image batch (N, 3, S, S), preprocessed as in
+``src.onnx_model.preprocess``, -> ``probabilities`` (softmax of logits / the checkpoint's
+temperature) and ``score_<method>`` for every unknown detector in the checkpoint (their
+fitted states are constants in the graph). The metadata (key ``abcd``, JSON) holds the
+classes, the preprocessing, the temperature, each detector's threshold, the method chosen
+in params (``unknown.method``), the original rule's threshold (``predict.threshold``) and
+the checkpoint's sha256. Before writing, the stage runs the file on onnxruntime and fails
+if its output differs from the torch model's in fp32 by more than ``PARITY_ATOL``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from src.checkpoint import CHECKPOINT_FORMAT, LoadedModel, load_checkpoint
+from src.cli import run, stage_args
+from src.errors import InvalidFileError
+from src.fileio import atomic_file
+from src.onnx_model import META_KEY, ONNX_FORMAT, PROBABILITIES, OnnxClassifier, file_sha256, score_output
+from src.params import load_params
+
+OPSET = 18
+PARITY_ATOL = 1e-4  # max abs difference of probabilities, ONNX against torch fp32 (README: Deploy)
+
+
+class InferenceGraph(nn.Module):
+    """Backbone, head, temperature and the unknown scores of ``src.unknown``, as one traceable module."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__()
+        self.model = loaded.model.float().eval()
+        self.temperature = float(loaded.extra.get("temperature", 1.0))
+        self.methods = ["max_softmax", "energy", *(m for m in ("mahalanobis", "knn") if m in _fitted(loaded))]
+        fitted = _fitted(loaded)
+        if "mahalanobis" in fitted:
+            self.register_buffer("means", fitted["mahalanobis"]["state"]["means"].float())
+            self.register_buffer("precision", fitted["mahalanobis"]["state"]["precision"].float())
+        if "knn" in fitted:
+            self.register_buffer("bank", fitted["knn"]["state"]["bank"].float())
+            self.k = int(fitted["knn"]["state"]["k"])
+        # Eval mode for the whole tree, this module included: torch.onnx.export restores the mode it
+        # found, and a module left in training mode would switch the head's dropout back on afterwards.
+        self.eval()
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feats = self.model.backbone(image).float()
+        logits = self.model.head(feats)
+        probs = torch.softmax(logits / self.temperature, dim=1)
+        scores = {"max_softmax": 1.0 - probs.max(dim=1).values, "energy": -torch.logsumexp(logits, dim=1)}
+        if "mahalanobis" in self.methods:
+            diff = feats[:, None, :] - self.means[None]  # (N, C, D)
+            scores["mahalanobis"] = ((diff @ self.precision) * diff).sum(dim=-1).min(dim=1).values
+        if "knn" in self.methods:
+            q = feats / feats.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            d = 2.0 - 2.0 * q @ self.bank.T
+            kth = torch.topk(d, self.k, dim=1, largest=False).values[:, -1]
+            scores["knn"] = kth.clamp_min(0).sqrt()
+        return (probs, *(scores[m] for m in self.methods))
+
+
+def _fitted(loaded: LoadedModel) -> Mapping[str, Any]:
+    return loaded.extra.get("unknown", {})
+
+
+def export_metadata(loaded: LoadedModel, checkpoint: Path, method: str, max_softmax_threshold: float) -> dict:
+    """What predict and serve need beside the graph (JSON-able)."""
+    fitted = _fitted(loaded)
+    if method != "max_softmax" and method not in fitted:
+        raise InvalidFileError(
+            f"{checkpoint}: unknown.method is {method!r} but the checkpoint has no fitted detector of that name "
+            f"(it has: {', '.join(fitted) or 'none'}); retrain it (dvc repro train)"
+        )
+    return {
+        "format": ONNX_FORMAT,
+        "classes": loaded.classes,
+        "backbone": loaded.backbone,
+        "preprocess": loaded.preprocess.to_dict(),
+        "temperature": float(loaded.extra.get("temperature", 1.0)),
+        "thresholds": {name: float(v["threshold"]) for name, v in fitted.items()},
+        "method": method,
+        "max_softmax_threshold": float(max_softmax_threshold),
+        "checkpoint": {"sha256": file_sha256(checkpoint), "format": CHECKPOINT_FORMAT},
+    }
+
+
+def export_onnx(loaded: LoadedModel, out: Path, metadata: Mapping[str, Any]) -> None:
+    """Trace the graph with a dynamic batch axis and write it, metadata included, atomically."""
+    import onnx
+
+    graph = InferenceGraph(loaded)
+    size = loaded.preprocess.input_size
+    example = torch.zeros(2, 3, size, size)
+    outputs = [PROBABILITIES, *(score_output(m) for m in graph.methods)]
+    with atomic_file(out) as tmp:
+        # dynamo=False: the TorchScript-based exporter needs no onnxscript and traces this plain CNN exactly.
+        torch.onnx.export(
+            graph,
+            (example,),
+            str(tmp),
+            input_names=["image"],
+            output_names=outputs,
+            dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = META_KEY, json.dumps(dict(metadata))
+        onnx.save(proto, str(tmp))
+        check_parity(graph, OnnxClassifier(tmp), size)
+
+
+def check_parity(graph: InferenceGraph, exported: OnnxClassifier, size: int, n: int = 3) -> float:
+    """Max abs difference of probabilities and scores on random inputs; InvalidFileError above ``PARITY_ATOL``."""
+    x = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (n, 3, size, size)).astype(np.float32))
+    graph.eval()
+    with torch.inference_mode():
+        expected = [t.numpy() for t in graph(x)]
+    got = exported.session.run(None, {exported.input_name: x.numpy()})
+    worst = max(float(np.abs(a - b).max() / max(1.0, np.abs(a).max())) for a, b in zip(expected, got))
+    if worst > PARITY_ATOL:
+        raise InvalidFileError(f"ONNX export differs from the torch model by {worst:.2e} (> {PARITY_ATOL})")
+    return worst
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = stage_args(__doc__, argv, reads={"model": "checkpoint"}, writes={"out": "ONNX model"})
+    params = load_params(args.params)
+    loaded = load_checkpoint(args.model, expected_classes=params.classes)
+    metadata = export_metadata(loaded, args.model, params.unknown.method, params.predict.threshold)
+    export_onnx(loaded, args.out, metadata)
+    print(f"export: {args.model} -> {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    run(main, "export")

@@ -1,0 +1,131 @@
+"""The ONNX export: preprocessing without albumentations, parity with the torch model, predict without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from src.calibration import calibrated_probs
+from src.checkpoint import load_checkpoint
+from src.data import load_rgb
+from src.export import export_metadata
+from src.onnx_model import OnnxClassifier, classify_arrays, preprocess
+from src.transforms import eval_transform
+from src.unknown import detector_from_extra
+from tests.conftest import CLASSES, REPO, make_image
+
+METHODS = ("max_softmax", "energy", "mahalanobis", "knn")
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("size", [(64, 48), (300, 301), (257, 1000), (224, 224)])
+def test_preprocess_is_the_eval_transform(interpolation: str, size: tuple[int, int]) -> None:
+    pre = {"input_size": 224, "resize_size": 256, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    pre["interpolation"] = interpolation
+    rgb = np.random.default_rng(sum(size)).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    from src.backbones import Preprocess
+
+    expected = eval_transform(Preprocess.from_dict(pre))(rgb).numpy()
+    got = preprocess(rgb, pre)
+    assert got.shape == expected.shape == (3, 224, 224) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def torch_fp32(checkpoint: Path, images: list[np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The torch path's probabilities and every detector's score, in fp32 (predict's math, no autocast)."""
+    loaded = load_checkpoint(checkpoint)
+    transform = eval_transform(loaded.preprocess)
+    x = torch.stack([transform(im) for im in images])
+    with torch.inference_mode():
+        feats = loaded.model.backbone(x).float()
+        logits = loaded.model.head(feats).double().numpy()
+    probs = calibrated_probs(logits, float(loaded.extra["temperature"]))
+    scores = {m: detector_from_extra(loaded.extra, m, None).score(feats.numpy(), logits) for m in METHODS}
+    return probs, scores
+
+
+def test_onnx_matches_torch_fp32_probabilities_scores_and_decisions(exported, tmp_path: Path) -> None:
+    images = [load_rgb(make_image(tmp_path / f"{i}.png", seed=i, size=(90 + 7 * i, 70 + 3 * i))) for i in range(5)]
+    probs, scores = torch_fp32(exported["checkpoint"], images)
+    model = OnnxClassifier(exported["onnx"])
+    batch = np.stack([model.preprocess(im) for im in images])
+    for method in METHODS:
+        onnx_probs, onnx_scores = model.run(batch, method)
+        assert np.abs(onnx_probs - probs).max() <= 1e-4
+        np.testing.assert_allclose(onnx_scores, scores[method], rtol=1e-4, atol=1e-4)
+        detector = model.detector(method, 0.6)
+        labels = [r[0] for r in classify_arrays(model, images, detector, batch_size=2)]
+        expected = [
+            "unknown" if s > detector.threshold else CLASSES[int(np.argmax(p))] for p, s in zip(probs, scores[method])
+        ]
+        assert labels == expected
+
+
+def test_metadata_holds_what_predict_needs(exported) -> None:
+    model = OnnxClassifier(exported["onnx"])
+    extra = load_checkpoint(exported["checkpoint"], lazy=True).extra
+    assert model.classes == CLASSES and model.meta["backbone"] == "efficientnet_lite0"
+    assert model.meta["preprocess"]["input_size"] == 224 and model.meta["method"] == "knn"
+    assert model.meta["thresholds"] == {m: pytest.approx(float(v["threshold"])) for m, v in extra["unknown"].items()}
+    assert model.detector().name == "knn" and model.detector("max_softmax").threshold == pytest.approx(0.4)
+    assert model.exported_from(exported["checkpoint"]) and not model.exported_from(exported["onnx"])
+
+
+def test_export_refuses_a_method_the_checkpoint_lacks(exported, tmp_path: Path) -> None:
+    loaded = load_checkpoint(exported["checkpoint"], lazy=True)
+    loaded.extra = {"temperature": 1.0, "unknown": {}}
+    with pytest.raises(ValueError, match="no fitted detector of that name"):
+        export_metadata(loaded, exported["checkpoint"], "knn", 0.6)
+
+
+def test_predict_with_onnx_runtime_never_imports_torch(exported, tmp_path: Path) -> None:
+    images = [make_image(tmp_path / f"{i}.jpg", seed=i, size=(120, 90)) for i in range(3)]
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    code = (
+        "import sys, json; from src.predict import main\n"
+        f"status = main([{str(tmp_path)!r}, '--runtime', 'onnx', '--onnx', {str(exported['onnx'])!r},"
+        f" '--params', {str(REPO / 'params.yaml')!r}, '--format', 'json'])\n"
+        "print(json.dumps({'status': status, 'torch': sorted(m for m in sys.modules if m.split('.')[0] == 'torch')}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.strip().splitlines()
+    summary = json.loads(out[-1])
+    assert summary == {"status": 1, "torch": []}  # 1: bad.jpg failed; no torch module was imported
+    doc = json.loads("\n".join(out[:-1]))
+    by_name = {Path(r["path"]).name: r for r in doc["results"]}
+    assert "cannot decode" in by_name["bad.jpg"]["error"]
+    probs, scores = torch_fp32(exported["checkpoint"], [load_rgb(p) for p in images])
+    for image, p, s in zip(images, probs, scores["knn"]):
+        row = by_name[image.name]
+        assert [row["probabilities"][c] for c in CLASSES] == pytest.approx(list(p), abs=1e-4)
+        assert row["unknown_score"] == pytest.approx(s, abs=1e-4)
+        assert row["prediction"] == ("unknown" if s > doc["threshold"] else CLASSES[int(np.argmax(p))])
+
+
+def test_predict_defaults_to_the_export_only_when_it_is_the_default_checkpoints(
+    exported, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import shutil
+
+    from src.predict import onnx_model_to_use
+
+    monkeypatch.chdir(tmp_path)
+    onnx = Path("models/model.onnx")
+    assert onnx_model_to_use(None, None, onnx) is None  # no export: torch
+    (tmp_path / "models").mkdir()
+    shutil.copy(exported["onnx"], onnx)
+    shutil.copy(exported["checkpoint"], "models/model.pt")
+    assert onnx_model_to_use(None, None, onnx) is not None
+    assert onnx_model_to_use("torch", None, onnx) is None
+    assert onnx_model_to_use(None, Path("other.pt"), onnx) is None  # another checkpoint asked for: torch
+    assert onnx_model_to_use("onnx", Path("other.pt"), onnx) is not None
+    Path("models/model.pt").write_bytes(b"retrained since the export")
+    assert onnx_model_to_use(None, None, onnx) is None
+    assert "was exported from another models/model.pt" in capsys.readouterr().err

@@ -1,0 +1,54 @@
+"""The page in a real headless Chromium: upload a photo and a non-image, read what the page shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from src.data import load_rgb
+from src.onnx_model import OnnxClassifier, classify_arrays
+from src.params import ServeParams
+from src.serve import create_app
+from tests.browser_utils import chromium, headless_chromium, live_server, upload_and_wait
+from tests.conftest import CLASSES
+
+
+@pytest.fixture
+def browser() -> tuple[str, str]:
+    """Requested first, so that a missing browser skips (or, with CI set, fails) before the export is built."""
+    return chromium()
+
+
+def test_missing_browser_skips_with_the_reason_but_fails_under_ci(monkeypatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium chromium-driver"):
+        chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set, so the browser is required"):
+        chromium()
+
+
+def test_page_shows_the_class_of_a_photo_and_the_error_of_a_non_image(
+    browser, exported, shared_photos, tmp_path: Path
+) -> None:
+    model = OnnxClassifier(exported["onnx"])
+    # The original rule at threshold 0 never says unknown: the page must show a class name.
+    app = create_app(model, ServeParams(20, 32), max_pixels=40_000_000, method="max_softmax", threshold=0.0)
+    photo = sorted((shared_photos / "cats").iterdir())[0]
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is not a picture")
+    ((expected, probs, _),) = classify_arrays(model, [load_rgb(photo)], model.detector("max_softmax", 0.0), 1)
+    assert expected in CLASSES
+
+    with live_server(app) as url, headless_chromium() as driver:
+        good_card, bad_card = upload_and_wait(driver, url, [str(photo), str(bad)])
+        assert good_card.get_attribute("data-filename") == photo.name
+        assert good_card.get_attribute("data-prediction") == expected
+        label = good_card.find_element("css selector", ".label").text
+        assert label == f"{expected} {100 * probs.max():.1f}%"
+        assert len(good_card.find_elements("css selector", ".bar")) == len(CLASSES)
+        assert bad_card.get_attribute("data-filename") == "notes.jpg"
+        assert "cannot decode" in bad_card.find_element("css selector", ".error").text
+        assert driver.find_element("id", "status").text == "2 file(s) classified"
