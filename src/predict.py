@@ -8,9 +8,13 @@ Inputs are files, directories (searched recursively for images) or glob patterns
 (higher = less like the training images) and an error for files that could not be
 read; the run goes on past them and exits 1 if any failed, 0 otherwise.
 
-``unknown.method`` in params (or --method) picks the detector stored in the checkpoint:
+``unknown.method`` (or --method) picks the detector stored in the checkpoint:
 ``max_softmax`` is the original rule (max probability below ``predict.threshold``);
 ``energy``, ``mahalanobis`` and ``knn`` use the threshold fitted on validation data.
+
+Settings come from flags first, then from params.yaml (``--params``, or ./params.yaml when
+it exists, as inside the repo), else from the checkpoint, which stores the values it was
+trained with: a copied ``model.pt`` works anywhere on its own.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ from src.checkpoint import LoadedModel, load_checkpoint
 from src.cli import run
 from src.data import IMAGE_EXTENSIONS, ImageError, load_rgb
 from src.engine import extract_features, prepare_model
-from src.params import load_params
+from src.errors import InvalidFileError
+from src.params import RuntimeParams, load_params
 from src.registry import UNKNOWN_METHODS
 from src.runtime import Runtime, resolve_runtime
+from src.schema import build
 from src.transforms import eval_transform
 from src.unknown import Detector, detector_from_extra, head_logits
 
@@ -53,6 +59,40 @@ class Result:
     probs: dict[str, float] = field(default_factory=dict)
     unknown_score: float | None = None
     error: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What predict reads besides the checkpoint's weights, and where it came from."""
+
+    method: str  # unknown.method
+    rule_threshold: float  # predict.threshold (the original rule's)
+    batch_size: int  # predict.batch_size
+    runtime: RuntimeParams
+    source: str
+
+
+def settings(params_path: Path | None, loaded: LoadedModel) -> Settings:
+    """From ``params_path`` (must exist), else ./params.yaml if present, else the checkpoint's stored defaults."""
+    if params_path is None and Path("params.yaml").is_file():
+        params_path = Path("params.yaml")
+    if params_path is not None:
+        p = load_params(params_path)
+        return Settings(p.unknown.method, p.predict.threshold, p.predict.batch_size, p.runtime, str(params_path))
+    stored = loaded.extra.get("predict")
+    if not isinstance(stored, dict):
+        raise InvalidFileError(
+            f"{loaded.source}: this checkpoint stores no predict settings (trained before they were saved); "
+            "pass --params params.yaml, or retrain it (dvc repro train)"
+        )
+    runtime = build(RuntimeParams, stored["runtime"], "runtime")
+    return Settings(
+        UNKNOWN_METHODS.check(stored["method"], "unknown.method"),
+        float(stored["rule_threshold"]),
+        int(stored["batch_size"]),
+        runtime,
+        f"{loaded.source} (no params.yaml here)",
+    )
 
 
 def expand_inputs(items: Sequence[str]) -> tuple[list[str], list[Result]]:
@@ -206,31 +246,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files, directories or glob patterns")
     parser.add_argument("--checkpoint", type=Path, default=Path("models/model.pt"))
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument(
-        "--method", choices=UNKNOWN_METHODS.names(), default=None, help="default: unknown.method in params"
+        "--params",
+        type=Path,
+        default=None,
+        help="default: ./params.yaml if it exists, else the values stored in the checkpoint",
     )
     parser.add_argument(
-        "--threshold", type=float, default=None, help="max_softmax only; default: predict.threshold in params"
+        "--method", choices=UNKNOWN_METHODS.names(), default=None, help="default: unknown.method (params/checkpoint)"
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="max_softmax only; default: predict.threshold (params/checkpoint)"
     )
     parser.add_argument("--format", choices=FORMATS, default="table")
     parser.add_argument("--annotate", type=Path, default=None, metavar="DIR", help="write labelled copies here")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
-    method = args.method or params.unknown.method
-    if args.threshold is not None:
-        if method != "max_softmax":
-            parser.error(f"--threshold applies to --method max_softmax; {method} uses the threshold fitted on val")
-        if not 0.0 <= args.threshold <= 1.0:
-            parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
-    threshold = params.predict.threshold if args.threshold is None else args.threshold
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
+    loaded = load_checkpoint(args.checkpoint, lazy=True)  # built below, after the settings are known good
+    config = settings(args.params, loaded)
+    method = args.method or config.method
+    if args.threshold is not None and method != "max_softmax":
+        parser.error(f"--threshold applies to --method max_softmax; {method} uses the threshold fitted on val")
+    threshold = config.rule_threshold if args.threshold is None else args.threshold
 
     paths, missing = expand_inputs(args.inputs)
-    loaded = load_checkpoint(args.checkpoint)
     detector = detector_from_extra(loaded.extra, method, threshold)
-    runtime = resolve_runtime(params.runtime)
+    runtime = resolve_runtime(config.runtime)
     prepare_model(loaded.model, runtime)
-    results = missing + classify_files(loaded, detector, paths, runtime, params.predict.batch_size)
+    results = missing + classify_files(loaded, detector, paths, runtime, config.batch_size)
 
     formatters = {
         "table": lambda: format_table(results, loaded.classes),

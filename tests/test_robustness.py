@@ -181,7 +181,7 @@ STAGES = {
     "report": (report.main, ["--metrics", "m", "--plots", "p", "--out", "o"]),
 }
 BAD = [
-    (("train", "lr"), -1, r"'train.lr' must be a number > 0"),
+    (("train", "epochs"), 0, r"'train.epochs' must be an integer >= 1"),
     (("prepare", "split"), {"train": 0.5, "val": 0.2, "test": 0.2}, r"'prepare.split' must be fractions that sum to 1"),
     (("predict", "threshold"), 2, r"'predict.threshold' must be a probability in \[0, 1\]"),
     (("runtime", "precision"), "half", r"'runtime.precision' must be one of 'auto', 'fp32', 'bf16'"),
