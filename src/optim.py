@@ -61,9 +61,7 @@ def param_groups(model: nn.Module, params: TrainParams, lr: float) -> list[dict]
 
 def build_optimizer(model: nn.Module, params: TrainParams, lr: float) -> torch.optim.Optimizer:
     """``train.optimizer`` over :func:`param_groups`, the head at ``lr``."""
-    return OPTIMIZERS.get(params.optimizer, "train.optimizer")(
-        param_groups(model, params, lr), lr, params.weight_decay
-    )
+    return OPTIMIZERS.get(params.optimizer, "train.optimizer")(param_groups(model, params, lr), lr, params.weight_decay)
 
 
 def lr_factor(epoch: int, params: TrainParams) -> float:

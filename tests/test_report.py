@@ -46,7 +46,13 @@ UNKNOWN = {
     "ece_test_before": 0.05,
     "ece_test_after": 0.04,
     "methods": {
-        "knn": {"auroc": 0.99, "ood_rejected": 0.8, "ood_photos_rejected": 1.0, "known_rejected": 0.0, "threshold": 1.25},
+        "knn": {
+            "auroc": 0.99,
+            "ood_rejected": 0.8,
+            "ood_photos_rejected": 1.0,
+            "known_rejected": 0.0,
+            "threshold": 1.25,
+        },
     },
 }
 

@@ -87,7 +87,9 @@ def test_ctrl_c_keeps_the_best_epoch_so_far() -> None:
             raise KeyboardInterrupt
 
     torch.manual_seed(0)
-    result = fit(build_head(8, 4, 0.1), _blobs(64, 2, 0), _blobs(32, None, 1), PARAMS, seed=5, log=interrupt_at_epoch_4, lr=LR)
+    result = fit(
+        build_head(8, 4, 0.1), _blobs(64, 2, 0), _blobs(32, None, 1), PARAMS, seed=5, log=interrupt_at_epoch_4, lr=LR
+    )
     assert result.interrupted
     assert len(result.history) == 4  # the signal came while epoch 4 was being logged
     losses = [row["val_loss"] for row in result.history[:3]]  # epochs that completed
@@ -252,7 +254,17 @@ def _features_dir(tmp_path: Path, repo: Path, monkeypatch) -> list[str]:
     val = [Sample(str(make_image(Path(f"img/v{i}.jpg"), seed=i)), CLASSES[int(vy[i])]) for i in range(16)]
     write_manifest(Path("data/val.csv"), val)
     stage = ["--features", "features", "--data", "data", "--model", "model.pt", "--last", "last.pt"]
-    return [*stage, "--logdir", "runs", "--metrics", "train.json", "--history", "history.csv"]
+    return [
+        *stage,
+        "--logdir",
+        "runs",
+        "--metrics",
+        "train.json",
+        "--report",
+        "train_report.json",
+        "--history",
+        "history.csv",
+    ]
 
 
 def test_train_stage_saves_featurizes_backbone_weights_without_building_the_backbone(tmp_path, repo, monkeypatch):
@@ -319,7 +331,22 @@ def test_train_stage_fine_tunes_the_last_block_and_saves_a_loadable_model(tmp_pa
         feats = rng.normal(size=(4 * n, 1280)).astype(np.float32) + labels[:, None]
         np.savez(f"features/{split}.npz", features=feats, eval_features=feats, labels=labels)
     args = ["--features", "features", "--data", "data", "--model", "model.pt", "--last", "last.pt"]
-    assert main([*args, "--logdir", "runs", "--metrics", "train.json", "--history", "history.csv"]) == 0
+    assert (
+        main(
+            [
+                *args,
+                "--logdir",
+                "runs",
+                "--metrics",
+                "train.json",
+                "--report",
+                "train_report.json",
+                "--history",
+                "history.csv",
+            ]
+        )
+        == 0
+    )
     loaded = load_checkpoint(tmp_path / "model.pt", expected_classes=CLASSES)  # builds lite0, strict load
     assert loaded.trainable_blocks == 1
     pretrained = build_backbone("efficientnet_lite0", pretrained=True).module.state_dict()
@@ -346,7 +373,9 @@ def test_fit_keeps_the_start_as_epoch_0_when_no_epoch_beats_it() -> None:
     assert min(row["val_loss"] for row in result.history[1:]) > result.best_val.loss
     assert torch.allclose(result.head[1].weight, probe.weight.float())
     # With a sensible lr, training can beat the start; it is then an ordinary epoch >= 1.
-    better = fit(build_head(8, 4, 0.0), train, val, dataclasses.replace(PARAMS, epochs=3), seed=0, keep_start=True, lr=LR)
+    better = fit(
+        build_head(8, 4, 0.0), train, val, dataclasses.replace(PARAMS, epochs=3), seed=0, keep_start=True, lr=LR
+    )
     assert better.best_epoch >= 1 and better.history[0]["val_loss"] > better.best_val.loss
 
 
@@ -385,7 +414,17 @@ def test_resume_after_epoch_0_continues_like_an_uninterrupted_run() -> None:
             raise KeyboardInterrupt
 
     torch.manual_seed(0)
-    fit(build_head(8, 4, 0.3), train, val, params, 5, stop_in_epoch_3, on_epoch_end=states.append, keep_start=True, lr=LR)
+    fit(
+        build_head(8, 4, 0.3),
+        train,
+        val,
+        params,
+        5,
+        stop_in_epoch_3,
+        on_epoch_end=states.append,
+        keep_start=True,
+        lr=LR,
+    )
     assert [s["epoch"] for s in states] == [1, 2]  # epoch 0 is not a training state of its own
     resumed = fit(build_head(8, 4, 0.3), train, val, params, seed=5, resume=states[-1], keep_start=True, lr=LR)
     assert [row["epoch"] for row in resumed.history] == [0, 1, 2, 3, 4]
@@ -415,7 +454,12 @@ def test_train_stage_starts_the_head_from_the_probe(tmp_path, repo, monkeypatch)
 
     monkeypatch.setattr(src.train, "init_head", init_head_and_record)
     assert main(args) == 0
-    metrics = json.loads((tmp_path / "train.json").read_text())
+    metrics = json.loads((tmp_path / "train_report.json").read_text())
+    # The DVC metric holds the deciding two only.
+    assert json.loads((tmp_path / "train.json").read_text()) == {
+        "best_epoch": metrics["best_epoch"],
+        "val": {"loss": metrics["val"]["loss"]},
+    }
     grid = yaml.safe_load((tmp_path / "params.yaml").read_text())["train"]["probe_c"]
     assert len(grid) > 1 and metrics["init"] == "probe" and metrics["probe_c"] in grid
     with np.load(tmp_path / "features" / "train.npz") as npz:
