@@ -13,10 +13,14 @@ Measured in one run, medians of repeats where repeated:
  3. the original project's loop (fp32 backbone forward on freshly decoded and augmented
     images every epoch, same epochs and data) against `dvc repro` from scratch, with test
     macro F1 of both;
- 4. an lr-only experiment (`dvc exp run -S train.lr=...`) after the full repro (median of three
-    learning rates), and its fixed floor: a `dvc exp run` that runs nothing, plus starting
-    train (torch and an optimizer, which imports torch._dynamo) and test (torch) processes;
- 5. peak RSS of each stage, its command taken from dvc.yaml.
+ 4. an lr-only experiment (`dvc exp run -S lr=...`, the literal command: it re-runs the head's
+    stages train, test, evaluate, report) after the full repro (median of three learning rates),
+    as a fraction of the full repro (target: at most 1/3), and its fixed floor: a `dvc exp run`
+    that runs nothing, plus starting train (torch and an optimizer, which imports torch._dynamo)
+    and test (torch) processes;
+ 5. time and peak RSS of each stage, its command taken from dvc.yaml and run on its own.
+``--pipeline-only`` measures 3's `dvc repro`, 4, and 5 for the head's stages only (no ceilings,
+featurize throughput or naive loop): the pipeline ratios, quickly.
 A backbone whose ImageNet weights cannot be had offline is benchmarked with random
 weights written into a private torch cache (timings are the same; F1 is then meaningless).
 """
@@ -168,11 +172,13 @@ _LAUNCH = (
 )
 
 
-def stage_rss(repo: Path, env: dict[str, str]) -> dict[str, tuple[float, float]]:
-    """(seconds, peak RSS MiB) of each stage command from dvc.yaml, run on its own."""
+def stage_rss(repo: Path, env: dict[str, str], only: tuple[str, ...] = ()) -> dict[str, tuple[float, float]]:
+    """(seconds, peak RSS MiB) of each stage command from dvc.yaml (or those in ``only``), run on its own."""
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     out = {}
     for name, stage in stages.items():
+        if only and name not in only:
+            continue
         launched = subprocess.run(
             [sys.executable, "-c", _LAUNCH, *shlex.split(stage["cmd"])],
             cwd=repo,
@@ -189,8 +195,11 @@ def stage_rss(repo: Path, env: dict[str, str]) -> dict[str, tuple[float, float]]
 
 
 def _timed_run(cmd: list[str], repo: Path, env: dict[str, str]) -> float:
+    """Seconds ``cmd`` takes; no time limit (a busy machine can take many times the idle time)."""
     start = time.perf_counter()
-    run(cmd, repo, env)
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return time.perf_counter() - start
 
 
@@ -203,6 +212,9 @@ def main() -> None:
     )
     parser.add_argument("--naive-epochs", type=int, default=None, help="epochs to measure (default: all)")
     parser.add_argument("--precision-check", action="store_true", help="also run the pipeline with fp32 features")
+    parser.add_argument(
+        "--pipeline-only", action="store_true", help="only the full repro, the lr experiments and the stages (3-5)"
+    )
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
     args.backbone = args.backbone or params.model.backbone
@@ -233,7 +245,7 @@ def main() -> None:
         batches = [int(b) for b in args.batches.split(",")]
         curves = {}
         for name, on in (("fp32", False), ("bf16", True)):
-            if on and not cpu_has_fast_bf16():
+            if args.pipeline_only or (on and not cpu_has_fast_bf16()):
                 continue
             curves[name] = best_ceiling(backbone.module, size, on, batches, args.repeats)
             rate, batch, curve = curves[name]
@@ -246,64 +258,27 @@ def main() -> None:
         run(["git", "add", "-A"], repo, env)
         run(["git", "commit", "-qm", "bench"], repo, env)
         repro_s = _timed_run(["dvc", "repro"], repo, env)
+        run(["git", "add", "-A"], repo, env)
+        run(["git", "commit", "-qm", "repro"], repo, env)  # the baseline experiments and metrics diff compare to
         pipeline_f1 = json.loads((repo / "metrics/test.json").read_text())["test"]["f1_macro"]
         feat_log = json.loads((repo / "data/features/meta.json").read_text())
 
-        # 2. featurisation throughput, as the stage runs it (train views with augmentation + the eval
-        # view), each repeat against a ceiling measured just before it at the ceiling's best batch.
-        rt = resolve_runtime(params.runtime)
-        module = prepare_model(backbone.module, rt)
-        samples = read_manifest(repo / "data/prepared/train.csv", params.classes, root=repo)
-        views = params.featurize.views
-        ds = ImageDataset(
-            samples,
-            params.classes,
-            train_transform(backbone.preprocess, params.augment),
-            views=views,
-            seed=params.seed,
-            root=repo,
-            extra=eval_transform(backbone.preprocess),
-        )
-        loader = make_loader(ds, max(1, params.featurize.batch_size // (views + 1)), rt)
-        if rt.precision not in curves:  # bf16 forced in params on a CPU without native bf16
-            curves[rt.precision] = best_ceiling(backbone.module, size, rt.bf16, batches, args.repeats)
-        _, ref_batch, _ = curves[rt.precision]
-        feats, fractions = [], []
-        for _ in range(max(1, args.repeats // 2)):
-            ref = ceiling(module, size, rt.bf16, ref_batch, args.repeats)
-            (seconds,) = timed(lambda: extract_features(module, loader, rt, "bench"), 1)
-            feats.append(len(samples) * (views + 1) / seconds)
-            fractions.append(feats[-1] / ref)
-        rows.append(
-            (
-                f"2. featurize, decode+augment+forward, {rt.precision}, batch {loader.batch_size} x "
-                f"{views + 1} views, {rt.num_workers} workers (img/s)",
-                f"{statistics.median(feats):.1f}",
-            )
-        )
-        rows.append(
-            (
-                "2. ... as a fraction of the ceiling measured before each repeat",
-                f"{statistics.median(fractions):.0%} (repeats: {', '.join(f'{f:.0%}' for f in fractions)})",
-            )
-        )
-
-        # 3. naive baseline vs pipeline
-        epochs = params.train.epochs
-        naive = naive_baseline(params, backbone, repo / "data/prepared", epochs, args.naive_epochs or epochs)
-        note = f" (extrapolated from {naive['measured_epochs']} epochs)" if naive["extrapolated"] else ""
-        rows.append((f"3. naive loop, fp32, {epochs} epochs (s)", f"{naive['seconds']:.0f}{note}"))
-        rows.append(("3. pipeline `dvc repro` from scratch (s)", f"{repro_s:.0f}"))
-        rows.append(("3. speed-up", f"{naive['seconds'] / repro_s:.1f}x"))
-        naive_f1 = "n/a" if naive["f1_macro"] is None else f"{naive['f1_macro']:.4f}"
-        rows.append(("3. test macro F1: naive / pipeline", f"{naive_f1} / {pipeline_f1:.4f}"))
+        if not args.pipeline_only:
+            throughput_and_naive(args, params, backbone, repo, curves, repro_s, pipeline_f1, rows)
+        else:
+            rows.append(("3. pipeline `dvc repro` from scratch (s)", f"{repro_s:.0f}"))
 
         # 4. lr-only experiments (distinct lrs: DVC's run cache would restore a repeated one)
         exp_s = statistics.median(
-            _timed_run(["dvc", "exp", "run", "-S", f"train.lr={params.train.lr * factor:g}"], repo, env)
-            for factor in (3, 0.3, 2)
+            _timed_run(["dvc", "exp", "run", "-S", f"lr={params.lr * factor:g}"], repo, env) for factor in (3, 0.3, 2)
         )
-        rows.append(("4. lr-only `dvc exp run` (s)", f"{exp_s:.1f} ({exp_s / repro_s:.0%} of full repro)"))
+        rows.append(("4. lr-only `dvc exp run -S lr=...` (s)", f"{exp_s:.1f} ({exp_s / repro_s:.0%} of full repro)"))
+        # What a user compares experiments with: the default table's width, the diff after an lr change.
+        header = run(["dvc", "exp", "show", "--csv"], repo, env, stdout_only=True).splitlines()[0]
+        diff = run(["dvc", "metrics", "diff", "--md"], repo, env, stdout_only=True).strip()
+        rows.append(("4. `dvc exp show --csv` columns, after the 3 experiments", str(len(header.split(",")))))
+        rows.append(("4. `dvc metrics diff` rows, last experiment against the repro", str(len(diff.splitlines()) - 2)))
+        print(f"dvc exp show --csv header:\n{header}\n\ndvc metrics diff --md:\n{diff}\n")
         # Its floor: what the same experiment costs before any stage does work.
         noop = statistics.median([_timed_run(["dvc", "exp", "run"], repo, env) for _ in range(3)])
         torch_s = startup_seconds("import torch", env, 3)
@@ -332,9 +307,14 @@ def main() -> None:
             )
             run(["git", "checkout", "--", "params.yaml"], repo, env)
 
-        # 5. peak RSS per stage
-        for name, (secs, mib) in stage_rss(repo, env).items():
+        # 5. time and peak RSS per stage (each stage's command on its own); the head-only experiment
+        # runs the last four.
+        head = ("train", "test", "evaluate", "report")
+        stages = stage_rss(repo, env, only=head if args.pipeline_only else ())
+        for name, (secs, mib) in stages.items():
             rows.append((f"5. stage {name}: time (s), peak RSS (MiB)", f"{secs:.1f}, {mib:.0f}"))
+        head_s = sum(stages[name][0] for name in head if name in stages)
+        rows.append(("5. the head's stages (train + test + evaluate + report) on their own (s)", f"{head_s:.1f}"))
 
     print(
         f"\nbackbone {args.backbone} ({weights} weights), features in {feat_log['precision']}; "
@@ -343,6 +323,69 @@ def main() -> None:
     print("| measurement | value |\n|---|---|")
     for k, v in rows:
         print(f"| {k} | {v} |")
+
+
+def throughput_and_naive(
+    args: argparse.Namespace,
+    params,
+    backbone,
+    repo: Path,
+    curves: dict,
+    repro_s: float,
+    pipeline_f1: float,
+    rows: list[tuple[str, str]],
+) -> None:
+    """Sections 2 and 3: featurize throughput against the ceiling, the naive loop against the repro."""
+    size = backbone.preprocess.input_size
+    batches = [int(b) for b in args.batches.split(",")]
+    # 2. featurisation throughput, as the stage runs it (train views with augmentation + the eval
+    # view), each repeat against a ceiling measured just before it at the ceiling's best batch.
+    rt = resolve_runtime(params.runtime)
+    module = prepare_model(backbone.module, rt)
+    samples = read_manifest(repo / "data/prepared/train.csv", params.classes, root=repo)
+    views = params.featurize.views
+    ds = ImageDataset(
+        samples,
+        params.classes,
+        train_transform(backbone.preprocess, params.augment),
+        views=views,
+        seed=params.seed,
+        root=repo,
+        extra=eval_transform(backbone.preprocess),
+    )
+    loader = make_loader(ds, max(1, params.featurize.batch_size // (views + 1)), rt)
+    if rt.precision not in curves:  # bf16 forced in params on a CPU without native bf16
+        curves[rt.precision] = best_ceiling(backbone.module, size, rt.bf16, batches, args.repeats)
+    _, ref_batch, _ = curves[rt.precision]
+    feats, fractions = [], []
+    for _ in range(max(1, args.repeats // 2)):
+        ref = ceiling(module, size, rt.bf16, ref_batch, args.repeats)
+        (seconds,) = timed(lambda: extract_features(module, loader, rt, "bench"), 1)
+        feats.append(len(samples) * (views + 1) / seconds)
+        fractions.append(feats[-1] / ref)
+    rows.append(
+        (
+            f"2. featurize, decode+augment+forward, {rt.precision}, batch {loader.batch_size} x "
+            f"{views + 1} views, {rt.num_workers} workers (img/s)",
+            f"{statistics.median(feats):.1f}",
+        )
+    )
+    rows.append(
+        (
+            "2. ... as a fraction of the ceiling measured before each repeat",
+            f"{statistics.median(fractions):.0%} (repeats: {', '.join(f'{f:.0%}' for f in fractions)})",
+        )
+    )
+
+    # 3. naive baseline vs pipeline
+    epochs = params.train.epochs
+    naive = naive_baseline(params, backbone, repo / "data/prepared", epochs, args.naive_epochs or epochs)
+    note = f" (extrapolated from {naive['measured_epochs']} epochs)" if naive["extrapolated"] else ""
+    rows.append((f"3. naive loop, fp32, {epochs} epochs (s)", f"{naive['seconds']:.0f}{note}"))
+    rows.append(("3. pipeline `dvc repro` from scratch (s)", f"{repro_s:.0f}"))
+    rows.append(("3. speed-up", f"{naive['seconds'] / repro_s:.1f}x"))
+    naive_f1 = "n/a" if naive["f1_macro"] is None else f"{naive['f1_macro']:.4f}"
+    rows.append(("3. test macro F1: naive / pipeline", f"{naive_f1} / {pipeline_f1:.4f}"))
 
 
 if __name__ == "__main__":

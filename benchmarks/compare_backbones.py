@@ -125,7 +125,16 @@ def main() -> None:
         head = build_head(backbone.num_features, k, params.model.dropout)
         init = init_head(head[-1], feats["train"], feats["val"], frozen_params)
         keep = frozen_params.init != "random"
-        res = fit(head, feats["train_views"], feats["val"], frozen_params, params.seed, num_classes=k, keep_start=keep)
+        res = fit(
+            head,
+            feats["train_views"],
+            feats["val"],
+            frozen_params,
+            params.seed,
+            num_classes=k,
+            keep_start=keep,
+            lr=params.lr,
+        )
         _, test_probs = evaluate(res.head, *feats["test"])
         row["frozen"] = {
             **init,
@@ -143,7 +152,14 @@ def main() -> None:
             module.backbone.requires_grad_(True)
             init = init_head(module.head[-1], feats["train"], feats["val"], tuned_params)
             res = fit(
-                module, acts["train_views"], acts["val"], tuned_params, params.seed, num_classes=k, keep_start=keep
+                module,
+                acts["train_views"],
+                acts["val"],
+                tuned_params,
+                params.seed,
+                num_classes=k,
+                keep_start=keep,
+                lr=params.lr,
             )
             _, test_probs = evaluate(res.head, *acts["test"])
             row[f"blocks{args.blocks}"] = {

@@ -1,9 +1,13 @@
 """Stage `evaluate`: metrics and plots from the predictions CSVs (no torch).
 
-Classification (test split): one nested metrics JSON with bootstrap confidence intervals,
-plot data files for `dvc plots` (confusion, ROC and precision-recall per class,
-calibration), the same plots as PNGs, and a grid of the most confident mistakes.
+Classification (test split): the full report (bootstrap confidence intervals, per-class
+scores) as JSON, plot data files for `dvc plots` (confusion, ROC and precision-recall per
+class, calibration), the same plots as PNGs, and a grid of the most confident mistakes.
 Unknown detection (test split against the OOD set): see src/unknown_metrics.py.
+
+The metrics files DVC compares hold only the numbers that decide between experiments
+(:func:`deciding_test_metrics`, :func:`src.unknown_metrics.deciding_unknown_metrics`), so that
+`dvc exp show` and `dvc metrics diff` stay readable; everything else goes to the reports beside them.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from src.metrics import calibration_bins, classification_report, confusion, prec
 from src.ood_data import read_ood_manifest
 from src.params import load_params
 from src.predictions import Predictions, read_predictions
-from src.unknown_metrics import unknown_report, write_unknown_plots
+from src.unknown_metrics import deciding_unknown_metrics, unknown_report, write_unknown_plots
 
 
 def curve_points(pred: Predictions, kind: str) -> dict[str, list[dict[str, float]]]:
@@ -45,6 +49,19 @@ def curve_points(pred: Predictions, kind: str) -> dict[str, list[dict[str, float
                 {"recall": float(r), "precision": float(p), "threshold": float(t)}
                 for r, p, t in zip(recall, precision, thr)
             ]
+    return out
+
+
+# The classification numbers `dvc exp show` / `dvc metrics diff` compare; the rest stays in the report.
+DECIDING_TEST = ("f1_macro", "log_loss", "accuracy", "roc_auc_macro", "ece")
+
+
+def deciding_test_metrics(report: Mapping[str, object], ci_level: float) -> dict[str, float]:
+    """Macro F1, log loss, accuracy, macro ROC-AUC, ECE and the CI bounds of the first two, flat."""
+    ci = report[f"ci{round(ci_level * 100)}"]
+    out = {key: report[key] for key in DECIDING_TEST}
+    for key in ("f1_macro", "log_loss"):
+        out[f"{key}_low"], out[f"{key}_high"] = ci[key]["low"], ci[key]["high"]
     return out
 
 
@@ -145,8 +162,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             "ood": "OOD set (its manifest: which images are whole photos)",
         },
         writes={
-            "metrics": "classification metrics JSON",
-            "unknown-metrics": "unknown-detection metrics JSON",
+            "metrics": "classification metrics JSON: the deciding numbers (a DVC metric)",
+            "report": "classification report JSON: every number, per class too",
+            "unknown-metrics": "unknown-detection metrics JSON: the chosen detector's rates (a DVC metric)",
+            "unknown-report": "unknown-detection report JSON: every detector, its threshold and numbers",
             "plots": "directory for plot data and PNGs",
             "unknown-plots": "directory for risk-coverage data and PNG",
         },
@@ -166,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     calibration = calibration_bins(pred.labels, pred.probs, cfg.ece_bins)
 
-    atomic_write_text(args.metrics, json.dumps({"test": report}, indent=2) + "\n")
+    atomic_write_text(args.report, json.dumps({"test": report}, indent=2) + "\n")
+    atomic_write_text(args.metrics, json.dumps({"test": deciding_test_metrics(report, cfg.ci)}, indent=2) + "\n")
     with atomic_dir(args.plots) as tmp:
         write_plots(pred, report, calibration, tmp, cfg.worst_mistakes)
 
@@ -182,7 +202,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown, curves = unknown_report(
         pred, ood, np.array([r == "full" for r in regions]), detectors, params.predict.threshold, cfg.ece_bins
     )
-    atomic_write_text(args.unknown_metrics, json.dumps(unknown, indent=2) + "\n")
+    atomic_write_text(args.unknown_report, json.dumps(unknown, indent=2) + "\n")
+    chosen = deciding_unknown_metrics(unknown, params.unknown.method)
+    atomic_write_text(args.unknown_metrics, json.dumps({"unknown": chosen}, indent=2) + "\n")
     with atomic_dir(args.unknown_plots) as tmp:
         write_unknown_plots(curves, unknown, tmp)
     ci = report[f"ci{round(cfg.ci * 100)}"]

@@ -88,8 +88,18 @@ def export_metadata(loaded: LoadedModel, checkpoint: Path, method: str, max_soft
         "thresholds": {name: float(v["threshold"]) for name, v in fitted.items()},
         "method": method,
         "max_softmax_threshold": float(max_softmax_threshold),
+        # predict's defaults where no params.yaml is around (src/predict_settings.py); the torch
+        # runtime's device settings do not apply to onnxruntime.
+        "predict": _predict_defaults(loaded, method, max_softmax_threshold),
         "checkpoint": {"sha256": file_sha256(checkpoint), "format": CHECKPOINT_FORMAT},
     }
+
+
+def _predict_defaults(loaded: LoadedModel, method: str, max_softmax_threshold: float) -> dict | None:
+    stored = loaded.extra.get("predict")
+    if not isinstance(stored, Mapping):
+        return None  # a checkpoint from before train stored them: predict then asks for --params
+    return {**stored, "method": method, "rule_threshold": float(max_softmax_threshold), "runtime": None}
 
 
 def export_onnx(loaded: LoadedModel, out: Path, metadata: Mapping[str, Any]) -> None:

@@ -117,8 +117,10 @@ def fit(
     on_epoch_end: Callable[[dict], None] | None = None,
     num_classes: int | None = None,
     keep_start: bool = False,
+    *,
+    lr: float,
 ) -> FitResult:
-    """Alternate training and validation; return the best model by val loss.
+    """Alternate training and validation at head learning rate ``lr``; return the best model by val loss.
 
     Stops after ``params.epochs``, or earlier when val loss has not improved for
     ``params.patience`` epochs. ``on_epoch_end`` gets the full training state after each
@@ -130,7 +132,7 @@ def fit(
         num_classes = int(max(int(train[1].max()), int(val[1].max())) + 1)
     counts = torch.bincount(train[1], minlength=num_classes).float()
     class_weights = CLASS_WEIGHTS.get(params.class_weights, "train.class_weights")(counts)
-    optimizer = build_optimizer(head, params)
+    optimizer = build_optimizer(head, params, lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, params))
     generator = torch.Generator().manual_seed(seed)
     best: FitResult | None = None

@@ -46,23 +46,22 @@ def balanced(counts: torch.Tensor) -> torch.Tensor:
     return counts.sum() / (len(counts) * counts.clamp(min=1))
 
 
-def param_groups(model: nn.Module, params: TrainParams) -> list[dict]:
-    """The head at ``train.lr``; any other trainable parameter (fine-tuned blocks) at ``train.backbone_lr``."""
+def param_groups(model: nn.Module, params: TrainParams, lr: float) -> list[dict]:
+    """The head at ``lr`` (the top-level param); any other trainable parameter (fine-tuned blocks) at
+    ``train.backbone_lr``."""
     head = getattr(model, "head", model)
     head_params = [p for p in head.parameters() if p.requires_grad]
     ids = {id(p) for p in head_params}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    groups = [{"params": head_params, "lr": params.lr}]
+    groups = [{"params": head_params, "lr": lr}]
     if rest:
         groups.append({"params": rest, "lr": params.backbone_lr})
     return groups
 
 
-def build_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
-    """``train.optimizer`` over :func:`param_groups`."""
-    return OPTIMIZERS.get(params.optimizer, "train.optimizer")(
-        param_groups(model, params), params.lr, params.weight_decay
-    )
+def build_optimizer(model: nn.Module, params: TrainParams, lr: float) -> torch.optim.Optimizer:
+    """``train.optimizer`` over :func:`param_groups`, the head at ``lr``."""
+    return OPTIMIZERS.get(params.optimizer, "train.optimizer")(param_groups(model, params, lr), lr, params.weight_decay)
 
 
 def lr_factor(epoch: int, params: TrainParams) -> float:

@@ -141,7 +141,6 @@ class TrainParams:
     epochs: int
     batch_size: int
     optimizer: Annotated[str, OPTIMIZERS]
-    lr: float
     weight_decay: float
     scheduler: Annotated[str, SCHEDULERS]
     warmup_epochs: int
@@ -160,7 +159,6 @@ class TrainParams:
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "train.epochs", "an integer >= 1")
         check(self.batch_size >= 1, "train.batch_size", "an integer >= 1")
-        check(self.lr > 0, "train.lr", "a number > 0")
         check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0")
         check(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs", "an integer in [0, train.epochs)")
         check(self.trainable_blocks >= 0, "train.trainable_blocks", "an integer >= 0 (0: frozen backbone)")
@@ -246,6 +244,8 @@ class ServeParams:
 class Params:
     seed: int
     classes: list[str]
+    # The head's lr: top-level, not in train, so that `dvc exp run -S lr=...` works as written.
+    lr: float
     prepare: PrepareParams
     model: ModelParams
     augment: AugmentParams
@@ -259,6 +259,7 @@ class Params:
 
     def __post_init__(self) -> None:
         check(len(self.classes) >= 2, "classes", "a list of at least two class names")
+        check(self.lr > 0, "lr", "a number > 0")
         check(len(set(self.classes)) == len(self.classes), "classes", "distinct class names")
         for set_name, sources in self.prepare.sources.items():
             for source in sources:
@@ -273,6 +274,10 @@ class Params:
 
 def parse_params(data: Any) -> Params:
     """Validate a parsed params mapping into :class:`Params`."""
+    train = data.get("train") if isinstance(data, dict) else None
+    if isinstance(train, dict) and "lr" in train:
+        # The key moved out of train so that `-S lr=` works: say where, rather than "did you mean backbone_lr".
+        raise ParamsError(f"params: 'train.lr' is the top-level 'lr' (dvc exp run -S lr={train['lr']})")
     return build(Params, data, "")
 
 

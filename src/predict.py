@@ -13,6 +13,10 @@ read; the run goes on past them and exits 1 if any failed, 0 otherwise.
 ``max_softmax`` is the original rule (max probability below ``predict.threshold``);
 ``energy``, ``mahalanobis`` and ``knn`` use the threshold fitted on validation data.
 
+Settings come from flags first, then from params.yaml (``--params``, or ./params.yaml when
+it exists, as inside the repo), else from the model file, which stores the values it was
+trained with: a copied ``model.pt`` (or ``model.onnx``) works anywhere on its own.
+
 ``--runtime onnx`` runs the exported model (``models/model.onnx``, stage ``export``) on
 onnxruntime and never imports torch: the default when that file exists, was exported from
 ``models/model.pt`` (its sha256 is in the export) and no --checkpoint is given; ``torch`` builds the
@@ -38,7 +42,7 @@ from tqdm import tqdm
 
 from src.cli import run
 from src.data import IMAGE_EXTENSIONS, ImageError, load_rgb
-from src.params import Params, load_params
+from src.predict_settings import Settings, settings
 from src.registry import UNKNOWN_METHODS
 
 # torch and the modules that import it are imported where the torch runtime runs: with
@@ -245,19 +249,18 @@ def classify_files_onnx(
 
 
 def classify_files_torch(
-    checkpoint: Path, params: Params, method: str, threshold: float, paths: Sequence[str]
-) -> tuple[list[Result], list[str], Detector]:
-    """:func:`classify_files` on the checkpoint's model; also returns its classes and detector."""
-    from src.checkpoint import load_checkpoint
+    loaded: LoadedModel, config: Settings, method: str, threshold: float, paths: Sequence[str]
+) -> tuple[list[Result], Detector]:
+    """:func:`classify_files` on the checkpoint's model; also returns its detector."""
     from src.engine import prepare_model
+    from src.params import RuntimeParams
     from src.runtime import resolve_runtime
     from src.unknown import detector_from_extra
 
-    loaded = load_checkpoint(checkpoint)
     detector = detector_from_extra(loaded.extra, method, threshold)
-    runtime = resolve_runtime(params.runtime)
+    runtime = resolve_runtime(config.runtime or RuntimeParams("auto", "auto", "auto"))
     prepare_model(loaded.model, runtime)
-    return classify_files(loaded, detector, paths, runtime, params.predict.batch_size), loaded.classes, detector
+    return classify_files(loaded, detector, paths, runtime, config.batch_size), detector
 
 
 def onnx_model_to_use(requested: str | None, checkpoint: Path | None, onnx: Path) -> OnnxClassifier | None:
@@ -283,33 +286,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--runtime", choices=RUNTIMES, default=None, help="default: onnx if the export of the checkpoint exists"
     )
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument(
-        "--method", choices=UNKNOWN_METHODS.names(), default=None, help="default: unknown.method in params"
+        "--params",
+        type=Path,
+        default=None,
+        help="default: ./params.yaml if it exists, else the values stored in the model",
     )
     parser.add_argument(
-        "--threshold", type=float, default=None, help="max_softmax only; default: predict.threshold in params"
+        "--method", choices=UNKNOWN_METHODS.names(), default=None, help="default: unknown.method (params/model)"
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="max_softmax only; default: predict.threshold (params/model)"
     )
     parser.add_argument("--format", choices=FORMATS, default="table")
     parser.add_argument("--annotate", type=Path, default=None, metavar="DIR", help="write labelled copies here")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
-    method = args.method or params.unknown.method
-    if args.threshold is not None:
-        if method != "max_softmax":
-            parser.error(f"--threshold applies to --method max_softmax; {method} uses the threshold fitted on val")
-        if not 0.0 <= args.threshold <= 1.0:
-            parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
-    threshold = params.predict.threshold if args.threshold is None else args.threshold
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
 
-    paths, missing = expand_inputs(args.inputs)
     onnx_model = onnx_model_to_use(args.runtime, args.checkpoint, args.onnx)
     if onnx_model is not None:
-        found, detector = classify_files_onnx(onnx_model, method, threshold, paths, params.predict.batch_size)
+        config = settings(args.params, onnx_model.meta.get("predict"), str(args.onnx))
+    else:
+        from src.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(args.checkpoint or Path(DEFAULT_CHECKPOINT), lazy=True)  # built once settings hold
+        config = settings(args.params, loaded.extra.get("predict"), loaded.source)
+    method = args.method or config.method
+    if args.threshold is not None and method != "max_softmax":
+        parser.error(f"--threshold applies to --method max_softmax; {method} uses the threshold fitted on val")
+    threshold = config.rule_threshold if args.threshold is None else args.threshold
+
+    paths, missing = expand_inputs(args.inputs)
+    if onnx_model is not None:
+        found, detector = classify_files_onnx(onnx_model, method, threshold, paths, config.batch_size)
         classes = onnx_model.classes
     else:
-        checkpoint = args.checkpoint or Path(DEFAULT_CHECKPOINT)
-        found, classes, detector = classify_files_torch(checkpoint, params, method, threshold, paths)
+        found, detector = classify_files_torch(loaded, config, method, threshold, paths)
+        classes = loaded.classes
     results = missing + found
 
     formatters = {

@@ -1,7 +1,9 @@
 """Stage `report`: a Markdown summary of the workspace's run, for a pull-request comment.
 
 Metrics with their bootstrap confidence intervals, per-class scores, the data report
-and the plots as images (links relative to the report).
+and the plots as images (links relative to the report). It reads the full JSON reports
+(``reports/train.json``, ``test.json``, ``unknown.json``), not the metrics files: those hold
+only the numbers DVC compares.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def render(
         "# Ants, bees, cats and dogs: evaluation report",
         "",
         f"Backbone `{params.model.backbone}` ({_mode(params.train.trainable_blocks)}), head started from "
-        f"{_start(train)} and trained with `{params.train.optimizer}`, lr {params.train.lr:g}, "
+        f"{_start(train)} and trained with `{params.train.optimizer}`, lr {params.lr:g}, "
         f"{params.train.epochs} epochs, {params.featurize.views} augmented views per image; "
         f"best epoch {train['best_epoch']}{' (the start)' if train['best_epoch'] == 0 else ''}.",
         "",
@@ -100,13 +102,14 @@ def render(
         f"Temperature {unknown['temperature']:.3f}: test ECE {_fmt(unknown['ece_test_before'])} before, "
         f"{_fmt(unknown['ece_test_after'])} after. `unknown.method` (`{params.unknown.method}`) is what predict uses.",
         "",
-        "| method | AUROC | OOD rejected | OOD photos rejected | known test rejected |",
-        "|---|---|---|---|---|",
+        "| method | AUROC | OOD rejected | OOD photos rejected | known test rejected | threshold |",
+        "|---|---|---|---|---|---|",
     ]
     for name, m in unknown["methods"].items():
+        shown = f"**{name}** (predict)" if name == params.unknown.method else name
         lines.append(
-            f"| {name} | {_fmt(m['auroc'])} | {m['ood_rejected']:.1%} | {m['ood_photos_rejected']:.1%} "
-            f"| {m['known_rejected']:.1%} |"
+            f"| {shown} | {_fmt(m['auroc'])} | {m['ood_rejected']:.1%} | {m['ood_photos_rejected']:.1%} "
+            f"| {m['known_rejected']:.1%} | {m['threshold']:.4g} |"
         )
     lines += [
         "",
@@ -128,7 +131,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = stage_args(
         __doc__,
         argv,
-        reads={"metrics": "directory with data/train/test/unknown.json", "plots": "plots directory"},
+        reads={
+            "metrics": "directory with data.json (prepare's counts)",
+            "reports": "directory with train/test/unknown.json (the full reports)",
+            "plots": "plots directory",
+        },
         writes={"out": "Markdown report"},
     )
     params = load_params(args.params)
@@ -139,11 +146,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     text = render(
         _read(args.metrics / "data.json"),
-        _read(args.metrics / "train.json"),
-        _read(args.metrics / "test.json"),
+        _read(args.reports / "train.json"),
+        _read(args.reports / "test.json"),
         params,
         links,
-        _read(args.metrics / "unknown.json"),
+        _read(args.reports / "unknown.json"),
     )
     atomic_write_text(args.out, text)
     print(f"report: {args.out}")

@@ -3,13 +3,15 @@
 With ``train.trainable_blocks: 0`` the head trains on featurize's cached features; with
 N > 0 the backbone's last N blocks are fine-tuned too (src/train_inputs.py). Train and
 validation alternate each epoch and the epoch with the lowest validation loss is kept
-(src/fit.py). The checkpoint is the full model (backbone + head) with its temperature
-and fitted unknown detectors, so test and predict need nothing else; ``--last`` holds the
+(src/fit.py). The checkpoint is the full model (backbone + head) with its classes, preprocessing,
+temperature, fitted unknown detectors and predict's defaults (the chosen detector, the
+original rule's threshold), so test and predict need nothing else, not even params.yaml; ``--last`` holds the
 state after the latest epoch, from which ``train.resume: true`` continues.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -40,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "model": "best checkpoint",
             "last": "last-epoch training state (for train.resume)",
             "logdir": "TensorBoard run directory (replaced)",
-            "metrics": "metrics JSON (best epoch, val numbers, probe)",
+            "metrics": "metrics JSON: best epoch and its val loss (a DVC metric)",
+            "report": "report JSON: epochs run, val loss/accuracy/macro F1, the probe's C and val loss",
             "history": "per-epoch CSV (a DVC plot; its PNG beside it)",
         },
     )
@@ -67,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         on_epoch_end=lambda state: save_training_state(args.last, params.to_dict(), state),
         num_classes=len(params.classes),
         keep_start=tp.init != "random",
+        lr=params.lr,
     )
     save_model(args.model, params, inputs, result, init_info)
     summary = _summary(result, tp.patience)
@@ -83,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     val_f1 = log.best(result, params, val_samples)
     log.close()
 
-    write_results(args.metrics, args.history, result, val_f1, init_info)
+    write_results(args.metrics, args.report, args.history, result, val_f1, init_info)
     return 0
 
 
@@ -114,16 +118,34 @@ def save_model(path: Path, params: Params, inputs: TrainingInputs, result: FitRe
             "feature_precision": inputs.precision,
             **init_info,
             **extras,
+            # predict's defaults where no params.yaml is around: the model works on its own.
+            "predict": predict_defaults(params),
         },
         trainable_blocks=tp.trainable_blocks,
     )
 
 
-def write_results(metrics_path: Path, history_path: Path, result: FitResult, val_f1: float, init_info: dict) -> None:
-    """metrics JSON (best epoch, val numbers, the probe's choice) and the per-epoch history CSV + PNG."""
-    val = {"loss": result.best_val.loss, "accuracy": result.best_val.accuracy, "f1_macro": val_f1}
-    metrics = {"best_epoch": result.best_epoch, "epochs_run": result.history[-1]["epoch"], "val": val, **init_info}
+def predict_defaults(params: Params) -> dict:
+    """What predict reads from params, stored in the checkpoint: the unknown detector it uses
+    (its fitted threshold is stored beside it), the original rule's threshold, batch size, runtime."""
+    return {
+        "method": params.unknown.method,
+        "rule_threshold": params.predict.threshold,
+        "batch_size": params.predict.batch_size,
+        "runtime": dataclasses.asdict(params.runtime),
+    }
+
+
+def write_results(
+    metrics_path: Path, report_path: Path, history_path: Path, result: FitResult, val_f1: float, init_info: dict
+) -> None:
+    """metrics JSON (best epoch, val loss: what DVC compares), report JSON (every val number, the
+    probe's choice) and the per-epoch history CSV + PNG."""
+    metrics = {"best_epoch": result.best_epoch, "val": {"loss": result.best_val.loss}}
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    val = {"loss": result.best_val.loss, "accuracy": result.best_val.accuracy, "f1_macro": val_f1}
+    report = {"best_epoch": result.best_epoch, "epochs_run": result.history[-1]["epoch"], "val": val, **init_info}
+    atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
     figures.save(figures.history_figure(result.history, result.best_epoch), history_path.with_suffix(".png"))
     with atomic_file(history_path) as tmp:
         pd.DataFrame(result.history).to_csv(tmp, index=False)

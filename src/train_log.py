@@ -63,7 +63,7 @@ class TrainLog:
             "dropout": params.model.dropout,
             "trainable_blocks": tp.trainable_blocks,
             "optimizer": tp.optimizer,
-            "lr": tp.lr,
+            "lr": params.lr,
             "backbone_lr": tp.backbone_lr,
             "weight_decay": tp.weight_decay,
             "scheduler": tp.scheduler,

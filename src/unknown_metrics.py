@@ -100,6 +100,12 @@ def unknown_report(
     return report, curves
 
 
+def deciding_unknown_metrics(report: Mapping[str, Any], method: str) -> dict[str, float]:
+    """The rates of the detector predict uses (``unknown.method``): the DVC metric; the rest is the report."""
+    chosen = report["methods"][method]
+    return {"ood_rejected": chosen["ood_rejected"], "known_rejected": chosen["known_rejected"]}
+
+
 def write_unknown_plots(curves: Mapping[str, Curve], report: Mapping[str, Any], out: Path) -> None:
     """Risk-coverage CSV per detector (a DVC plot) and one PNG with all of them."""
     (out / "risk_coverage").mkdir(parents=True, exist_ok=True)

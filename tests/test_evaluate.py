@@ -198,9 +198,12 @@ def _stage_inputs(tmp_path: Path) -> list[str]:
 def test_evaluate_stage_writes_unknown_metrics(tmp_path: Path, repo: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     args = _stage_inputs(tmp_path)
-    out = ["--metrics", "m.json", "--unknown-metrics", "u.json", "--plots", "p", "--unknown-plots", "up"]
+    out = ["--metrics", "m.json", "--report", "r.json", "--unknown-metrics", "u.json", "--unknown-report", "ur.json"]
+    out += ["--plots", "p", "--unknown-plots", "up"]
     main(["--params", str(repo / "params.yaml"), *args, *out])
-    unknown = json.loads((tmp_path / "u.json").read_text())
+    unknown = json.loads((tmp_path / "ur.json").read_text())
+    # The DVC metric: the rates of unknown.method (knn in params.yaml) only; the report has every detector.
+    assert json.loads((tmp_path / "u.json").read_text()) == {"unknown": {"ood_rejected": 0.5, "known_rejected": 0.25}}
     assert unknown["n_known_test"] == 4 and unknown["n_ood_images"] == 2 and unknown["n_ood_photos"] == 1
     knn = unknown["methods"]["knn"]
     # Known scores .1 .5 .2 .3 against OOD .9 .25 at threshold .4: one known and one OOD rejected.
@@ -220,12 +223,18 @@ def test_evaluate_stage_writes_unknown_metrics(tmp_path: Path, repo: Path, monke
 def test_evaluate_stage_writes_metrics_and_plots(tmp_path: Path, repo: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)  # image paths in the CSV do not exist: the grid shows placeholders
     args = _stage_inputs(tmp_path)
-    out = ["--metrics", "m.json", "--unknown-metrics", "u.json", "--plots", "plots", "--unknown-plots", "up"]
+    out = ["--metrics", "m.json", "--report", "r.json", "--unknown-metrics", "u.json", "--unknown-report", "ur.json"]
+    out += ["--plots", "plots", "--unknown-plots", "up"]
     main(["--params", str(repo / "params.yaml"), *args, *out])
     assert "2.jpg: cannot be read for an image grid" in capsys.readouterr().err  # the one mistake's missing file
+    report = json.loads((tmp_path / "r.json").read_text())["test"]
+    assert report["accuracy"] == pytest.approx(0.75)
+    assert set(report["ci95"]) == {"f1_macro", "log_loss"} and set(report["per_class"]) == {"a", "b"}
+    # The DVC metric: the deciding numbers only, flat, the CI bounds beside their metric.
     metrics = json.loads((tmp_path / "m.json").read_text())["test"]
-    assert metrics["accuracy"] == pytest.approx(0.75)
-    assert set(metrics["ci95"]) == {"f1_macro", "log_loss"}
+    bounds = ["f1_macro_low", "f1_macro_high", "log_loss_low", "log_loss_high"]
+    assert sorted(metrics) == sorted(["f1_macro", "log_loss", "accuracy", "roc_auc_macro", "ece", *bounds])
+    assert metrics["accuracy"] == report["accuracy"] and metrics["f1_macro_low"] == report["ci95"]["f1_macro"]["low"]
     with (tmp_path / "plots" / "confusion.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["actual"], r["predicted"]) for r in rows] == [("a", "a"), ("a", "b"), ("b", "b"), ("b", "b")]

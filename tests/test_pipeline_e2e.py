@@ -1,4 +1,4 @@
-"""The real pipeline, end to end: `dvc repro`, an lr experiment, metrics diff, plots, predict.
+"""The real pipeline, end to end: `dvc repro`, an lr experiment, metrics diff, plots, predict, the artifact.
 
 Runs in a copy of the repo on a few real photos per class, with 2 epochs.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import subprocess
 import sys
@@ -59,11 +60,23 @@ def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None
     assert set(detectors["thresholds"]) == {"max_softmax", "energy", "mahalanobis", "knn"}
     _check_unknown_metrics_against_the_predictions(repo, rows, ood, detectors)
 
-    metrics = json.loads((repo / "metrics/test.json").read_text())["test"]
+    # The metrics files DVC compares hold the deciding numbers only; the full reports are beside them.
+    report = json.loads((repo / "reports/test.json").read_text())["test"]
     for key in ("accuracy", "f1_macro", "f1_micro", "log_loss", "brier", "ece", "ci95", "roc_auc_macro"):
-        assert key in metrics
-    assert set(metrics["per_class"]) == set(CLASSES)
-    assert "f1_macro" in json.loads((repo / "metrics/train.json").read_text())["val"]
+        assert key in report
+    assert set(report["per_class"]) == set(CLASSES)
+    ci = report["ci95"]
+    deciding = {
+        **{k: report[k] for k in ("f1_macro", "log_loss", "accuracy", "roc_auc_macro", "ece")},
+        **{f"{k}_{end}": ci[k][end] for k in ("f1_macro", "log_loss") for end in ("low", "high")},
+    }
+    assert json.loads((repo / "metrics/test.json").read_text()) == {"test": deciding}
+    train_report = json.loads((repo / "reports/train.json").read_text())
+    assert "f1_macro" in train_report["val"] and "probe_c" in train_report
+    assert json.loads((repo / "metrics/train.json").read_text()) == {
+        "best_epoch": train_report["best_epoch"],
+        "val": {"loss": train_report["val"]["loss"]},
+    }
     _check_pngs_history_and_model(repo, rows)
     report = (repo / "reports/report.md").read_text()
     assert "| macro F1 |" in report and "![ROC curves](../plots/test/roc.png)" in report
@@ -74,10 +87,14 @@ def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None
 
 
 def _check_unknown_metrics_against_the_predictions(repo: Path, known: list, ood: list, detectors: dict) -> None:
-    """metrics/unknown.json agrees with AUROC and rejection rates recomputed from the predictions CSVs."""
+    """reports/unknown.json agrees with AUROC and rejection rates recomputed from the predictions CSVs;
+    metrics/unknown.json holds the rates of the detector predict uses (unknown.method) only."""
     from sklearn.metrics import roc_auc_score
 
-    unknown = json.loads((repo / "metrics/unknown.json").read_text())
+    unknown = json.loads((repo / "reports/unknown.json").read_text())
+    method = yaml.safe_load((repo / "params.yaml").read_text())["unknown"]["method"]
+    chosen = {k: unknown["methods"][method][k] for k in ("ood_rejected", "known_rejected")}
+    assert json.loads((repo / "metrics/unknown.json").read_text()) == {"unknown": chosen}
     assert set(unknown["methods"]) == {"original_rule_uncalibrated", "original_rule", *detectors["thresholds"]}
     assert (unknown["n_known_test"], unknown["n_ood_images"], unknown["n_ood_photos"]) == (4, 20, 20)
     # train.calibrate is false: T = 1, so the original rule's calibrated and raw scores are the same.
@@ -112,7 +129,7 @@ def _check_pngs_history_and_model(repo: Path, rows: list) -> None:
             low, high = img.convert("L").getextrema()
             assert low < high, f"{png}.png is a single colour"
 
-    train = json.loads((repo / "metrics/train.json").read_text())
+    train = json.loads((repo / "reports/train.json").read_text())
     with (repo / "plots/train_history.csv").open() as f:
         history = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in history] == [0, 1, 2]  # the probe start, then 2 epochs
@@ -152,8 +169,13 @@ def test_forced_repro_is_byte_identical(reproduced) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("train.lr=-1", "train: error: params: 'train.lr' must be a number > 0"),
-        ("model.backbone=resnet9", "featurize: error: params: 'model.backbone': unknown backbone 'resnet9'; choose"),
+        ("lr=-1", "train: error: params: 'lr' must be a number > 0"),
+        # DVC refuses a key params.yaml lacks unless written +key; written so, the stage names where lr lives.
+        ("+train.lr=0.001", "params: 'train.lr' is the top-level 'lr' (dvc exp run -S lr=0.001)"),
+        (
+            "model.backbone=resnet9",
+            "featurize: error: params: 'model.backbone': unknown backbone 'resnet9'; choose one of",
+        ),
         ("+train.optimiser=adam", "unknown key 'train.optimiser' (did you mean 'optimizer'?)"),
     ],
 )
@@ -197,23 +219,32 @@ def _metrics_of(shown: list, name: str) -> dict:
 
 def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced) -> None:
     repo, env, _ = reproduced
+    # The literal command: `lr` is a top-level param. A random start (set in params.yaml, committed, so
+    # that the command below is exactly `-S lr=...`): from the probe start, 2 epochs at either lr may
+    # both leave epoch 0 the best.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["init"] = "random"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro"], repo, env)
+    run(["git", "commit", "-qam", "random init"], repo, env)
     outs = {}
-    # A random start: from the probe start, 2 epochs at either lr may both leave epoch 0 the best.
     for name, lr in (("lr-low", "0.001"), ("lr-high", "0.5")):
-        outs[name] = run(
-            ["dvc", "exp", "run", "-n", name, "-S", f"train.lr={lr}", "-S", "train.init=random"], repo, env
-        )
+        outs[name] = run(["dvc", "exp", "run", "-n", name, "-S", f"lr={lr}"], repo, env)
     for out in outs.values():
-        for stage in ("prepare", "featurize"):
+        for stage in ("prepare", "ood_data", "featurize"):
             assert f"Stage '{stage}' didn't change, skipping" in out
             assert f"Running stage '{stage}'" not in out
-        for stage in ("train", "test", "evaluate"):
+        for stage in ("train", "test", "evaluate", "report"):
             assert f"Running stage '{stage}'" in out
 
-    # The workspace now holds lr-high: metrics diff against HEAD (the baseline) shows the change.
+    # The workspace now holds lr-high: metrics diff against HEAD shows the change, in a short table:
+    # the deciding numbers only (data counts do not change with lr).
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo, env).strip().splitlines()[-1])
     changed = {(path, key) for path, metrics in diff.items() for key, d in metrics.items() if d.get("diff")}
     assert ("metrics/train.json", "val.loss") in changed
+    rows = run(["dvc", "metrics", "diff", "--md"], repo, env, stdout_only=True).strip().splitlines()[2:]
+    assert 1 <= len(rows) <= 15, rows
+    assert not any("per_class" in r or "threshold" in r or "methods." in r for r in rows), rows
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env, stdout_only=True))
     low, high = _metrics_of(shown, "lr-low"), _metrics_of(shown, "lr-high")
@@ -221,17 +252,27 @@ def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced) ->
     assert "f1_macro" in low["metrics/test.json"]["test"] and "f1_macro" in high["metrics/test.json"]["test"]
 
     exp_diff = run(["dvc", "exp", "diff", "lr-low", "lr-high", "--json"], repo, env, stdout_only=True)
-    lr_change = json.loads(exp_diff)["params"]["params.yaml"]["train.lr"]
+    lr_change = json.loads(exp_diff)["params"]["params.yaml"]["lr"]
     assert (lr_change["old"], lr_change["new"]) == (0.001, 0.5)
     table = run(["dvc", "exp", "show", "--sort-by", "val.loss", "--sort-order", "asc", "--csv"], repo, env)
     assert "lr-low" in table and "lr-high" in table
+    header = next(csv.reader([table.splitlines()[0]]))
+    assert not any("per_class" in c or "methods." in c for c in header), header  # reports' numbers stay out
+    # The deciding numbers: data counts 5, best epoch and val loss, test 9, the chosen detector's 2.
+    assert len([leaf for metrics in low.values() for leaf in _leaves(metrics)]) == 18, low
 
     run(["dvc", "plots", "diff", "lr-low", "lr-high", "-o", "plots_diff"], repo, env)
     page = (repo / "plots_diff" / "index.html").read_text()
     assert "lr-low" in page and "lr-high" in page and "cdn.jsdelivr" not in page
 
     run(["dvc", "exp", "apply", "lr-low"], repo, env)
-    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == 0.001
+    assert yaml.safe_load((repo / "params.yaml").read_text())["lr"] == 0.001
+
+
+def _leaves(d: dict, prefix: str = "") -> list[str]:
+    return [
+        k for key, v in d.items() for k in (_leaves(v, f"{prefix}{key}.") if isinstance(v, dict) else [prefix + key])
+    ]
 
 
 def _stop_queue_workers(repo: Path) -> None:
@@ -247,7 +288,7 @@ def _stop_queue_workers(repo: Path) -> None:
 def test_queued_grid_search_runs_in_temp_workspaces(reproduced) -> None:
     """Queued experiments run in copies under .dvc/tmp/exps/; cached stages still skip there."""
     repo, env, _ = reproduced
-    sweep = ["-S", "train.lr=0.01,0.1", "-S", "train.epochs=1,2", "-S", "train.init=random"]  # random: see above
+    sweep = ["-S", "lr=0.01,0.1", "-S", "train.epochs=1,2", "-S", "train.init=random"]  # random: see above
     run(["dvc", "exp", "run", "--queue", *sweep], repo, env)
     # Workers are daemons that keep inherited pipes open: give them no pipes, then poll.
     subprocess.run(
@@ -276,24 +317,24 @@ def test_queued_grid_search_runs_in_temp_workspaces(reproduced) -> None:
         exp["revs"][0]
         for commit in shown
         for exp in commit.get("experiments") or []
-        if exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["lr"] in (0.01, 0.1)
+        if exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["lr"] in (0.01, 0.1)
     ]
     assert len(runs) == 4, json.dumps(shown)[:3000]
     grid = set()
     for rev in runs:
         assert not rev.get("error"), rev["error"]
-        train = rev["data"]["params"]["params.yaml"]["data"]["train"]
-        grid.add((train["lr"], train["epochs"]))
+        params = rev["data"]["params"]["params.yaml"]["data"]
+        grid.add((params["lr"], params["train"]["epochs"]))
         assert "test" in rev["data"]["metrics"]["metrics/test.json"]["data"]
     assert grid == {(0.01, 1), (0.01, 2), (0.1, 1), (0.1, 2)}
     # Run two at a time, each in its own workspace: every result belongs to its own params.
     # (With 1 or 2 epochs and the same lr, epoch 1 is identical, so only lr must change the result.)
     by_lr: dict[float, set[float]] = {}
     for rev in runs:
-        train = rev["data"]["params"]["params.yaml"]["data"]["train"]
+        params = rev["data"]["params"]["params.yaml"]["data"]
         metrics = rev["data"]["metrics"]["metrics/train.json"]["data"]
-        assert 1 <= metrics["best_epoch"] <= train["epochs"]
-        by_lr.setdefault(train["lr"], set()).add(round(metrics["val"]["loss"], 6))
+        assert 1 <= metrics["best_epoch"] <= params["train"]["epochs"]
+        by_lr.setdefault(params["lr"], set()).add(round(metrics["val"]["loss"], 6))
     assert not by_lr[0.01] & by_lr[0.1]
 
 
@@ -401,3 +442,57 @@ def test_onnx_export_matches_torch_fp32_on_the_test_split_and_ood_set(reproduced
     out = run([sys.executable, "-m", "src.predict", str(paths[0]), "--format", "json"], repo, env, stdout_only=True)
     (row,) = json.loads(out)["results"]
     assert [row["probabilities"][c] for c in CLASSES] == pytest.approx(list(probs[0]), abs=1e-4)
+
+
+def test_model_artifact_from_a_local_clone_predicts_on_its_own(reproduced, tmp_path: Path) -> None:
+    """`dvc artifacts get` fetches model.pt (dvc.yaml's `artifacts:`) from a local clone, offline; that
+    file alone, in an empty directory without params.yaml, predicts what the test stage wrote."""
+    repo, env, _ = reproduced
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    # The clone has the git history but no DVC cache of its own: point it at the repo's cache, offline.
+    run(["dvc", "cache", "dir", "--local", str(repo / ".dvc" / "cache")], clone, env)
+    # A GTO version tag (annotated, as `gto register` writes it): what `dvc artifacts get` resolves.
+    run(
+        ["git", "tag", "-a", "abcd-classifier@v0.1.0", "-m", "Registering artifact abcd-classifier version v0.1.0"],
+        clone,
+        env,
+    )
+    shown = yaml.safe_load((clone / "dvc.yaml").read_text())["artifacts"]["abcd-classifier"]
+    assert shown["type"] == "model" and shown["path"] == "models/model.pt" and shown["labels"]
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    run(["dvc", "artifacts", "get", str(clone), "abcd-classifier", "-o", "model.pt"], empty, env)
+    assert sorted(p.name for p in empty.iterdir()) == ["model.pt"]
+    committed = run(["git", "show", "HEAD:dvc.lock"], clone, env, stdout_only=True)
+    model_md5 = next(
+        o["md5"] for o in yaml.safe_load(committed)["stages"]["train"]["outs"] if o["path"] == "models/model.pt"
+    )
+    assert hashlib.md5((empty / "model.pt").read_bytes()).hexdigest() == model_md5
+
+    with (repo / "data/predictions/test.csv").open() as f:
+        dog = next(r for r in csv.DictReader(f) if r["label"] == "dogs")
+    image = empty / "photo.jpg"
+    image.write_bytes((repo / dog["image"]).read_bytes())
+    # `python -m src.predict` with only the code on PYTHONPATH: no params.yaml, nothing else of the repo.
+    argv = [
+        sys.executable,
+        "-m",
+        "src.predict",
+        str(image),
+        "--checkpoint",
+        str(empty / "model.pt"),
+        "--format",
+        "json",
+    ]
+    alone = json.loads(run(argv, empty, {**env, "PYTHONPATH": str(repo)}, stdout_only=True))
+    assert sorted(p.name for p in empty.iterdir()) == ["model.pt", "photo.jpg"]
+    stored = torch.load(empty / "model.pt", weights_only=True)["extra"]
+    assert alone["method"] == stored["predict"]["method"] == "knn"  # unknown.method, stored by train
+    assert alone["threshold"] == pytest.approx(stored["unknown"]["knn"]["threshold"])
+    # The same file inside the repo (params.yaml sets the same defaults there) gives the same answer.
+    in_repo = json.loads(run(argv, repo, env, stdout_only=True))
+    assert (alone["method"], alone["threshold"]) == (in_repo["method"], in_repo["threshold"])
+    (a,), (b,) = alone["results"], in_repo["results"]
+    assert a["prediction"] == b["prediction"] and a["prediction"] in [*CLASSES, "unknown"]
+    np.testing.assert_allclose([a["probabilities"][c] for c in CLASSES], [b["probabilities"][c] for c in CLASSES])

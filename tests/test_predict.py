@@ -6,10 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from src.backbones import build_backbone
 from src.checkpoint import save_checkpoint
+from src.errors import InvalidFileError
 from src.head import Classifier
 from src.predict import UNKNOWN, decide, expand_inputs, main
 from src.unknown import fit_inference_extras
@@ -48,8 +50,10 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     extras = fit_inference_extras(
         model.head, train_x, y_train, val_x, y_val, false_reject=0.02, knn_k=3, ece_bins=10, calibrate=True
     )
+    # As train stores them: predict's defaults for use without params.yaml.
+    stored = {"method": "knn", "rule_threshold": 0.7, "batch_size": 2, "runtime": RUNTIME}
     out = {}
-    for name, extra in {"plain": {}, "fitted": extras}.items():
+    for name, extra in {"plain": {}, "fitted": extras, "standalone": {**extras, "predict": stored}}.items():
         out[name] = tmp / f"{name}.pt"
         save_checkpoint(
             out[name],
@@ -62,6 +66,9 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             extra=extra,
         )
     return out
+
+
+RUNTIME = {"device": "cpu", "precision": "fp32", "num_workers": 0}
 
 
 def _args(checkpoint: Path, repo: Path, *rest: str) -> list[str]:
@@ -123,3 +130,37 @@ def test_unreadable_files_are_reported_the_run_goes_on_and_exits_1(
     (copy,) = (tmp_path / "ann").iterdir()  # only the readable image gets an annotated copy
     assert copy.name.startswith("good.") and Image.open(copy).size == Image.open(good).size
     assert not np.array_equal(np.asarray(Image.open(copy))[:10, :40], np.asarray(Image.open(good))[:10, :40])
+
+
+def test_without_params_yaml_the_checkpoint_supplies_the_settings(
+    checkpoints, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Outside the repo (no ./params.yaml) the checkpoint's stored method and rule threshold apply; flags win."""
+    images = [make_image(tmp_path / f"{i}.jpg", seed=i) for i in range(3)]
+    monkeypatch.chdir(tmp_path)
+    ckpt = str(checkpoints["standalone"])
+    assert main([*map(str, images), "--checkpoint", ckpt, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    knn = torch.load(ckpt, weights_only=True)["extra"]["unknown"]["knn"]["threshold"]
+    assert doc["method"] == "knn" and doc["threshold"] == pytest.approx(knn)
+    assert main([str(images[0]), "--checkpoint", ckpt, "--method", "max_softmax", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["threshold"] == pytest.approx(1 - 0.7)  # the stored rule threshold
+    argv = [str(images[0]), "--checkpoint", ckpt, "--method", "max_softmax", "--threshold", "0.2", "--format", "json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["threshold"] == pytest.approx(1 - 0.2)
+    # A checkpoint from before the settings were stored says what to do instead.
+    with pytest.raises(InvalidFileError, match=r"stores no predict settings .*pass --params params.yaml"):
+        main([str(images[0]), "--checkpoint", str(checkpoints["fitted"])])
+
+
+def test_params_yaml_in_the_working_directory_still_sets_the_defaults(
+    checkpoints, tmp_path: Path, repo: Path, monkeypatch, capsys
+) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["unknown"]["method"] = "mahalanobis"  # the checkpoint stores knn
+    params["runtime"] = RUNTIME
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    image = make_image(tmp_path / "x.jpg")
+    monkeypatch.chdir(tmp_path)
+    assert main([str(image), "--checkpoint", str(checkpoints["standalone"]), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "mahalanobis"

@@ -46,7 +46,13 @@ UNKNOWN = {
     "ece_test_before": 0.05,
     "ece_test_after": 0.04,
     "methods": {
-        "knn": {"auroc": 0.99, "ood_rejected": 0.8, "ood_photos_rejected": 1.0, "known_rejected": 0.0},
+        "knn": {
+            "auroc": 0.99,
+            "ood_rejected": 0.8,
+            "ood_photos_rejected": 1.0,
+            "known_rejected": 0.0,
+            "threshold": 1.25,
+        },
     },
 }
 
@@ -60,7 +66,8 @@ def test_report_has_metrics_with_intervals_data_and_plots(repo: Path) -> None:
     assert "| bees | 0.6667 | 1.0000 | 0.8000 | 2 | n/a | n/a |" in text
     assert "10 images kept, 1 skipped; split train 6 / val 2 / test 2." in text
     assert "best epoch 3" in text
-    assert "| knn | 0.9900 | 80.0% | 100.0% | 0.0% |" in text
+    assert "| **knn** (predict) | 0.9900 | 80.0% | 100.0% | 0.0% | 1.25 |" in text  # unknown.method: knn
+    assert "lr 0.0001," in text  # the top-level lr
     assert "Temperature 0.900: test ECE 0.0500 before, 0.0400 after" in text
     assert "![ROC curves](../plots/test/roc.png)" in text
 

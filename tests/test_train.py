@@ -13,11 +13,11 @@ from src.params import TrainParams
 from src.registry import CLASS_WEIGHTS
 from src.schema import ParamsError, build
 
+LR = 0.01  # the head's lr: the top-level param, passed to fit beside train's
 PARAMS = TrainParams(
     epochs=30,
     batch_size=16,
     optimizer="adamw",
-    lr=0.01,
     weight_decay=0.0,
     scheduler="cosine",
     warmup_epochs=0,
@@ -48,7 +48,7 @@ def _blobs(n: int, views: int | None, seed: int) -> tuple[torch.Tensor, torch.Te
 
 def test_fit_learns_and_keeps_the_best_epoch_by_val_loss() -> None:
     torch.manual_seed(0)
-    result = fit(build_head(8, 4, 0.1), _blobs(200, 3, 0), _blobs(80, None, 1), PARAMS, seed=0)
+    result = fit(build_head(8, 4, 0.1), _blobs(200, 3, 0), _blobs(80, None, 1), PARAMS, seed=0, lr=LR)
     losses = [row["val_loss"] for row in result.history]
     assert len(result.history) == PARAMS.epochs
     assert result.best_epoch == 1 + losses.index(min(losses))
@@ -62,7 +62,7 @@ def test_fit_is_seeded() -> None:
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
-        runs.append(fit(build_head(8, 4, 0.1), _blobs(64, 2, 0), _blobs(32, None, 1), PARAMS, seed=5).history)
+        runs.append(fit(build_head(8, 4, 0.1), _blobs(64, 2, 0), _blobs(32, None, 1), PARAMS, seed=5, lr=LR).history)
     assert runs[0] == runs[1]
 
 
@@ -87,7 +87,9 @@ def test_ctrl_c_keeps_the_best_epoch_so_far() -> None:
             raise KeyboardInterrupt
 
     torch.manual_seed(0)
-    result = fit(build_head(8, 4, 0.1), _blobs(64, 2, 0), _blobs(32, None, 1), PARAMS, seed=5, log=interrupt_at_epoch_4)
+    result = fit(
+        build_head(8, 4, 0.1), _blobs(64, 2, 0), _blobs(32, None, 1), PARAMS, seed=5, log=interrupt_at_epoch_4, lr=LR
+    )
     assert result.interrupted
     assert len(result.history) == 4  # the signal came while epoch 4 was being logged
     losses = [row["val_loss"] for row in result.history[:3]]  # epochs that completed
@@ -104,14 +106,14 @@ def test_ctrl_c_before_any_epoch_propagates() -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(Boom(8, 4), _blobs(16, 1, 0), _blobs(8, None, 1), PARAMS, seed=0, log=interrupt)
+        fit(Boom(8, 4), _blobs(16, 1, 0), _blobs(8, None, 1), PARAMS, seed=0, log=interrupt, lr=LR)
 
 
 def test_resuming_from_the_last_state_gives_the_uninterrupted_result() -> None:
     params = dataclasses.replace(PARAMS, epochs=6, warmup_epochs=1)
     train, val = _blobs(64, 3, 0), _blobs(32, None, 1)
     torch.manual_seed(0)
-    full = fit(build_head(8, 4, 0.3), train, val, params, seed=5)
+    full = fit(build_head(8, 4, 0.3), train, val, params, seed=5, lr=LR)
 
     states: list[dict] = []
 
@@ -120,10 +122,10 @@ def test_resuming_from_the_last_state_gives_the_uninterrupted_result() -> None:
             raise KeyboardInterrupt  # killed during epoch 4: the last complete state is epoch 3's
 
     torch.manual_seed(0)
-    fit(build_head(8, 4, 0.3), train, val, params, seed=5, log=stop_after_epoch_3, on_epoch_end=states.append)
+    fit(build_head(8, 4, 0.3), train, val, params, seed=5, log=stop_after_epoch_3, on_epoch_end=states.append, lr=LR)
     assert [s["epoch"] for s in states] == [1, 2, 3]
     torch.manual_seed(123)  # a new process: different global RNG until the state restores it
-    resumed = fit(build_head(8, 4, 0.3), train, val, params, seed=5, resume=states[-1])
+    resumed = fit(build_head(8, 4, 0.3), train, val, params, seed=5, resume=states[-1], lr=LR)
     assert resumed.history == full.history
     assert resumed.best_epoch == full.best_epoch
     for k, v in full.head.state_dict().items():
@@ -132,9 +134,9 @@ def test_resuming_from_the_last_state_gives_the_uninterrupted_result() -> None:
 
 def test_early_stopping_after_patience_epochs_without_a_better_val_loss() -> None:
     # lr so high that val loss stops improving quickly.
-    params = dataclasses.replace(PARAMS, epochs=40, patience=3, lr=5.0, scheduler="none", optimizer="sgd")
+    params = dataclasses.replace(PARAMS, epochs=40, patience=3, scheduler="none", optimizer="sgd")
     torch.manual_seed(0)
-    result = fit(build_head(8, 4, 0.0), _blobs(64, 2, 0), _blobs(32, None, 1), params, seed=0)
+    result = fit(build_head(8, 4, 0.0), _blobs(64, 2, 0), _blobs(32, None, 1), params, seed=0, lr=5.0)
     assert result.stopped_early
     assert len(result.history) == result.best_epoch + 3
 
@@ -157,7 +159,7 @@ def test_balanced_class_weights_are_inverse_frequencies() -> None:
 def test_label_smoothing_class_weights_and_clipping_train() -> None:
     params = dataclasses.replace(PARAMS, label_smoothing=0.1, class_weights="balanced", grad_clip=1.0)
     torch.manual_seed(0)
-    result = fit(build_head(8, 4, 0.1), _blobs(200, 3, 0), _blobs(80, None, 1), params, seed=0)
+    result = fit(build_head(8, 4, 0.1), _blobs(200, 3, 0), _blobs(80, None, 1), params, seed=0, lr=LR)
     assert result.best_val.accuracy > 0.95
     # Smoothing keeps the training loss above the entropy floor it imposes.
     assert result.history[-1]["train_loss"] > 0.1
@@ -185,7 +187,7 @@ def test_set_trainable_blocks_unfreezes_only_the_last_blocks() -> None:
 
 def test_fine_tuning_keeps_batchnorm_statistics_and_trains_bn_affine() -> None:
     model, _ = _tail(2)
-    groups = param_groups(model, dataclasses.replace(PARAMS, lr=0.01, backbone_lr=0.001))
+    groups = param_groups(model, dataclasses.replace(PARAMS, backbone_lr=0.001), 0.01)
     assert [g["lr"] for g in groups] == [0.01, 0.001]
     assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.head.parameters()}
     bn = model.backbone[-1][1]  # bn2 of the conv head
@@ -194,7 +196,7 @@ def test_fine_tuning_keeps_batchnorm_statistics_and_trains_bn_affine() -> None:
     x = torch.randn(16, 2, 192, 7, 7)  # the frozen prefix's output for lite0, 2 views
     y = torch.arange(16) % 4
     params = dataclasses.replace(PARAMS, epochs=2, trainable_blocks=2)
-    fit(model, (x, y), (x[:, 0], y), params, seed=0, num_classes=4)
+    fit(model, (x, y), (x[:, 0], y), params, seed=0, num_classes=4, lr=LR)
     assert not model.backbone[-1].training  # backbone stays in eval mode after training
     assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])
     assert not torch.equal(bn.weight.detach(), weight)
@@ -209,7 +211,7 @@ def test_resume_refuses_a_last_checkpoint_made_with_other_params(tmp_path, repo)
     path = tmp_path / "last.pt"
     resuming = dataclasses.replace(params, train=dataclasses.replace(params.train, resume=True))
     assert load_training_state(path, resuming.to_dict()) is None  # nothing to resume: start from epoch 1
-    other = dataclasses.replace(params, train=dataclasses.replace(params.train, lr=params.train.lr * 2))
+    other = dataclasses.replace(params, lr=params.lr * 2)
     torch.save({"format": 1, "params": other.to_dict(), "state": {"epoch": 3}}, path)
     with pytest.raises(InvalidFileError, match="made with other params; resuming needs the same ones"):
         load_training_state(path, resuming.to_dict())
@@ -252,7 +254,17 @@ def _features_dir(tmp_path: Path, repo: Path, monkeypatch) -> list[str]:
     val = [Sample(str(make_image(Path(f"img/v{i}.jpg"), seed=i)), CLASSES[int(vy[i])]) for i in range(16)]
     write_manifest(Path("data/val.csv"), val)
     stage = ["--features", "features", "--data", "data", "--model", "model.pt", "--last", "last.pt"]
-    return [*stage, "--logdir", "runs", "--metrics", "train.json", "--history", "history.csv"]
+    return [
+        *stage,
+        "--logdir",
+        "runs",
+        "--metrics",
+        "train.json",
+        "--report",
+        "train_report.json",
+        "--history",
+        "history.csv",
+    ]
 
 
 def test_train_stage_saves_featurizes_backbone_weights_without_building_the_backbone(tmp_path, repo, monkeypatch):
@@ -319,7 +331,22 @@ def test_train_stage_fine_tunes_the_last_block_and_saves_a_loadable_model(tmp_pa
         feats = rng.normal(size=(4 * n, 1280)).astype(np.float32) + labels[:, None]
         np.savez(f"features/{split}.npz", features=feats, eval_features=feats, labels=labels)
     args = ["--features", "features", "--data", "data", "--model", "model.pt", "--last", "last.pt"]
-    assert main([*args, "--logdir", "runs", "--metrics", "train.json", "--history", "history.csv"]) == 0
+    assert (
+        main(
+            [
+                *args,
+                "--logdir",
+                "runs",
+                "--metrics",
+                "train.json",
+                "--report",
+                "train_report.json",
+                "--history",
+                "history.csv",
+            ]
+        )
+        == 0
+    )
     loaded = load_checkpoint(tmp_path / "model.pt", expected_classes=CLASSES)  # builds lite0, strict load
     assert loaded.trainable_blocks == 1
     pretrained = build_backbone("efficientnet_lite0", pretrained=True).module.state_dict()
@@ -339,14 +366,16 @@ def test_fit_keeps_the_start_as_epoch_0_when_no_epoch_beats_it() -> None:
         head[1].bias.copy_(probe.bias)
     # Training on shuffled labels makes every epoch worse than the probe: epoch 0 must come back, untouched.
     shuffled = (train[0], train[1][torch.randperm(64, generator=torch.Generator().manual_seed(0))])
-    result = fit(head, shuffled, val, dataclasses.replace(PARAMS, epochs=3), seed=0, keep_start=True)
+    result = fit(head, shuffled, val, dataclasses.replace(PARAMS, epochs=3), seed=0, keep_start=True, lr=LR)
     assert [row["epoch"] for row in result.history] == [0, 1, 2, 3]
     assert result.best_epoch == 0 and result.history[0]["lr"] == 0.0
     assert result.best_val.loss == pytest.approx(result.history[0]["val_loss"])
     assert min(row["val_loss"] for row in result.history[1:]) > result.best_val.loss
     assert torch.allclose(result.head[1].weight, probe.weight.float())
     # With a sensible lr, training can beat the start; it is then an ordinary epoch >= 1.
-    better = fit(build_head(8, 4, 0.0), train, val, dataclasses.replace(PARAMS, epochs=3), seed=0, keep_start=True)
+    better = fit(
+        build_head(8, 4, 0.0), train, val, dataclasses.replace(PARAMS, epochs=3), seed=0, keep_start=True, lr=LR
+    )
     assert better.best_epoch >= 1 and better.history[0]["val_loss"] > better.best_val.loss
 
 
@@ -377,7 +406,7 @@ def test_resume_after_epoch_0_continues_like_an_uninterrupted_run() -> None:
     params = dataclasses.replace(PARAMS, epochs=4)
     train, val = _blobs(64, 2, 0), _blobs(32, None, 1)
     torch.manual_seed(0)
-    full = fit(build_head(8, 4, 0.3), train, val, params, seed=5, keep_start=True)
+    full = fit(build_head(8, 4, 0.3), train, val, params, seed=5, keep_start=True, lr=LR)
     states: list[dict] = []
 
     def stop_in_epoch_3(row: dict, probs: torch.Tensor) -> None:
@@ -385,9 +414,19 @@ def test_resume_after_epoch_0_continues_like_an_uninterrupted_run() -> None:
             raise KeyboardInterrupt
 
     torch.manual_seed(0)
-    fit(build_head(8, 4, 0.3), train, val, params, 5, stop_in_epoch_3, on_epoch_end=states.append, keep_start=True)
+    fit(
+        build_head(8, 4, 0.3),
+        train,
+        val,
+        params,
+        5,
+        stop_in_epoch_3,
+        on_epoch_end=states.append,
+        keep_start=True,
+        lr=LR,
+    )
     assert [s["epoch"] for s in states] == [1, 2]  # epoch 0 is not a training state of its own
-    resumed = fit(build_head(8, 4, 0.3), train, val, params, seed=5, resume=states[-1], keep_start=True)
+    resumed = fit(build_head(8, 4, 0.3), train, val, params, seed=5, resume=states[-1], keep_start=True, lr=LR)
     assert [row["epoch"] for row in resumed.history] == [0, 1, 2, 3, 4]
     assert resumed.history == full.history and resumed.best_epoch == full.best_epoch
 
@@ -415,7 +454,12 @@ def test_train_stage_starts_the_head_from_the_probe(tmp_path, repo, monkeypatch)
 
     monkeypatch.setattr(src.train, "init_head", init_head_and_record)
     assert main(args) == 0
-    metrics = json.loads((tmp_path / "train.json").read_text())
+    metrics = json.loads((tmp_path / "train_report.json").read_text())
+    # The DVC metric holds the deciding two only.
+    assert json.loads((tmp_path / "train.json").read_text()) == {
+        "best_epoch": metrics["best_epoch"],
+        "val": {"loss": metrics["val"]["loss"]},
+    }
     grid = yaml.safe_load((tmp_path / "params.yaml").read_text())["train"]["probe_c"]
     assert len(grid) > 1 and metrics["init"] == "probe" and metrics["probe_c"] in grid
     with np.load(tmp_path / "features" / "train.npz") as npz:

@@ -77,7 +77,9 @@ def _views(views: np.ndarray, k: int) -> np.ndarray:
     return views[:, :k]
 
 
-def head(views, eval_view, y, x_sel, y_sel, x_out, *, n_views=None, all_views=False, std=False, train=None) -> Fit:
+def head(
+    views, eval_view, y, x_sel, y_sel, x_out, *, n_views=None, all_views=False, std=False, train=None, lr=None
+) -> Fit:
     """The pipeline's head: src.head_init.init_head + src.fit.fit with params.yaml's model/train settings
     (or ``train``), best epoch by selection loss (epoch 0, the start, included unless train.init is random).
 
@@ -85,6 +87,7 @@ def head(views, eval_view, y, x_sel, y_sel, x_out, *, n_views=None, all_views=Fa
     all_views: every view every epoch (views become separate samples); std: standardise the inputs first.
     """
     tp = train or PARAMS.train
+    lr = lr or PARAMS.lr  # the head's lr is the top-level param
     x = _views(views, n_views or PARAMS.featurize.views)
     pool = (torch.from_numpy(eval_view), torch.from_numpy(y).long())  # what the probe start is fitted on
     if all_views:
@@ -99,12 +102,14 @@ def head(views, eval_view, y, x_sel, y_sel, x_out, *, n_views=None, all_views=Fa
     data = (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y).long())
     sel = (torch.from_numpy(x_sel), torch.from_numpy(y_sel).long())
     info = {} if std else init_head(model[-1], pool, sel, tp)  # the probe is fitted on raw features
-    res = fit(model, data, sel, tp, PARAMS.seed, num_classes=NUM_CLASSES, keep_start=bool(info) and tp.init != "random")
+    keep = bool(info) and tp.init != "random"
+    res = fit(model, data, sel, tp, PARAMS.seed, num_classes=NUM_CLASSES, keep_start=keep, lr=lr)
     return Fit(_logits(res.head, x_sel), _logits(res.head, x_out), {**info, "best_epoch": res.best_epoch})
 
 
 # The default before train.init existed: a randomly initialised head at lr 3e-3.
-RANDOM_START = dataclasses.replace(PARAMS.train, init="random", lr=0.003)
+RANDOM_START = dataclasses.replace(PARAMS.train, init="random")
+RANDOM_LR = 0.003
 
 
 def _logreg(x, y, x_sel, y_sel, x_out, grid) -> Fit:
@@ -134,7 +139,7 @@ def lr_views(views, eval_view, y, x_sel, y_sel, x_out, *, n_views=2, grid=PROBE_
 
 CANDIDATES: dict[str, Callable[..., Fit]] = {
     "a_head": head,  # the pipeline's default head (params.yaml)
-    "a_head_random": lambda *a: head(*a, train=RANDOM_START),  # the previous default
+    "a_head_random": lambda *a: head(*a, train=RANDOM_START, lr=RANDOM_LR),  # the previous default
     "b_probe": probe,  # the linear probe of benchmarks/compare_backbones.py
     "c_head_std": lambda *a: head(*a, std=True),  # the head with standardised inputs
     "d_head_all": lambda *a: head(*a, all_views=True),  # the head on every view every epoch

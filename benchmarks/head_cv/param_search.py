@@ -49,8 +49,9 @@ def params_for(overrides: dict):
     kw = dict(overrides)
     base = candidates.PARAMS
     model = dataclasses.replace(base.model, dropout=kw.pop("dropout", base.model.dropout))
+    lr = kw.pop("lr", candidates.RANDOM_LR)  # a top-level param
     # The search was of randomly started heads (the default then): unset keys keep that default.
-    return dataclasses.replace(base, model=model, train=dataclasses.replace(candidates.RANDOM_START, **kw))
+    return dataclasses.replace(base, lr=lr, model=model, train=dataclasses.replace(candidates.RANDOM_START, **kw))
 
 
 def main() -> None:

@@ -1,0 +1,50 @@
+"""Where predict's settings come from: flags, else params.yaml, else the model file itself.
+
+A model copied out of the repo works on its own: train stores predict's defaults in the
+checkpoint (``extra["predict"]``) and export copies them into the ONNX metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from src.errors import InvalidFileError
+from src.params import RuntimeParams, load_params
+from src.registry import UNKNOWN_METHODS
+from src.schema import build
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What predict reads besides the model's weights, and where it came from."""
+
+    method: str  # unknown.method
+    rule_threshold: float  # predict.threshold (the original rule's)
+    batch_size: int  # predict.batch_size
+    runtime: RuntimeParams | None  # the torch runtime's device and precision (None: stored model has none)
+    source: str
+
+
+def settings(params_path: Path | None, stored: Mapping[str, Any] | None, model_source: str) -> Settings:
+    """From ``params_path`` (must exist), else ./params.yaml if present, else the model's ``stored`` defaults."""
+    if params_path is None and Path("params.yaml").is_file():
+        params_path = Path("params.yaml")
+    if params_path is not None:
+        p = load_params(params_path)
+        return Settings(p.unknown.method, p.predict.threshold, p.predict.batch_size, p.runtime, str(params_path))
+    if not isinstance(stored, Mapping):
+        raise InvalidFileError(
+            f"{model_source}: this model stores no predict settings (made before they were saved); "
+            "pass --params params.yaml, or retrain it (dvc repro train)"
+        )
+    runtime = build(RuntimeParams, stored["runtime"], "runtime") if stored.get("runtime") is not None else None
+    return Settings(
+        UNKNOWN_METHODS.check(stored["method"], "unknown.method"),
+        float(stored["rule_threshold"]),
+        int(stored["batch_size"]),
+        runtime,
+        f"{model_source} (no params.yaml here)",
+    )
