@@ -45,8 +45,9 @@ def test_two_clones_share_model_predictions_and_experiments(shared_photos: Path,
     origin = team / "origin.git"
     run(["git", "init", "-q", "--bare", str(origin)], team, env)
     remote = team / "shared" / "dvc-remote"
-    name, url = run(["dvc", "remote", "list"], a, env, stdout_only=True).split()[:2]
-    assert name == "shared" and Path(url).resolve() == remote.resolve()
+    assert run(["dvc", "config", "core.remote"], a, env, stdout_only=True).strip() == "shared"
+    url = run(["dvc", "config", "remote.shared.url"], a, env, stdout_only=True).strip()
+    assert (a / ".dvc" / url).resolve() == remote.resolve()  # relative to .dvc/: beside the clone
 
     # Machine A: the pipeline, committed and pushed; an experiment, pushed by name.
     run(["dvc", "repro"], a, env)
