@@ -73,6 +73,31 @@ def make_project(dest: Path, photos: Path) -> None:
     subprocess.run([*git, "commit", "-qm", "growth benchmark"], cwd=dest, check=True)
 
 
+def after_repro(project: Path, info: dict) -> dict:
+    """dvc status, no-op repro and checkout times, cache size, and the planted duplicates prepare found."""
+    row: dict = {}
+    row["dvc_status_s"] = timed(["dvc", "status"], project)[0]
+    row["noop_repro_s"] = timed(["dvc", "repro"], project)[0]
+    shutil.rmtree(project / "data/prepared")
+    row["checkout_prepared_s"] = timed(["dvc", "checkout", "data/prepared"], project)[0]
+    row["cache_mib"] = sum(f.stat().st_size for f in (project / ".dvc/cache").rglob("*") if f.is_file()) / 2**20
+    row["prepared_files"] = sum(1 for f in (project / "data/prepared").rglob("*") if f.is_file())
+    report = json.loads((project / "reports/data.json").read_text())
+    found = {
+        kind: {s["file"] for s in report["skipped"] if s.get("kind") == kind}
+        for kind in ("exact_duplicate", "near_duplicate")
+    }
+    row["duplicates"] = {
+        "planted_exact": len(info["exact"]),
+        "planted_near": len(info["near"]),
+        "found_exact": _matches(found["exact_duplicate"], info["exact"]),
+        "found_near": _matches(found["near_duplicate"], info["near"]),
+        "other_skipped": len(report["skipped"]) - len(info["exact"]) - len(info["near"]),
+        "kept": report["totals"]["kept"],
+    }
+    return row
+
+
 def run_size(n: int, work: Path, planted: int) -> dict:
     photos, project = work / f"photos-{n}", work / f"repo-{n}"
     t0 = time.perf_counter()
@@ -86,25 +111,7 @@ def run_size(n: int, work: Path, planted: int) -> dict:
         wall, rss = timed(["dvc", "repro", "-s", stage], project)
         row["stages"][stage] = {"seconds": wall, "peak_rss_mib": rss}
         print(f"[{n}] {stage}: {wall:.1f} s, {rss:.0f} MiB", flush=True)
-    row["dvc_status_s"] = timed(["dvc", "status"], project)[0]
-    row["noop_repro_s"] = timed(["dvc", "repro"], project)[0]
-    shutil.rmtree(project / "data/prepared")
-    row["checkout_prepared_s"] = timed(["dvc", "checkout", "data/prepared"], project)[0]
-    row["cache_mib"] = sum(f.stat().st_size for f in (project / ".dvc/cache").rglob("*") if f.is_file()) / 2**20
-    row["prepared_files"] = sum(1 for f in (project / "data/prepared").rglob("*") if f.is_file())
-    report = json.loads((project / "reports/data.json").read_text())
-    found = {
-        kind: {s["path"] for s in report["skipped"] if s.get("kind") == kind}
-        for kind in ("exact_duplicate", "near_duplicate")
-    }
-    row["duplicates"] = {
-        "planted_exact": len(info["exact"]),
-        "planted_near": len(info["near"]),
-        "found_exact": _matches(found["exact_duplicate"], info["exact"]),
-        "found_near": _matches(found["near_duplicate"], info["near"]),
-        "other_skipped": len(report["skipped"]) - len(info["exact"]) - len(info["near"]),
-        "kept": report["totals"]["kept"],
-    }
+    row.update(after_repro(project, info))
     print(f"[{n}] {row['duplicates']}")
     return row
 
@@ -163,7 +170,13 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000])
     ap.add_argument("--work", type=Path, default=Path("/tmp/abcd-growth"))
     ap.add_argument("--planted-frac", type=float, default=0.01)
+    ap.add_argument("--after-only", type=int, help="only the measurements after the stages, on <work>/repo-N")
     args = ap.parse_args()
+    if args.after_only:
+        n = args.after_only
+        info = json.loads((args.work / f"photos-{n}" / "planted.json").read_text())
+        print(json.dumps(after_repro(args.work / f"repo-{n}", info)))
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     out = args.work / "growth.json"
     rows = [r for r in (json.loads(out.read_text()) if out.exists() else []) if r["n"] not in args.sizes]
