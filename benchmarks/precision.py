@@ -39,8 +39,7 @@ def probe_f1(features: Path) -> float:
     from sklearn.preprocessing import StandardScaler
 
     def load(split: str) -> tuple[np.ndarray, np.ndarray]:
-        with np.load(features / f"{split}.npz") as npz:
-            x, y = npz["features"], npz["labels"]
+        x, y = np.load(features / split / "features.npy"), np.load(features / split / "labels.npy")
         return (x.reshape(-1, x.shape[-1]), np.repeat(y, x.shape[1])) if x.ndim == 3 else (x, y)
 
     (xt, yt), (xv, yv), (xs, ys) = load("train"), load("val"), load("test")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -47,18 +47,26 @@ def _features(backbone: nn.Module, x: torch.Tensor, runtime: Runtime) -> torch.T
     return f.float()
 
 
-def extract_features(
+def iter_features(
     backbone: nn.Module, batches: Iterable, runtime: Runtime, desc: str = "features"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled backbone features for every image (or every view: input N,K,3,H,W -> N,K,D)."""
-    feats, labels = [], []
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(features, labels) per batch: pooled backbone features (input N,K,3,H,W -> N,K,D for views)."""
     with inference(backbone):
         for i, (x, y) in enumerate(tqdm(batches, desc=desc, unit="batch", leave=False, disable=None), 1):
             views = x.shape[1] if x.ndim == 5 else None
             flat = x.flatten(0, 1) if views else x
             f = _features(backbone, flat, runtime)
-            feats.append((f.unflatten(0, (-1, views)) if views else f).cpu().numpy())
-            labels.append(np.asarray(y))
+            yield (f.unflatten(0, (-1, views)) if views else f).cpu().numpy(), np.asarray(y)
             if i % TRIM_EVERY == 0:
                 release_freed_memory()
+
+
+def extract_features(
+    backbone: nn.Module, batches: Iterable, runtime: Runtime, desc: str = "features"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled backbone features for every image (or every view: input N,K,3,H,W -> N,K,D), in memory."""
+    feats, labels = [], []
+    for f, y in iter_features(backbone, batches, runtime, desc):
+        feats.append(f)
+        labels.append(y)
     return np.concatenate(feats), np.concatenate(labels)

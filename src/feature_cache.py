@@ -19,15 +19,16 @@ import numpy as np
 from src.checkpoint import LoadedModel
 from src.data import ImageDataset, Sample
 from src.engine import extract_features, make_loader, prepare_model
+from src.feature_store import has_split, open_array, read_paths
 from src.runtime import Runtime
 
 
 def cached_features(
     features: Path, split: str, loaded: LoadedModel, paths: Sequence[str], runtime: Runtime
 ) -> tuple[np.ndarray | None, str]:
-    """``features/<split>.npz`` if it is this checkpoint's own for exactly ``paths``, else None and why."""
-    meta_path, npz_path = features / "meta.json", features / f"{split}.npz"
-    if not (meta_path.is_file() and npz_path.is_file()):
+    """``features/<split>/`` (memory-mapped) if it is this checkpoint's own for exactly ``paths``, else None and why."""
+    meta_path = features / "meta.json"
+    if not (meta_path.is_file() and has_split(features, split)):
         return None, f"no cached {split} features in {features}"
     meta = json.loads(meta_path.read_text())
     expected = {
@@ -40,11 +41,9 @@ def cached_features(
     for key, value in expected.items():
         if meta.get(key) != value:
             return None, f"{meta_path}: {key} differs from the checkpoint's (fine-tuned or other backbone)"
-    with np.load(npz_path) as npz:
-        feats, cached_paths = npz["features"], [str(p) for p in npz["paths"]]
-    if cached_paths != list(paths):
-        return None, f"{npz_path}: images differ from the ones asked for"
-    return feats, "cached features"
+    if read_paths(features, split) != list(paths):
+        return None, f"{features / split}: images differ from the ones asked for"
+    return open_array(features, split, "features"), "cached features"
 
 
 def features_for(

@@ -17,13 +17,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from src.backbones import BACKBONE_WEIGHTS, build_backbone
 from src.cli import run, stage_args
 from src.data import ImageDataset, Sample, read_manifest
-from src.engine import extract_features, make_loader, prepare_model, weights_fingerprint
+from src.engine import iter_features, make_loader, prepare_model, weights_fingerprint
+from src.feature_store import SplitWriter
 from src.fileio import atomic_dir
 from src.ood_data import read_ood_manifest
 from src.params import load_params
@@ -55,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     with atomic_dir(args.out) as tmp:
         for split, (transform, views, extra) in jobs.items():
-            _featurize_split(tmp, split, manifests[split], transform, views, extra, module, params, runtime)
+            _featurize_split(
+                tmp, split, manifests[split], transform, views, extra, module, params, runtime, backbone.num_features
+            )
         meta = {
             "backbone": params.model.backbone,
             "backbone_sha256": weights_fingerprint(backbone.module),
@@ -73,24 +75,25 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _featurize_split(
-    out: Path, split: str, samples: list[Sample], transform, views: int, extra, module, params, runtime
+    out: Path, split: str, samples: list[Sample], transform, views: int, extra, module, params, runtime, dim: int
 ) -> None:
-    """Features of one split -> ``out/<split>.npz``: features (N, D); labels (-1: none); paths. With
-    ``extra`` (training images): features (N, views, D) and their eval view as eval_features (N, D)."""
+    """Features of one split -> ``out/<split>/`` (src/feature_store.py): features (N, D); labels (-1: none);
+    paths. With ``extra`` (training images): features (N, views, D) and their eval view as eval_features (N, D).
+    Written batch by batch into memory-mapped files: featurize's memory does not grow with the split."""
     dataset = ImageDataset(samples, params.classes, transform, views=views, seed=params.seed, extra=extra)
     passes = views + (extra is not None)
     # Keep a batch near featurize.batch_size images whatever the number of views.
     batch = max(1, params.featurize.batch_size // passes)
+    # Training features keep their views axis even for one view: train samples along it.
+    shape = (views, dim) if extra is not None else (dim,)
+    writer = SplitWriter(out, split, [s.path for s in samples], shape, eval_view=extra is not None)
     start = time.perf_counter()
-    feats, labels = extract_features(module, make_loader(dataset, batch, runtime), runtime, desc=split)
+    for feats, labels in iter_features(module, make_loader(dataset, batch, runtime), runtime, desc=split):
+        writer.add(feats, labels)
+    writer.close()
     seconds = time.perf_counter() - start
-    arrays = {"labels": labels, "paths": [s.path for s in samples]}
-    if extra is not None:
-        # Training features keep their views axis even for one view: train samples along it.
-        feats, arrays["eval_features"] = feats[:, :views], feats[:, views].astype(np.float32)
-    np.savez(out / f"{split}.npz", features=feats.astype(np.float32), **arrays)
     rate = len(samples) * passes / seconds
-    print(f"featurize {split}: {feats.shape} in {seconds:.1f}s ({rate:.1f} img/s)")
+    print(f"featurize {split}: {(len(samples), *shape)} in {seconds:.1f}s ({rate:.1f} img/s)")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from src.backbones import BACKBONE_WEIGHTS, Backbone, Preprocess, build_backbone
 from src.data import ImageDataset, read_manifest
 from src.engine import make_loader
 from src.errors import InvalidFileError, MissingFileError
+from src.feature_store import open_array
 from src.fit import FitResult
 from src.head import Classifier, Split, build_head
 from src.params import Params
@@ -60,8 +61,8 @@ class TrainingInputs(abc.ABC):
 
     def probe_data(self, classes: Sequence[str]) -> tuple[Split, Split]:
         """(train eval-view features, labels), (val features, labels): the pretrained backbone's, from the cache."""
-        train = load_features(self.features / "train.npz", classes, "eval_features")
-        return train, load_features(self.features / "val.npz", classes)
+        train = load_features(self.features, "train", classes, "eval_features")
+        return train, load_features(self.features, "val", classes)
 
     @abc.abstractmethod
     def finish(self, result: FitResult) -> Fitted:
@@ -83,8 +84,8 @@ class CachedFeatures(TrainingInputs):
                 f"{features}: features are for backbone {meta['backbone']!r} and classes {meta['classes']}, "
                 f"params ask for {params.model.backbone!r} and {params.classes} (run: dvc repro featurize)"
             )
-        train = load_features(features / "train.npz", params.classes)
-        val = load_features(features / "val.npz", params.classes)
+        train = load_features(features, "train", params.classes)
+        val = load_features(features, "val", params.classes)
         # Loaded before training so that a missing weight file fails now, not after the epochs.
         backbone_state = load_backbone_weights(features / BACKBONE_WEIGHTS)
         # Head-only training is thousands of tiny ops: a second OpenMP thread adds synchronisation,
@@ -158,17 +159,12 @@ def training_inputs(params: Params, features: Path, data: Path) -> TrainingInput
     return PrefixActivations.build(params, features, data)
 
 
-def load_features(path: Path, classes: Sequence[str], key: str = "features") -> Split:
-    """(features, labels) of one split of featurize's cache; ``key`` picks the array (npz loads it alone)."""
-    if not path.is_file():
-        raise MissingFileError(f"features not found: {path} (run: dvc repro featurize)")
-    with np.load(path) as npz:
-        if key not in npz:
-            raise InvalidFileError(f"{path}: no {key} (made by an older featurize): run dvc repro featurize")
-        x, y = torch.from_numpy(npz[key]), torch.from_numpy(npz["labels"]).long()
+def load_features(features: Path, split: str, classes: Sequence[str], key: str = "features") -> Split:
+    """(features, labels) of one split of featurize's cache, the features memory-mapped (src/feature_store.py)."""
+    x, y = open_array(features, split, key), open_array(features, split, "labels")
     if len(y) and (y.min() < 0 or y.max() >= len(classes)):
-        raise InvalidFileError(f"{path}: labels outside 0..{len(classes) - 1} for classes {list(classes)}")
-    return x, y
+        raise InvalidFileError(f"{features / split}: labels outside 0..{len(classes) - 1} for classes {list(classes)}")
+    return torch.from_numpy(x), torch.from_numpy(np.asarray(y, dtype=np.int64))
 
 
 @torch.no_grad()

@@ -138,8 +138,9 @@ def _check_pngs_history_and_model(repo: Path, rows: list) -> None:
 
     loaded = load_checkpoint(repo / "models/model.pt", expected_classes=CLASSES)  # builds the backbone, strict
     assert loaded.classes == CLASSES and loaded.backbone == "efficientnet_lite2"
-    with np.load(repo / "data/features/test.npz") as npz:
-        feats, paths = npz["features"], [str(p) for p in npz["paths"]]
+    from src.feature_store import read_paths
+
+    feats, paths = np.load(repo / "data/features/test/features.npy"), read_paths(repo / "data/features", "test")
     assert sorted(paths) == sorted(r["image"] for r in rows)
     with torch.inference_mode():
         probs = torch.softmax(loaded.model.eval().head(torch.from_numpy(feats).float()), dim=1).numpy()

@@ -15,6 +15,7 @@ from src.backbones import build_backbone
 from src.checkpoint import save_checkpoint
 from src.data import ImageDataset, Sample, write_manifest
 from src.engine import extract_features, make_loader, prepare_model, weights_fingerprint
+from src.feature_store import write_split
 from src.head import Classifier
 from src.params import load_params
 from src.predictions import read_predictions
@@ -56,12 +57,12 @@ def project(tmp_path: Path, repo: Path) -> dict[str, Path]:
     feats, labels = extract_features(module, make_loader(dataset, 3, runtime), runtime)
     features = tmp_path / "features"
     features.mkdir()
-    np.savez(features / "test.npz", features=feats, labels=labels, paths=[s.path for s in samples])
+    write_split(features, "test", feats, labels, [s.path for s in samples])
     ood = [Sample(p, None) for p in ood_paths]
     ood_feats, ood_labels = extract_features(
         module, make_loader(ImageDataset(ood, CLASSES, eval_transform(backbone.preprocess)), 3, runtime), runtime
     )
-    np.savez(features / "ood.npz", features=ood_feats, labels=ood_labels, paths=ood_paths)
+    write_split(features, "ood", ood_feats, ood_labels, ood_paths)
     meta = {
         "backbone": "efficientnet_lite0",
         "backbone_sha256": weights_fingerprint(backbone.module),

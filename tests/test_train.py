@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from src.backbones import build_backbone, set_trainable_blocks
+from src.feature_store import write_split
 from src.fit import fit
 from src.head import Classifier, build_head
 from src.optim import lr_factor, param_groups
@@ -223,7 +224,6 @@ def _features_dir(tmp_path: Path, repo: Path, monkeypatch) -> list[str]:
     """A featurize output for 8-d synthetic features, val images on disk, and the train stage's args."""
     import json
 
-    import numpy as np
     import yaml
 
     from src.data import Sample, write_manifest
@@ -239,8 +239,8 @@ def _features_dir(tmp_path: Path, repo: Path, monkeypatch) -> list[str]:
     features = Path("features")
     features.mkdir()
     train = {"features": x.numpy(), "eval_features": x[:, 0].numpy() + 0.1, "labels": y.numpy()}
-    np.savez(features / "train.npz", **train, paths=[f"t{i}" for i in range(40)])
-    np.savez(features / "val.npz", features=vx.numpy(), labels=vy.numpy(), paths=[f"v{i}" for i in range(16)])
+    write_split(features, "train", **train, paths=[f"t{i}" for i in range(40)])
+    write_split(features, "val", vx.numpy(), vy.numpy(), [f"v{i}" for i in range(16)])
     meta = {"backbone": "efficientnet_lite0", "classes": CLASSES, "num_features": 8, "precision": "fp32"}
     meta["preprocess"] = {
         "input_size": 8,
@@ -282,8 +282,8 @@ def test_train_stage_saves_featurizes_backbone_weights_without_building_the_back
     assert torch.equal(loaded.state_dict["backbone.conv.weight"], torch.arange(6.0).reshape(2, 3))
     assert loaded.head[1].weight.shape == (4, 8) and loaded.extra["temperature"] == 1.0  # calibrate: false
     # The temperature a fit would give is still recorded: the one fitted on the saved head's val logits.
-    with np.load(tmp_path / "features" / "val.npz") as npz:
-        logits, labels = head_logits(loaded.head, npz["features"]), npz["labels"]
+    val = tmp_path / "features" / "val"
+    logits, labels = head_logits(loaded.head, np.load(val / "features.npy")), np.load(val / "labels.npy")
     calibration = loaded.extra["calibration"]
     assert calibration["fitted_temperature"] == pytest.approx(fit_temperature(logits, labels), rel=1e-6)
     assert calibration["val_nll_before"] == pytest.approx(nll(logits, labels), rel=1e-6)
@@ -329,7 +329,8 @@ def test_train_stage_fine_tunes_the_last_block_and_saves_a_loadable_model(tmp_pa
     for split, n in (("train", 3), ("val", 2)):
         labels = np.repeat(np.arange(4), n)
         feats = rng.normal(size=(4 * n, 1280)).astype(np.float32) + labels[:, None]
-        np.savez(f"features/{split}.npz", features=feats, eval_features=feats, labels=labels)
+        paths = [f"{split}{i}" for i in range(len(labels))]
+        write_split(Path("features"), split, feats, labels, paths, eval_features=feats)
     args = ["--features", "features", "--data", "data", "--model", "model.pt", "--last", "last.pt"]
     assert (
         main(
@@ -462,10 +463,9 @@ def test_train_stage_starts_the_head_from_the_probe(tmp_path, repo, monkeypatch)
     }
     grid = yaml.safe_load((tmp_path / "params.yaml").read_text())["train"]["probe_c"]
     assert len(grid) > 1 and metrics["init"] == "probe" and metrics["probe_c"] in grid
-    with np.load(tmp_path / "features" / "train.npz") as npz:
-        train = torch.from_numpy(npz["eval_features"]), torch.from_numpy(npz["labels"])
-    with np.load(tmp_path / "features" / "val.npz") as npz:
-        val = torch.from_numpy(npz["features"]), torch.from_numpy(npz["labels"])
+    features = tmp_path / "features"
+    train = tuple(torch.from_numpy(np.load(features / f"train/{a}.npy")) for a in ("eval_features", "labels"))
+    val = tuple(torch.from_numpy(np.load(features / f"val/{a}.npy")) for a in ("features", "labels"))
     probe = fit_probe(train, val, 4, grid)  # the whole grid: the stage's choice of C is checked too
     assert probe.c == metrics["probe_c"] and metrics["probe_val_loss"] == pytest.approx(probe.val_loss)
     # Whatever the best epoch: the head started from the probe fitted on the train images' eval view...
@@ -487,14 +487,9 @@ def test_train_stage_starts_the_head_from_the_probe(tmp_path, repo, monkeypatch)
 
 
 def test_train_stage_with_features_from_an_older_featurize_says_to_rerun_it(tmp_path, repo, monkeypatch) -> None:
-    import numpy as np
-
     from src.train import main
 
     args = _features_dir(tmp_path, repo, monkeypatch)
-    path = tmp_path / "features" / "train.npz"
-    with np.load(path) as npz:
-        old = {k: npz[k] for k in ("features", "labels", "paths")}
-    np.savez(path, **old)
-    with pytest.raises(ValueError, match=r"train.npz: no eval_features .*run dvc repro featurize"):
+    (tmp_path / "features" / "train" / "eval_features.npy").unlink()
+    with pytest.raises(ValueError, match=r"train: no eval_features .*run dvc repro featurize"):
         main(args)

@@ -5,9 +5,9 @@
 Pool = train + val images. Stratified 5 folds (sklearn StratifiedKFold, shuffled, random_state = repeat
 seed), one repeat per --seeds entry. For fold f: held-out = fold f; selection = fold (f + 1) % 5, used as
 the pipeline uses val (best epoch / C; the temperature); training = the other 3 folds.
-Training inputs of a pool image: its augmented views (train: data/features/train.npz views 0..1
-[+ <out>/train_extra_views.npz]; val: <out>/val_views.npz) and its eval view (train: data/features/train.npz
-eval_features; val: data/features/val.npz). Selection and held-out images are scored on their eval view.
+Training inputs of a pool image: its augmented views (train: data/features/train/ views 0..1
+[+ <out>/train_extra_views.npz]; val: <out>/val_views.npz) and its eval view (train: data/features/train/
+eval_features; val: data/features/val/). Selection and held-out images are scored on their eval view.
 Needs benchmarks/head_cv/features.py first. Per candidate writes <out>/cv/<cand>.json (per fold: raw
 macro F1 / log loss on the held-out fold, the same after the pipeline's temperature scaling fitted on
 the selection fold, T, best epoch or C, fit seconds) and <out>/cv/<cand>.npz (selection and held-out
@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.head_cv import candidates
 from src.calibration import calibrated_probs, fit_temperature
+from src.feature_store import load_split
 
 
 def _paths(npz) -> list[str]:
@@ -38,10 +39,10 @@ def load_pool(features: Path, out: Path) -> tuple[np.ndarray, np.ndarray, np.nda
     """(views (N, V, D), eval view (N, D), labels (N,)) of train + val, in that order."""
     if not (out / "val_views.npz").exists():
         raise SystemExit(f"{out}: no val_views.npz: run benchmarks/head_cv/features.py --out {out}")
-    tr, va = np.load(features / "train.npz"), np.load(features / "val.npz")
+    tr, va = load_split(features, "train"), load_split(features, "val")
     vav = np.load(out / "val_views.npz")
     if "eval_features" not in tr:
-        raise SystemExit(f"{features}/train.npz has no eval_features (an older featurize): run dvc repro")
+        raise SystemExit(f"{features}/train/ has no eval_features (an older featurize): run dvc repro")
     trv = tr["features"]
     if (out / "train_extra_views.npz").exists():
         extra = np.load(out / "train_extra_views.npz")

@@ -2,13 +2,13 @@
 
     python benchmarks/head_cv/features.py [--views 2] [--out benchmarks/head_cv/out]
 
-Writes, under --out (the train images' eval view is featurize's own: data/features/train.npz
+Writes, under --out (the train images' eval view is featurize's own: data/features/train/
 ``eval_features``):
   val_views.npz          --views augmented views of the val images (N, V, D), as if val were training data
   train_extra_views.npz  augmented views 2..V-1 of the train images (only with --views > 2);
-                         views 0..1 are data/features/train.npz
+                         views 0..1 are data/features/train/
 View seeds: views 0..1 use featurize's scheme for 2 views, seed (s * 1000003 + i) * 2 + v, so train views
-0..1 reproduce data/features/train.npz (checked on the first images before anything is written);
+0..1 reproduce data/features/train/ (checked on the first images before anything is written);
 views v >= 2 use 2**31 + (s * 1000003 + i) * 8 + v. Reads data/prepared (train, val) and data/features
 (train, val, meta.json) only: never the test split.
 """
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from src.backbones import build_backbone
 from src.data import load_rgb, read_manifest
 from src.engine import extract_features, make_loader, prepare_model, weights_fingerprint
+from src.feature_store import load_split
 from src.params import load_params
 from src.runtime import resolve_runtime, seed_everything
 from src.transforms import eval_transform, train_transform
@@ -82,12 +83,12 @@ def main() -> None:
     augment = train_transform(pre, params.augment)
     tr = read_manifest(args.data / "train.csv", params.classes)
     va = read_manifest(args.data / "val.csv", params.classes)
-    cached_tr = np.load(args.features / "train.npz")
-    cached_va = np.load(args.features / "val.npz")
+    cached_tr = load_split(args.features, "train")
+    cached_va = load_split(args.features, "val")
     if [str(p) for p in cached_tr["paths"]] != [s.path for s in tr] or cached_tr["features"].shape[1] != 2:
-        raise SystemExit("data/features/train.npz does not match data/prepared/train.csv with 2 views")
+        raise SystemExit("data/features/train/ does not match data/prepared/train.csv with 2 views")
     if "eval_features" not in cached_tr:
-        raise SystemExit("data/features/train.npz has no eval_features (an older featurize): run dvc repro first")
+        raise SystemExit("data/features/train/ has no eval_features (an older featurize): run dvc repro first")
 
     def run(samples, transform, views):
         ds = ViewsDataset(samples, params.classes, transform, views, params.seed)

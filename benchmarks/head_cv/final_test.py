@@ -2,8 +2,8 @@
 
     python benchmarks/head_cv/final_test.py --cands a_head b_probe [--out benchmarks/head_cv/out]
 
-The only script here that reads data/features/test.npz. As the pipeline does: train on the train
-images (augmented views, data/features/train.npz [+ <out>/train_extra_views.npz], and eval view,
+The only script here that reads data/features/test/. As the pipeline does: train on the train
+images (augmented views, data/features/train/ [+ <out>/train_extra_views.npz], and eval view,
 its eval_features), select on val (best epoch / C; temperature), score test. Reports test macro F1 /
 log loss raw (T = 1, the pipeline's default) and with the pipeline's temperature scaling fitted on val.
 Writes <out>/final_test.json (merged with earlier runs) and <out>/final_test/<cand>.npz (val/test logits).
@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.head_cv import candidates
 from src.calibration import calibrated_probs, fit_temperature
+from src.feature_store import load_split
 
 
 def main() -> None:
@@ -31,9 +32,9 @@ def main() -> None:
     ap.add_argument("--features", type=Path, default=Path("data/features"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/head_cv/out"))
     args = ap.parse_args()
-    tr, va, te = (np.load(args.features / f"{s}.npz") for s in ("train", "val", "test"))
+    tr, va, te = (load_split(args.features, s) for s in ("train", "val", "test"))
     if "eval_features" not in tr:
-        raise SystemExit(f"{args.features}/train.npz has no eval_features (an older featurize): run dvc repro")
+        raise SystemExit(f"{args.features}/train/ has no eval_features (an older featurize): run dvc repro")
     views = tr["features"]
     if (args.out / "train_extra_views.npz").exists():
         views = np.concatenate([views, np.load(args.out / "train_extra_views.npz")["features"]], axis=1)

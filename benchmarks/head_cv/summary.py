@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from src.calibration import calibrated_probs, fit_temperature
+from src.feature_store import load_split
 from src.metrics import f1_macro, log_loss
 
 BOUNDS = {"raw": None, "ts": (-4.0, 4.0), "tsb": (-1.0, 1.0)}
@@ -64,7 +65,7 @@ def main() -> None:
     ap.add_argument("--ref", default="b_probe|raw", help="the row the paired differences are against")
     ap.add_argument("--ens", nargs="*", default=[], help='probability averages, e.g. "a_head|raw+b_probe|raw"')
     args = ap.parse_args()
-    y = np.concatenate([np.load(args.features / f"{s}.npz")["labels"] for s in ("train", "val")]).astype(np.int64)
+    y = np.concatenate([load_split(args.features, s)["labels"] for s in ("train", "val")]).astype(np.int64)
     results, secs = {}, {}
     for path in sorted((args.out / "cv").glob("*.npz")):
         d = dict(np.load(path))
