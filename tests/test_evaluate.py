@@ -173,13 +173,17 @@ def _stage_inputs(tmp_path: Path) -> list[str]:
     """Predictions for HAND and two OOD images, as the test stage writes them."""
     scores = {"knn": np.array([0.1, 0.5, 0.2, 0.3])}
     write_predictions(tmp_path / "test.csv", HAND.images, ["a", "a", "b", "b"], HAND.probs, HAND.classes, scores)
-    ood_probs = np.array([[0.5, 0.5], [0.7, 0.3]])
-    write_predictions(tmp_path / "ood.csv", ["o1.jpg", "o2.jpg"], [None, None], ood_probs, HAND.classes,
-                      {"knn": np.array([0.9, 0.25])})  # fmt: skip
+    # o1 and its crop o2 are the report half; o3, another photo, the selection half.
+    ood_probs = np.array([[0.5, 0.5], [0.7, 0.3], [0.6, 0.4]])
+    write_predictions(tmp_path / "ood.csv", ["o1.jpg", "o2.jpg", "o3.jpg"], [None] * 3, ood_probs, HAND.classes,
+                      {"knn": np.array([0.9, 0.25, 0.35])})  # fmt: skip
     (tmp_path / "ood").mkdir()
-    (tmp_path / "o1.jpg").write_bytes(b"x")
-    (tmp_path / "o2.jpg").write_bytes(b"x")
-    (tmp_path / "ood" / "manifest.csv").write_text("path,photo,package,region\no1.jpg,o,t,full\no2.jpg,o,t,top_left\n")
+    for name in ("o1", "o2", "o3"):
+        (tmp_path / f"{name}.jpg").write_bytes(b"x")
+    (tmp_path / "ood" / "manifest.csv").write_text(
+        "path,photo,package,region,half\no1.jpg,o,t,full,report\no2.jpg,o,t,top_left,report\n"
+        "o3.jpg,p,t,full,selection\n"
+    )
     detectors = {"temperature": 0.5, "false_reject": 0.25, "thresholds": {"knn": 0.4}}
     (tmp_path / "d.json").write_text(json.dumps(detectors))
     return ["--predictions", "test.csv", "--ood-predictions", "ood.csv", "--detectors", "d.json", "--ood", "ood"]
@@ -196,7 +200,16 @@ def test_evaluate_stage_writes_unknown_metrics(tmp_path: Path, repo: Path, monke
     # Known scores .1 .5 .2 .3 against OOD .9 .25 at threshold .4: one known and one OOD rejected.
     # AUROC: OOD .9 outscores all 4 known, OOD .25 outscores 2 of them: 6 of the 8 pairs.
     assert knn["known_rejected"] == 0.25 and knn["ood_rejected"] == 0.5 and knn["ood_photos_rejected"] == 1.0
-    assert knn["auroc"] == pytest.approx(6 / 8) and knn["meets_target"] is False
+    # The target is by distinct photo: the one photo rejected, known rejected .25 <= false_reject .25.
+    assert knn["auroc"] == pytest.approx(6 / 8) and knn["meets_target"] is True
+    # FPR at 95% known kept: the threshold is the known scores' 95th percentile (.47): OOD photo .9 is rejected.
+    assert knn["fpr_at_95"] == 0.0
+    # The selection half, apart: o3 (.35) against the same known images, below the threshold.
+    selection = unknown["selection"]
+    assert (selection["n_ood_images"], selection["n_ood_photos"]) == (1, 1)
+    assert selection["methods"]["knn"]["ood_rejected"] == 0.0 and selection["methods"]["knn"]["fpr_at_95"] == 1.0
+    assert selection["methods"]["knn"]["auroc"] == pytest.approx(3 / 4)
+    assert selection["methods"]["knn"]["meets_target"] is False
     # The uncalibrated rule sees softmax(T log p): with T = 0.5, (.7, .3) -> sqrt, renormalised -> (.604, .396),
     # which the rule (max p < .6) keeps; (.5, .5) stays and is rejected. Calibrated, (.7, .3) is kept too.
     assert (np.sqrt([0.7, 0.3]) / np.sqrt([0.7, 0.3]).sum())[0] == pytest.approx(0.604, abs=1e-3)
