@@ -49,14 +49,15 @@ def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None
 
     with (repo / "data/predictions/test.csv").open() as f:
         rows = list(csv.DictReader(f))
-    scores = [f"score_{m}" for m in ("max_softmax", "energy", "mahalanobis", "knn")]
+    methods = ("max_softmax", "energy", "mahalanobis", "knn", "mahalanobis_pp", "vim", "scale", "knn_mahalanobis_pp")
+    scores = [f"score_{m}" for m in methods]
     assert list(rows[0]) == ["image", "label", "prediction", *(f"prob_{c}" for c in CLASSES), *scores]
     assert len(rows) == 4 and {r["label"] for r in rows} == set(CLASSES)
     with (repo / "data/predictions/ood.csv").open() as f:
         ood = list(csv.DictReader(f))
-    assert len(ood) == 20 and {r["label"] for r in ood} == {""}
+    assert len(ood) == 65 and {r["label"] for r in ood} == {""}
     detectors = json.loads((repo / "data/predictions/detectors.json").read_text())
-    assert set(detectors["thresholds"]) == {"max_softmax", "energy", "mahalanobis", "knn"}
+    assert set(detectors["thresholds"]) == set(methods)
     _check_unknown_metrics_against_the_predictions(repo, rows, ood, detectors)
 
     metrics = json.loads((repo / "metrics/test.json").read_text())["test"]
@@ -79,7 +80,13 @@ def _check_unknown_metrics_against_the_predictions(repo: Path, known: list, ood:
 
     unknown = json.loads((repo / "metrics/unknown.json").read_text())
     assert set(unknown["methods"]) == {"original_rule_uncalibrated", "original_rule", *detectors["thresholds"]}
-    assert (unknown["n_known_test"], unknown["n_ood_images"], unknown["n_ood_photos"]) == (4, 20, 20)
+    # The metrics are the report half's (no crops here: one image per photo); the selection half's beside them.
+    with (repo / "data/ood/manifest.csv").open() as f:
+        halves = [r["half"] for r in csv.DictReader(f)]
+    assert len(halves) == len(ood)
+    ood = [r for r, h in zip(ood, halves) if h == "report"]
+    assert (unknown["n_known_test"], unknown["n_ood_images"], unknown["n_ood_photos"]) == (4, 32, 32)
+    assert unknown["selection"]["n_ood_photos"] == halves.count("selection") == 33
     # train.calibrate is false: T = 1, so the original rule's calibrated and raw scores are the same.
     assert unknown["temperature"] == detectors["temperature"] == 1.0
     rule = 1.0 - yaml.safe_load((repo / "params.yaml").read_text())["predict"]["threshold"]
