@@ -248,7 +248,7 @@ def test_scale_multiplies_the_logits_without_the_bias_by_the_percentile_ratio() 
     flat = np.full((1, 100), 50.5)
     assert scale_factor(flat, 85.0)[0] < scale_factor(a, 85.0)[0]
     weight, bias = torch.randn(C, 100, generator=torch.Generator().manual_seed(0)) / 1000, torch.tensor([1.0, -1, 0, 2])
-    state = SCALE.fit(a, np.zeros(1, int), 1, linear=(weight, bias))
+    state = SCALE.fit(a, np.zeros(1, int), 1, linear=(weight, bias), percentile=85.0)
     logits = (a @ weight.double().numpy().T + bias.numpy())[0]
     s = scale_factor(a, 85.0)[0]
     expected = -np.log(np.exp(s * (logits - bias.numpy()) + bias.numpy()).sum())  # energy of head(s * a)
