@@ -154,7 +154,7 @@ def test_forced_repro_is_byte_identical(reproduced) -> None:
     ("override", "message"),
     [
         ("train.lr=-1", "train: error: params: 'train.lr' must be a number > 0"),
-        ("model.backbone=resnet9", "featurize: error: model.backbone: unknown backbone 'resnet9'; choose one of"),
+        ("model.backbone=resnet9", "featurize: error: params: 'model.backbone': unknown backbone 'resnet9'; choose one of"),
         ("+train.optimiser=adam", "unknown key 'train.optimiser' (did you mean 'optimizer'?)"),
     ],
 )
@@ -360,7 +360,8 @@ def test_predict_command_uses_the_trained_checkpoint(reproduced) -> None:
     repo, env, _ = reproduced
     with (repo / "data/predictions/test.csv").open() as f:
         (expected,) = [r for r in csv.DictReader(f) if r["label"] == "cats"]
-    knn_threshold = json.loads((repo / "data/predictions/detectors.json").read_text())["thresholds"]["knn"]
+    method = yaml.safe_load((repo / "params.yaml").read_text())["unknown"]["method"]
+    threshold = json.loads((repo / "data/predictions/detectors.json").read_text())["thresholds"][method]
     image = repo / expected["image"]
     out = run([sys.executable, "-m", "src.predict", str(image), "--format", "csv"], repo, env, stdout_only=True)
     (row,) = csv.DictReader(out.strip().splitlines())
@@ -368,7 +369,7 @@ def test_predict_command_uses_the_trained_checkpoint(reproduced) -> None:
     probs = [float(row[f"prob_{c}"]) for c in CLASSES]
     np.testing.assert_allclose(probs, [float(expected[f"prob_{c}"]) for c in CLASSES], atol=1e-4)
     assert float(row["probability"]) == pytest.approx(max(probs), abs=1e-6)
-    # unknown.method is knn by default: the score is the test stage's kNN distance, judged at its threshold.
-    assert float(row["unknown_score"]) == pytest.approx(float(expected["score_knn"]), abs=1e-4)
-    known = float(expected["score_knn"]) <= knn_threshold
+    # The score is the test stage's for unknown.method (mahalanobis_pp by default), judged at its threshold.
+    assert float(row["unknown_score"]) == pytest.approx(float(expected[f"score_{method}"]), rel=1e-4, abs=1e-4)
+    known = float(expected[f"score_{method}"]) <= threshold
     assert row["prediction"] == (expected["prediction"] if known else "unknown")
