@@ -154,7 +154,7 @@ def test_forced_repro_is_byte_identical(reproduced) -> None:
     ("override", "message"),
     [
         ("train.lr=-1", "train: error: params: 'train.lr' must be a number > 0"),
-        ("model.backbone=resnet9", "featurize: error: params: 'model.backbone': unknown backbone 'resnet9'; choose one of"),
+        ("model.backbone=resnet9", "featurize: error: params: 'model.backbone': unknown backbone 'resnet9'; choose"),
         ("+train.optimiser=adam", "unknown key 'train.optimiser' (did you mean 'optimizer'?)"),
     ],
 )
