@@ -6,7 +6,11 @@ PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install repro serve test test-fast lint format plots-template
+.PHONY: install system-deps repro serve test test-fast lint format plots-template
+
+# Debian packages whose sample photos the OOD set uses (src/ood_photos.py: DEB_PACKAGES).
+DEB_PACKAGES := opencv-doc lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(VENV)/.installed
 
@@ -16,13 +20,18 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(VENV)/bin/pip install --no-deps --no-build-isolation -e .
 	touch $@
 
-repro: install  ## set up, then run the whole pipeline on the default data
+system-deps:  ## the Debian packages above, installed unless they already are (apt-get; root or sudo)
+	@[ "$$(dpkg-query -W -f='$${Status}\n' $(DEB_PACKAGES) 2>/dev/null | grep -c 'install ok installed')" = \
+		"$(words $(DEB_PACKAGES))" ] || { $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive \
+		$(SUDO) apt-get install -y --no-install-recommends $(DEB_PACKAGES); }
+
+repro: install system-deps  ## set up, then run the whole pipeline on the default data
 	dvc repro
 
 serve: install  ## the exported model (dvc repro makes it) behind HTTP: http://127.0.0.1:8000/
 	python -m src.serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-test: install  ## lint, then the whole test suite (unit + end-to-end)
+test: install system-deps  ## lint, then the whole test suite (unit + end-to-end)
 	ruff check .
 	ruff format --check .
 	pytest

@@ -194,13 +194,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.detectors.is_file():
         raise MissingFileError(f"detectors JSON not found: {args.detectors} (run: dvc repro test)")
     detectors = json.loads(args.detectors.read_text())
-    ood_paths, _, regions = read_ood_manifest(args.ood / "manifest.csv")
-    if ood_paths != ood.images:
+    manifest = read_ood_manifest(args.ood / "manifest.csv")
+    if manifest.paths != ood.images:
         raise InvalidFileError(
             f"{args.ood_predictions}: images differ from {args.ood / 'manifest.csv'} (run: dvc repro test)"
         )
     unknown, curves = unknown_report(
-        pred, ood, np.array([r == "full" for r in regions]), detectors, params.predict.threshold, cfg.ece_bins
+        pred,
+        ood,
+        np.array([r == "full" for r in manifest.regions]),
+        detectors,
+        params.predict.threshold,
+        cfg.ece_bins,
+        np.array(manifest.halves),
     )
     atomic_write_text(args.unknown_report, json.dumps(unknown, indent=2) + "\n")
     chosen = deciding_unknown_metrics(unknown, params.unknown.method)
@@ -214,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"log loss {report['log_loss']:.4f} [{ci['log_loss']['low']:.4f}, {ci['log_loss']['high']:.4f}]  "
         f"ECE {report['ece']:.4f}  macro ROC-AUC {report['roc_auc_macro']:.4f}"
     )
+    print(f"unknown detection, OOD report half ({unknown['n_ood_photos']} photos, {unknown['n_ood_images']} images):")
     for name, m in unknown["methods"].items():
         print(
             f"unknown {name:27s} AUROC {m['auroc']:.3f}  OOD rejected {m['ood_rejected']:.3f} "

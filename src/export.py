@@ -32,6 +32,11 @@ OPSET = 18
 PARITY_ATOL = 1e-4  # max abs difference of probabilities, ONNX against torch fp32 (README: Deploy)
 
 
+# Fitted detectors the graph computes (beside max_softmax and energy, which need no state). The
+# others (vim, scale, knn_mahalanobis_pp: src/ood_scores.py) are evaluated in the pipeline only.
+EXPORTED_FITTED = ("mahalanobis", "mahalanobis_pp", "knn")
+
+
 class InferenceGraph(nn.Module):
     """Backbone, head, temperature and the unknown scores of ``src.unknown``, as one traceable module."""
 
@@ -39,11 +44,12 @@ class InferenceGraph(nn.Module):
         super().__init__()
         self.model = loaded.model.float().eval()
         self.temperature = float(loaded.extra.get("temperature", 1.0))
-        self.methods = ["max_softmax", "energy", *(m for m in ("mahalanobis", "knn") if m in _fitted(loaded))]
         fitted = _fitted(loaded)
-        if "mahalanobis" in fitted:
-            self.register_buffer("means", fitted["mahalanobis"]["state"]["means"].float())
-            self.register_buffer("precision", fitted["mahalanobis"]["state"]["precision"].float())
+        self.methods = ["max_softmax", "energy", *(m for m in EXPORTED_FITTED if m in fitted)]
+        for name in ("mahalanobis", "mahalanobis_pp"):
+            if name in fitted:
+                self.register_buffer(f"{name}_means", fitted[name]["state"]["means"].float())
+                self.register_buffer(f"{name}_precision", fitted[name]["state"]["precision"].float())
         if "knn" in fitted:
             self.register_buffer("bank", fitted["knn"]["state"]["bank"].float())
             self.k = int(fitted["knn"]["state"]["k"])
@@ -56,11 +62,13 @@ class InferenceGraph(nn.Module):
         logits = self.model.head(feats)
         probs = torch.softmax(logits / self.temperature, dim=1)
         scores = {"max_softmax": 1.0 - probs.max(dim=1).values, "energy": -torch.logsumexp(logits, dim=1)}
-        if "mahalanobis" in self.methods:
-            diff = feats[:, None, :] - self.means[None]  # (N, C, D)
-            scores["mahalanobis"] = ((diff @ self.precision) * diff).sum(dim=-1).min(dim=1).values
+        q = feats / feats.norm(dim=1, keepdim=True).clamp_min(1e-12)  # unit sphere: mahalanobis_pp, knn
+        for name, x in (("mahalanobis", feats), ("mahalanobis_pp", q)):
+            if name in self.methods:
+                diff = x[:, None, :] - getattr(self, f"{name}_means")[None]  # (N, C, D)
+                precision = getattr(self, f"{name}_precision")
+                scores[name] = ((diff @ precision) * diff).sum(dim=-1).min(dim=1).values
         if "knn" in self.methods:
-            q = feats / feats.norm(dim=1, keepdim=True).clamp_min(1e-12)
             d = 2.0 - 2.0 * q @ self.bank.T
             kth = torch.topk(d, self.k, dim=1, largest=False).values[:, -1]
             scores["knn"] = kth.clamp_min(0).sqrt()
@@ -73,11 +81,11 @@ def _fitted(loaded: LoadedModel) -> Mapping[str, Any]:
 
 def export_metadata(loaded: LoadedModel, checkpoint: Path, method: str, max_softmax_threshold: float) -> dict:
     """What predict and serve need beside the graph (JSON-able)."""
-    fitted = _fitted(loaded)
+    fitted = {k: v for k, v in _fitted(loaded).items() if k in ("max_softmax", "energy", *EXPORTED_FITTED)}
     if method != "max_softmax" and method not in fitted:
         raise InvalidFileError(
-            f"{checkpoint}: unknown.method is {method!r} but the checkpoint has no fitted detector of that name "
-            f"(it has: {', '.join(fitted) or 'none'}); retrain it (dvc repro train)"
+            f"{checkpoint}: unknown.method is {method!r}, which the export does not compute (it exports: "
+            f"{', '.join(dict.fromkeys(['max_softmax', *fitted]))}); choose one of those, or retrain (dvc repro train)"
         )
     return {
         "format": ONNX_FORMAT,

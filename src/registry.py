@@ -89,6 +89,10 @@ UNKNOWN_METHODS = Registry(
         "energy": "src.unknown:ENERGY",
         "mahalanobis": "src.unknown:MAHALANOBIS",
         "knn": "src.unknown:KNN",
+        "mahalanobis_pp": "src.ood_scores:MAHALANOBIS_PP",
+        "vim": "src.ood_scores:VIM",
+        "scale": "src.ood_scores:SCALE",
+        "knn_mahalanobis_pp": "src.ood_scores:KNN_MAHALANOBIS_PP",
     },
 )
 # Not a params field: a backbone's (or checkpoint's) preprocessing names its resize interpolation.

@@ -97,7 +97,7 @@ def render(
         "## Unknown detection",
         "",
         f"{unknown['n_known_test']} known test images against {unknown['n_ood_images']} out-of-distribution images "
-        f"({unknown['n_ood_photos']} distinct photos); thresholds fitted on val for "
+        f"({unknown['n_ood_photos']} distinct photos, the OOD set's report half); thresholds fitted on val for "
         f"{unknown['target_false_reject']:.0%} false rejects, except the original rule (`predict.threshold`). "
         f"Temperature {unknown['temperature']:.3f}: test ECE {_fmt(unknown['ece_test_before'])} before, "
         f"{_fmt(unknown['ece_test_after'])} after. `unknown.method` (`{params.unknown.method}`) is what predict uses.",

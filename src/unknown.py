@@ -26,11 +26,15 @@ State = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class Method:
-    """``fit(train_x (N, D), train_y (N,), knn_k) -> state``; ``score(state, feats (N, D), logits, T) -> (N,)``."""
+    """``fit(train_x (N, D), train_y (N,), knn_k) -> state``; ``score(state, feats (N, D), logits, T) -> (N,)``.
 
-    fit: Callable[[np.ndarray, np.ndarray, int], State]
+    With ``uses_head``, ``fit`` also gets the head's last layer as ``linear=(weight, bias)``.
+    """
+
+    fit: Callable[..., State]
     score: Callable[[Mapping[str, torch.Tensor], np.ndarray, np.ndarray, float], np.ndarray]
     doc: str
+    uses_head: bool = False
 
 
 def _no_state(x: np.ndarray, y: np.ndarray, k: int) -> State:
@@ -176,8 +180,10 @@ def fit_inference_extras(
     fitted = fit_temperature(logits, val_y)
     temperature = fitted if calibrate else 1.0
     unknown: dict[str, Any] = {}
+    linear = head[-1]
     for name, method in UNKNOWN_METHODS.items():
-        state = method.fit(train_x, train_y, knn_k)
+        extra = {"linear": (linear.weight.detach(), linear.bias.detach())} if method.uses_head else {}
+        state = method.fit(train_x, train_y, knn_k, **extra)
         val_scores = method.score(state, val_x, logits, temperature)
         unknown[name] = {"state": state, "threshold": threshold_for_false_reject(val_scores, false_reject)}
     return {
@@ -227,3 +233,9 @@ def detector_from_extra(extra: Mapping[str, Any], name: str, max_softmax_thresho
             "retrain it (dvc repro train) or choose unknown.method max_softmax"
         )
     return Detector(name, method, fitted[name]["state"], float(fitted[name]["threshold"]), temperature)
+
+
+# UNKNOWN_METHODS.get above may name a detector of src/ood_scores.py, which builds on this
+# module: imported last, once everything it uses is defined (and so a static dependency of
+# every stage that looks detectors up).
+from src import ood_scores  # noqa: E402, F401

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from sklearn import metrics as skm
 
 from src import metrics
@@ -183,16 +184,28 @@ def _stage_inputs(tmp_path: Path) -> list[str]:
     """Predictions for HAND and two OOD images, as the test stage writes them."""
     scores = {"knn": np.array([0.1, 0.5, 0.2, 0.3])}
     write_predictions(tmp_path / "test.csv", HAND.images, ["a", "a", "b", "b"], HAND.probs, HAND.classes, scores)
-    ood_probs = np.array([[0.5, 0.5], [0.7, 0.3]])
-    write_predictions(tmp_path / "ood.csv", ["o1.jpg", "o2.jpg"], [None, None], ood_probs, HAND.classes,
-                      {"knn": np.array([0.9, 0.25])})  # fmt: skip
+    # o1 and its crop o2 are the report half; o3, another photo, the selection half.
+    ood_probs = np.array([[0.5, 0.5], [0.7, 0.3], [0.6, 0.4]])
+    write_predictions(tmp_path / "ood.csv", ["o1.jpg", "o2.jpg", "o3.jpg"], [None] * 3, ood_probs, HAND.classes,
+                      {"knn": np.array([0.9, 0.25, 0.35])})  # fmt: skip
     (tmp_path / "ood").mkdir()
-    (tmp_path / "o1.jpg").write_bytes(b"x")
-    (tmp_path / "o2.jpg").write_bytes(b"x")
-    (tmp_path / "ood" / "manifest.csv").write_text("path,photo,package,region\no1.jpg,o,t,full\no2.jpg,o,t,top_left\n")
+    for name in ("o1", "o2", "o3"):
+        (tmp_path / f"{name}.jpg").write_bytes(b"x")
+    (tmp_path / "ood" / "manifest.csv").write_text(
+        "path,photo,package,region,half\no1.jpg,o,t,full,report\no2.jpg,o,t,top_left,report\n"
+        "o3.jpg,p,t,full,selection\n"
+    )
     detectors = {"temperature": 0.5, "false_reject": 0.25, "thresholds": {"knn": 0.4}}
     (tmp_path / "d.json").write_text(json.dumps(detectors))
     return ["--predictions", "test.csv", "--ood-predictions", "ood.csv", "--detectors", "d.json", "--ood", "ood"]
+
+
+def _knn_params(tmp_path: Path, repo: Path) -> str:
+    """The repo's params with unknown.method knn: the one detector the stage inputs have scores of."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["unknown"]["method"] = "knn"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return str(tmp_path / "params.yaml")
 
 
 def test_evaluate_stage_writes_unknown_metrics(tmp_path: Path, repo: Path, monkeypatch) -> None:
@@ -200,16 +213,26 @@ def test_evaluate_stage_writes_unknown_metrics(tmp_path: Path, repo: Path, monke
     args = _stage_inputs(tmp_path)
     out = ["--metrics", "m.json", "--report", "r.json", "--unknown-metrics", "u.json", "--unknown-report", "ur.json"]
     out += ["--plots", "p", "--unknown-plots", "up"]
-    main(["--params", str(repo / "params.yaml"), *args, *out])
+    main(["--params", _knn_params(tmp_path, repo), *args, *out])
     unknown = json.loads((tmp_path / "ur.json").read_text())
-    # The DVC metric: the rates of unknown.method (knn in params.yaml) only; the report has every detector.
-    assert json.loads((tmp_path / "u.json").read_text()) == {"unknown": {"ood_rejected": 0.5, "known_rejected": 0.25}}
+    # The DVC metric: the rates of unknown.method (knn here) only; the report has every detector.
+    rates = {"ood_photos_rejected": 1.0, "ood_rejected": 0.5, "known_rejected": 0.25}
+    assert json.loads((tmp_path / "u.json").read_text()) == {"unknown": rates}
     assert unknown["n_known_test"] == 4 and unknown["n_ood_images"] == 2 and unknown["n_ood_photos"] == 1
     knn = unknown["methods"]["knn"]
     # Known scores .1 .5 .2 .3 against OOD .9 .25 at threshold .4: one known and one OOD rejected.
     # AUROC: OOD .9 outscores all 4 known, OOD .25 outscores 2 of them: 6 of the 8 pairs.
     assert knn["known_rejected"] == 0.25 and knn["ood_rejected"] == 0.5 and knn["ood_photos_rejected"] == 1.0
-    assert knn["auroc"] == pytest.approx(6 / 8) and knn["meets_target"] is False
+    # The target is by distinct photo: the one photo rejected, known rejected .25 <= false_reject .25.
+    assert knn["auroc"] == pytest.approx(6 / 8) and knn["meets_target"] is True
+    # FPR at 95% known kept: the threshold is the known scores' 95th percentile (.47): OOD photo .9 is rejected.
+    assert knn["fpr_at_95"] == 0.0
+    # The selection half, apart: o3 (.35) against the same known images, below the threshold.
+    selection = unknown["selection"]
+    assert (selection["n_ood_images"], selection["n_ood_photos"]) == (1, 1)
+    assert selection["methods"]["knn"]["ood_rejected"] == 0.0 and selection["methods"]["knn"]["fpr_at_95"] == 1.0
+    assert selection["methods"]["knn"]["auroc"] == pytest.approx(3 / 4)
+    assert selection["methods"]["knn"]["meets_target"] is False
     # The uncalibrated rule sees softmax(T log p): with T = 0.5, (.7, .3) -> sqrt, renormalised -> (.604, .396),
     # which the rule (max p < .6) keeps; (.5, .5) stays and is rejected. Calibrated, (.7, .3) is kept too.
     assert (np.sqrt([0.7, 0.3]) / np.sqrt([0.7, 0.3]).sum())[0] == pytest.approx(0.604, abs=1e-3)
@@ -225,7 +248,7 @@ def test_evaluate_stage_writes_metrics_and_plots(tmp_path: Path, repo: Path, mon
     args = _stage_inputs(tmp_path)
     out = ["--metrics", "m.json", "--report", "r.json", "--unknown-metrics", "u.json", "--unknown-report", "ur.json"]
     out += ["--plots", "plots", "--unknown-plots", "up"]
-    main(["--params", str(repo / "params.yaml"), *args, *out])
+    main(["--params", _knn_params(tmp_path, repo), *args, *out])
     assert "2.jpg: cannot be read for an image grid" in capsys.readouterr().err  # the one mistake's missing file
     report = json.loads((tmp_path / "r.json").read_text())["test"]
     assert report["accuracy"] == pytest.approx(0.75)

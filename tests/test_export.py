@@ -20,7 +20,7 @@ from src.transforms import eval_transform
 from src.unknown import detector_from_extra
 from tests.conftest import CLASSES, REPO, make_image
 
-METHODS = ("max_softmax", "energy", "mahalanobis", "knn")
+METHODS = ("max_softmax", "energy", "mahalanobis", "mahalanobis_pp", "knn")
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
@@ -72,7 +72,9 @@ def test_metadata_holds_what_predict_needs(exported) -> None:
     extra = load_checkpoint(exported["checkpoint"], lazy=True).extra
     assert model.classes == CLASSES and model.meta["backbone"] == "efficientnet_lite0"
     assert model.meta["preprocess"]["input_size"] == 224 and model.meta["method"] == "knn"
-    assert model.meta["thresholds"] == {m: pytest.approx(float(v["threshold"])) for m, v in extra["unknown"].items()}
+    # Every detector the graph computes has its threshold; the pipeline-only ones (vim, scale, ...) are left out.
+    exported_thresholds = {m: pytest.approx(float(extra["unknown"][m]["threshold"])) for m in METHODS}
+    assert model.meta["thresholds"] == exported_thresholds
     assert model.detector().name == "knn" and model.detector("max_softmax").threshold == pytest.approx(0.4)
     assert model.exported_from(exported["checkpoint"]) and not model.exported_from(exported["onnx"])
 
@@ -80,8 +82,11 @@ def test_metadata_holds_what_predict_needs(exported) -> None:
 def test_export_refuses_a_method_the_checkpoint_lacks(exported, tmp_path: Path) -> None:
     loaded = load_checkpoint(exported["checkpoint"], lazy=True)
     loaded.extra = {"temperature": 1.0, "unknown": {}}
-    with pytest.raises(ValueError, match="no fitted detector of that name"):
+    with pytest.raises(ValueError, match=r"unknown\.method is 'knn', which the export does not compute"):
         export_metadata(loaded, exported["checkpoint"], "knn", 0.6)
+    loaded.extra = load_checkpoint(exported["checkpoint"], lazy=True).extra  # vim is fitted, but not exported
+    with pytest.raises(ValueError, match=r"'vim', which the export does not compute \(it exports: max_softmax, "):
+        export_metadata(loaded, exported["checkpoint"], "vim", 0.6)
 
 
 def test_predict_with_onnx_runtime_never_imports_torch(exported, tmp_path: Path) -> None:
@@ -90,7 +95,7 @@ def test_predict_with_onnx_runtime_never_imports_torch(exported, tmp_path: Path)
     code = (
         "import sys, json; from src.predict import main\n"
         f"status = main([{str(tmp_path)!r}, '--runtime', 'onnx', '--onnx', {str(exported['onnx'])!r},"
-        f" '--params', {str(REPO / 'params.yaml')!r}, '--format', 'json'])\n"
+        f" '--method', 'knn', '--params', {str(REPO / 'params.yaml')!r}, '--format', 'json'])\n"
         "print(json.dumps({'status': status, 'torch': sorted(m for m in sys.modules if m.split('.')[0] == 'torch')}))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -2,11 +2,24 @@ import csv
 import hashlib
 from pathlib import Path
 
+import pytest
 import torch
 
 from src.backbones import build_backbone, convert_lukemelas_state_dict
 from src.data import load_rgb
-from src.ood_data import MIN_CROP_SIDE, PHOTOS, OodPhoto, main, package_file, regions
+from src.errors import UserError
+from src.ood_data import (
+    HALVES,
+    MIN_CROP_SIDE,
+    PHOTOS,
+    OodPhoto,
+    main,
+    package_file,
+    read_ood_manifest,
+    regions,
+    split_halves,
+)
+from src.ood_photos import DEB, DEB_PACKAGES
 from src.transforms import eval_transform
 
 
@@ -42,7 +55,9 @@ def _imagenet_probs(photos: list[OodPhoto]) -> torch.Tensor:
 
 
 def test_no_cat_dog_bee_or_ant_photo_is_listed() -> None:
-    assert len({p.name for p in PHOTOS}) == len({p.relpath for p in PHOTOS}) == len(PHOTOS) == 20
+    assert len({p.name for p in PHOTOS}) == len({p.relpath for p in PHOTOS}) == len(PHOTOS) == 65
+    # The issue asks for people, food, other animals and everyday objects among them.
+    assert {"people", "food", "animal", "object"} <= {p.category for p in PHOTOS}
     # Not the cat under any name: no listed file has the bytes of scikit-image's chelsea.
     chelsea = hashlib.sha256(package_file(CHELSEA).read_bytes()).hexdigest()
     assert all(hashlib.sha256(package_file(p).read_bytes()).hexdigest() != chelsea for p in PHOTOS)
@@ -65,5 +80,46 @@ def test_stage_writes_images_manifest_and_sources(tmp_path: Path, repo: Path) ->
     assert {r["photo"] for r in rows} == {p.name for p in PHOTOS}
     assert sum(r["region"] == "full" for r in rows) == len(PHOTOS) < len(rows)
     assert all(Path(r["path"]).is_file() for r in rows)
+    # Crops stay with their photo: one half per photo, the split's.
+    halves = split_halves(PHOTOS)
+    assert all(r["half"] == halves[r["photo"]] for r in rows)
+    assert read_ood_manifest(out / "manifest.csv").halves == [r["half"] for r in rows]
     sources = (out / "SOURCES.md").read_text()
     assert f"{len(PHOTOS)} distinct photos, {len(rows)} images" in sources and "licence" in sources
+
+
+def test_split_is_fixed_balanced_and_stratified_by_category() -> None:
+    halves = split_halves(PHOTOS)
+    assert halves == split_halves(PHOTOS)  # seeded: the same split every time
+    assert set(halves) == {p.name for p in PHOTOS} and set(halves.values()) == set(HALVES)
+    counts = [sum(h == half for h in halves.values()) for half in HALVES]
+    assert abs(counts[0] - counts[1]) <= 1
+    for category in {p.category for p in PHOTOS}:
+        names = [p.name for p in PHOTOS if p.category == category]
+        in_selection = sum(halves[n] == "selection" for n in names)
+        assert abs(2 * in_selection - len(names)) <= 1, category
+    assert split_halves(PHOTOS, seed=1) != halves  # the seed matters
+
+
+def test_a_missing_debian_file_names_the_package_to_install() -> None:
+    missing = OodPhoto("x", "opencv-doc", "/nonexistent/opencv-doc/x.jpg", "", "", DEB)
+    with pytest.raises(UserError, match=r"install the Debian package 'opencv-doc' \(make system-deps"):
+        package_file(missing)
+
+
+def test_manifest_without_halves_is_refused(tmp_path: Path) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(b"x")
+    (tmp_path / "manifest.csv").write_text(f"path,photo,package,region\n{image},a,p,full\n")
+    with pytest.raises(ValueError, match=r"expected columns path,photo,package,region,half"):
+        read_ood_manifest(tmp_path / "manifest.csv")
+    (tmp_path / "manifest.csv").write_text(f"path,photo,package,region,half\n{image},a,p,full,test\n")
+    with pytest.raises(ValueError, match=r"half 'test' is not one of selection, report"):
+        read_ood_manifest(tmp_path / "manifest.csv")
+
+
+def test_make_installs_every_debian_package_the_photos_come_from(repo: Path) -> None:
+    makefile = (repo / "Makefile").read_text()
+    line = next(ln for ln in makefile.splitlines() if ln.startswith("DEB_PACKAGES :="))
+    assert line.split(":=")[1].split() == list(DEB_PACKAGES)
+    assert {p.package for p in PHOTOS if p.source == DEB} == set(DEB_PACKAGES)

@@ -50,14 +50,15 @@ def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None
 
     with (repo / "data/predictions/test.csv").open() as f:
         rows = list(csv.DictReader(f))
-    scores = [f"score_{m}" for m in ("max_softmax", "energy", "mahalanobis", "knn")]
+    methods = ("max_softmax", "energy", "mahalanobis", "knn", "mahalanobis_pp", "vim", "scale", "knn_mahalanobis_pp")
+    scores = [f"score_{m}" for m in methods]
     assert list(rows[0]) == ["image", "label", "prediction", *(f"prob_{c}" for c in CLASSES), *scores]
     assert len(rows) == 4 and {r["label"] for r in rows} == set(CLASSES)
     with (repo / "data/predictions/ood.csv").open() as f:
         ood = list(csv.DictReader(f))
-    assert len(ood) == 20 and {r["label"] for r in ood} == {""}
+    assert len(ood) == 65 and {r["label"] for r in ood} == {""}
     detectors = json.loads((repo / "data/predictions/detectors.json").read_text())
-    assert set(detectors["thresholds"]) == {"max_softmax", "energy", "mahalanobis", "knn"}
+    assert set(detectors["thresholds"]) == set(methods)
     _check_unknown_metrics_against_the_predictions(repo, rows, ood, detectors)
 
     # The metrics files DVC compares hold the deciding numbers only; the full reports are beside them.
@@ -93,10 +94,16 @@ def _check_unknown_metrics_against_the_predictions(repo: Path, known: list, ood:
 
     unknown = json.loads((repo / "reports/unknown.json").read_text())
     method = yaml.safe_load((repo / "params.yaml").read_text())["unknown"]["method"]
-    chosen = {k: unknown["methods"][method][k] for k in ("ood_rejected", "known_rejected")}
+    chosen = {k: unknown["methods"][method][k] for k in ("ood_photos_rejected", "ood_rejected", "known_rejected")}
     assert json.loads((repo / "metrics/unknown.json").read_text()) == {"unknown": chosen}
     assert set(unknown["methods"]) == {"original_rule_uncalibrated", "original_rule", *detectors["thresholds"]}
-    assert (unknown["n_known_test"], unknown["n_ood_images"], unknown["n_ood_photos"]) == (4, 20, 20)
+    # The metrics are the report half's (no crops here: one image per photo); the selection half's beside them.
+    with (repo / "data/ood/manifest.csv").open() as f:
+        halves = [r["half"] for r in csv.DictReader(f)]
+    assert len(halves) == len(ood)
+    ood = [r for r, h in zip(ood, halves) if h == "report"]
+    assert (unknown["n_known_test"], unknown["n_ood_images"], unknown["n_ood_photos"]) == (4, 32, 32)
+    assert unknown["selection"]["n_ood_photos"] == halves.count("selection") == 33
     # train.calibrate is false: T = 1, so the original rule's calibrated and raw scores are the same.
     assert unknown["temperature"] == detectors["temperature"] == 1.0
     rule = 1.0 - yaml.safe_load((repo / "params.yaml").read_text())["predict"]["threshold"]
@@ -401,7 +408,8 @@ def test_predict_command_uses_the_trained_checkpoint(reproduced) -> None:
     repo, env, _ = reproduced
     with (repo / "data/predictions/test.csv").open() as f:
         (expected,) = [r for r in csv.DictReader(f) if r["label"] == "cats"]
-    knn_threshold = json.loads((repo / "data/predictions/detectors.json").read_text())["thresholds"]["knn"]
+    method = yaml.safe_load((repo / "params.yaml").read_text())["unknown"]["method"]
+    threshold = json.loads((repo / "data/predictions/detectors.json").read_text())["thresholds"][method]
     image = repo / expected["image"]
     cmd = [sys.executable, "-m", "src.predict", str(image), "--format", "csv", "--runtime", "torch"]
     out = run(cmd, repo, env, stdout_only=True)
@@ -410,9 +418,9 @@ def test_predict_command_uses_the_trained_checkpoint(reproduced) -> None:
     probs = [float(row[f"prob_{c}"]) for c in CLASSES]
     np.testing.assert_allclose(probs, [float(expected[f"prob_{c}"]) for c in CLASSES], atol=1e-4)
     assert float(row["probability"]) == pytest.approx(max(probs), abs=1e-6)
-    # unknown.method is knn by default: the score is the test stage's kNN distance, judged at its threshold.
-    assert float(row["unknown_score"]) == pytest.approx(float(expected["score_knn"]), abs=1e-4)
-    known = float(expected["score_knn"]) <= knn_threshold
+    # The score is the test stage's for unknown.method (mahalanobis_pp by default), judged at its threshold.
+    assert float(row["unknown_score"]) == pytest.approx(float(expected[f"score_{method}"]), rel=1e-4, abs=1e-4)
+    known = float(expected[f"score_{method}"]) <= threshold
     assert row["prediction"] == (expected["prediction"] if known else "unknown")
 
 
@@ -430,7 +438,7 @@ def test_onnx_export_matches_torch_fp32_on_the_test_split_and_ood_set(reproduced
     images = [load_rgb(p) for p in paths]
     probs, scores = torch_fp32(repo / "models/model.pt", images)
     model = OnnxClassifier(repo / "models/model.onnx")
-    assert model.exported_from(repo / "models/model.pt") and model.meta["method"] == "knn"
+    assert model.exported_from(repo / "models/model.pt") and model.meta["method"] == "mahalanobis_pp"
     batch = np.stack([model.preprocess(im) for im in images])
     for method in METHODS:
         onnx_probs, onnx_scores = model.run(batch, method)
@@ -489,8 +497,8 @@ def test_model_artifact_from_a_local_clone_predicts_on_its_own(reproduced, tmp_p
     alone = json.loads(run(argv, empty, {**env, "PYTHONPATH": str(repo)}, stdout_only=True))
     assert sorted(p.name for p in empty.iterdir()) == ["model.pt", "photo.jpg"]
     stored = torch.load(empty / "model.pt", weights_only=True)["extra"]
-    assert alone["method"] == stored["predict"]["method"] == "knn"  # unknown.method, stored by train
-    assert alone["threshold"] == pytest.approx(stored["unknown"]["knn"]["threshold"])
+    assert alone["method"] == stored["predict"]["method"] == "mahalanobis_pp"  # unknown.method, stored by train
+    assert alone["threshold"] == pytest.approx(stored["unknown"]["mahalanobis_pp"]["threshold"])
     # The same file inside the repo (params.yaml sets the same defaults there) gives the same answer.
     in_repo = json.loads(run(argv, repo, env, stdout_only=True))
     assert (alone["method"], alone["threshold"]) == (in_repo["method"], in_repo["threshold"])

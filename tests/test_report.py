@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 from src.params import load_params
@@ -59,7 +60,9 @@ UNKNOWN = {
 
 def test_report_has_metrics_with_intervals_data_and_plots(repo: Path) -> None:
     links = [("ROC curves", "../plots/test/roc.png")]
-    text = render(DATA, TRAIN, TEST, load_params(repo / "params.yaml"), links, UNKNOWN)
+    params = load_params(repo / "params.yaml")
+    params = dataclasses.replace(params, unknown=dataclasses.replace(params.unknown, method="knn"))
+    text = render(DATA, TRAIN, TEST, params, links, UNKNOWN)
     assert "| metric | value | 95% CI (bootstrap) |" in text
     assert "| macro F1 | 0.7333 | [0.4000, 1.0000] |" in text
     assert "| log loss | 0.4940 | [0.2000, 0.8000] |" in text
@@ -73,8 +76,6 @@ def test_report_has_metrics_with_intervals_data_and_plots(repo: Path) -> None:
 
 
 def test_report_says_where_the_head_started_and_how_the_backbone_was_used(repo: Path) -> None:
-    import dataclasses
-
     params = load_params(repo / "params.yaml")
     probe = {**TRAIN, "best_epoch": 0, "init": "probe", "probe_c": 3.0, "probe_val_loss": 0.0234}
     text = render(DATA, probe, TEST, params, [], UNKNOWN)

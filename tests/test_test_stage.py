@@ -40,8 +40,8 @@ def project(tmp_path: Path, repo: Path) -> dict[str, Path]:
     ]
     write_manifest(tmp_path / "data" / "test.csv", samples)
     ood_paths = [str(make_image(tmp_path / "ood" / f"thing{i}.jpg", seed=100 + i, size=(90, 90))) for i in range(2)]
-    rows = [f"{p},thing{i},test,full" for i, p in enumerate(ood_paths)]
-    (tmp_path / "ood" / "manifest.csv").write_text("\n".join(["path,photo,package,region", *rows]) + "\n")
+    rows = [f"{p},thing{i},test,full,{('selection', 'report')[i]}" for i, p in enumerate(ood_paths)]
+    (tmp_path / "ood" / "manifest.csv").write_text("\n".join(["path,photo,package,region,half", *rows]) + "\n")
 
     torch.manual_seed(0)
     backbone = build_backbone("efficientnet_lite0", pretrained=False)

@@ -73,12 +73,13 @@ def test_threshold_holds_the_false_reject_rate_on_new_images() -> None:
 
 
 def test_unknown_method_name_lists_the_registry() -> None:
-    msg = r"'unknown.method': unknown detector 'mahalonobis'; choose one of max_softmax, energy, mahalanobis, knn"
+    msg = r"'unknown.method': unknown detector 'mahalonobis'; choose one of max_softmax, energy, mahalanobis, knn, "
+    msg += "mahalanobis_pp, vim, scale, knn_mahalanobis_pp"
     with pytest.raises(ValueError, match=msg + r" \(did you mean 'mahalanobis'\?\)"):
         UNKNOWN_METHODS.get("mahalonobis", "unknown.method")
 
 
-@pytest.mark.parametrize("name", ["energy", "mahalanobis", "knn"])
+@pytest.mark.parametrize("name", ["energy", "mahalanobis", "knn", "mahalanobis_pp", "vim", "knn_mahalanobis_pp"])
 def test_feature_methods_score_far_points_higher(name: str) -> None:
     train_x, train_y = _clusters(400, 0)
     val_x, val_y = _clusters(200, 1)
@@ -89,6 +90,8 @@ def test_feature_methods_score_far_points_higher(name: str) -> None:
     known_x, _ = _clusters(200, 2)
     # Energy only sees the logits, so its outliers must have small logits; the others see every axis.
     far_x = known_x * 0.1 if name == "energy" else _clusters(200, 3, shift=3.0)[0]
+    if name == "mahalanobis_pp":  # normalised features: far in direction, not in length
+        far_x = _clusters(200, 3, shift=3.0)[0] * 0.5
     head = _head().eval()
     with torch.no_grad():
         known = det.score(known_x, head(torch.from_numpy(known_x)).numpy())
@@ -246,3 +249,46 @@ def test_scoring_stages_do_not_import_scikit_learn(repo: Path) -> None:
     code = "import sys, src.test, src.predict; print(sorted({m.split('.')[0] for m in sys.modules}))"
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True).stdout
     assert "'torch'" in out and "'sklearn'" not in out
+
+
+def test_scale_multiplies_the_logits_without_the_bias_by_the_percentile_ratio() -> None:
+    from src.ood_scores import SCALE, scale_factor
+
+    # 100 activations 1..100: above the 85th percentile (85.15) are 86..100, summing to 1395; all sum to 5050.
+    a = np.arange(1.0, 101.0)[None]
+    assert scale_factor(a, 85.0)[0] == pytest.approx(np.exp(5050 / 1395))
+    # A flat activation pattern keeps more mass in its top: a smaller ratio, more "unknown".
+    flat = np.full((1, 100), 50.5)
+    assert scale_factor(flat, 85.0)[0] < scale_factor(a, 85.0)[0]
+    weight, bias = torch.randn(C, 100, generator=torch.Generator().manual_seed(0)) / 1000, torch.tensor([1.0, -1, 0, 2])
+    state = SCALE.fit(a, np.zeros(1, int), 1, linear=(weight, bias), percentile=85.0)
+    logits = (a @ weight.double().numpy().T + bias.numpy())[0]
+    s = scale_factor(a, 85.0)[0]
+    expected = -np.log(np.exp(s * (logits - bias.numpy()) + bias.numpy()).sum())  # energy of head(s * a)
+    assert SCALE.score(state, a, logits[None], 1.0)[0] == pytest.approx(expected)
+
+
+def test_vim_residual_is_zero_inside_the_principal_subspace_and_grows_outside() -> None:
+    from src.ood_scores import VIM
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 0.01, (300, D))
+    x[:, :3] = rng.normal(0, 1, (300, 3))  # training features span 3 axes, a little noise on the others
+    head = _head()
+    state = VIM.fit(x, np.zeros(300, int), 1, linear=(head[1].weight, head[1].bias), dim=3)
+    inside, outside = x[:5].copy(), x[:5].copy()
+    outside[:, 8] = 5.0
+    logits = np.zeros((5, C))  # energy the same for both: only the residual differs
+    # alpha scales the residual to the training logits' size: inside, about the mean max logit (~2).
+    assert np.all(np.abs(VIM.score(state, inside, logits, 1.0) + np.log(C)) < 5.0)
+    assert np.all(VIM.score(state, outside, logits, 1.0) > VIM.score(state, inside, logits, 1.0) + 50.0)
+
+
+def test_mahalanobis_pp_ignores_the_feature_norm() -> None:
+    from src.ood_scores import MAHALANOBIS_PP
+
+    train_x, train_y = _clusters(400, 0)
+    state = MAHALANOBIS_PP.fit(train_x, train_y, 1)
+    x = _clusters(20, 1)[0]
+    np.testing.assert_allclose(MAHALANOBIS_PP.score(state, 3 * x, None, 1.0), MAHALANOBIS_PP.score(state, x, None, 1.0),
+                               rtol=1e-4)  # fmt: skip

@@ -1,0 +1,110 @@
+"""Choose the unknown detector on the OOD set's selection half: one table of every candidate.
+
+For each detector and setting (kNN's k, SCALE's percentile, ViM's subspace, which training
+views form the bank): AUROC of known test images against the selection half's distinct OOD
+photos, FPR at 95% known kept (the fraction of those photos accepted at the threshold that
+keeps 95% of known test images), and, at the val-calibrated threshold for
+``unknown.false_reject`` (split conformal, as train sets it), the fraction of selection photos
+(and of all their images, crops included) rejected and of known test images rejected.
+The report half is never read here (``--half report`` exists for the closing note only).
+
+Needs `dvc repro` first (features and models/model.pt):
+    python benchmarks/ood_detectors.py > reports/ood_selection.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.checkpoint import load_checkpoint
+from src.metrics import roc_auc
+from src.ood_data import read_ood_manifest
+from src.params import load_params
+from src.registry import UNKNOWN_METHODS
+from src.unknown import head_logits, threshold_for_false_reject
+
+
+def candidates(knn_ks: list[int]) -> list[tuple[str, str, dict]]:
+    """(label, registered method, extra fit keywords)."""
+    out = [("max_softmax", "max_softmax", {}), ("energy", "energy", {}), ("mahalanobis", "mahalanobis", {})]
+    out += [(f"knn k={k}", "knn", {"k": k}) for k in knn_ks]
+    out += [("mahalanobis_pp", "mahalanobis_pp", {})]
+    out += [(f"vim dim={d}", "vim", {"dim": d}) for d in (32, 64, 128, 256, 512)]
+    out += [(f"scale p={p}", "scale", {"percentile": p}) for p in (65, 75, 85, 90, 95)]
+    out += [(f"knn_mahalanobis_pp k={k}", "knn_mahalanobis_pp", {"k": k}) for k in knn_ks]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--half", choices=["selection", "report"], default="selection")
+    ap.add_argument("--features", type=Path, default=Path("data/features"))
+    ap.add_argument("--model", type=Path, default=Path("models/model.pt"))
+    ap.add_argument("--ood", type=Path, default=Path("data/ood"))
+    ap.add_argument("--knn-k", type=int, nargs="+", default=[1, 5, 10, 20, 50])
+    args = ap.parse_args()
+    params = load_params(Path("params.yaml"))
+    alpha = params.unknown.false_reject
+    head = load_checkpoint(args.model, expected_classes=params.classes, lazy=True).head
+    linear = (head[-1].weight.detach(), head[-1].bias.detach())
+
+    train = np.load(args.features / "train.npz")
+    views, eval_view, train_y = train["features"], train["eval_features"], train["labels"]
+    val = np.load(args.features / "val.npz")
+    test = np.load(args.features / "test.npz")
+    ood = np.load(args.features / "ood.npz")
+    manifest = read_ood_manifest(args.ood / "manifest.csv")
+    half = np.array([h == args.half for h in manifest.halves])
+    full = np.array([r == "full" for r in manifest.regions])
+    ood_x = ood["features"][half]
+    ood_full = full[half]
+    n_views = views.shape[1]
+    banks = {
+        "views": (views.reshape(-1, views.shape[-1]), np.repeat(train_y, n_views)),
+        "views+eval": (
+            np.concatenate([views.reshape(-1, views.shape[-1]), eval_view]),
+            np.r_[np.repeat(train_y, n_views), train_y],
+        ),
+    }
+    logits = {s: head_logits(head, x) for s, x in (("val", val["features"]), ("test", test["features"]))}
+    logits["ood"] = head_logits(head, ood_x)
+
+    print(
+        f"Selection table: {args.half} half, {int(ood_full.sum())} distinct OOD photos ({len(ood_x)} images "
+        f"with crops), {len(test['labels'])} known test images; threshold: val, false_reject {alpha}.\n"
+    )
+    print("| detector | bank | AUROC | FPR@95 | OOD photos rejected | OOD images rejected | known rejected |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for label, name, kw in candidates(args.knn_k):
+        method = UNKNOWN_METHODS.get(name, "method")
+        for bank_name, (bx, by) in banks.items():
+            if name in ("max_softmax", "energy") and bank_name != "views":
+                continue  # no training bank
+            k = kw.get("k", params.unknown.knn_k)
+            extra = {key: v for key, v in kw.items() if key != "k"}
+            if method.uses_head:
+                extra["linear"] = linear
+            state = method.fit(bx, by, k, **extra)
+            score = {
+                s: method.score(state, x, logits[s], 1.0)
+                for s, x in (("val", val["features"]), ("test", test["features"]), ("ood", ood_x))
+            }
+            thr = threshold_for_false_reject(score["val"], alpha)
+            known, photos = score["test"], score["ood"][ood_full]
+            auroc = roc_auc(np.r_[np.zeros(len(known)), np.ones(len(photos))], np.r_[known, photos])
+            fpr95 = float(np.mean(photos <= np.quantile(known, 0.95)))
+            print(
+                f"| {label} | {bank_name} | {auroc:.3f} | {fpr95:.3f} | {np.mean(photos > thr):.3f} "
+                f"| {np.mean(score['ood'] > thr):.3f} | {np.mean(known > thr):.3f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
