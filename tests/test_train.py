@@ -36,6 +36,20 @@ PARAMS = TrainParams(
 )
 
 
+# The train stage's paths, relative to a test's working directory.
+STAGE_ARGS = ["--features", "features", "--data", "data", "--model", "model.pt", "--last", "last.pt"]
+STAGE_ARGS += [
+    "--logdir",
+    "runs",
+    "--metrics",
+    "train.json",
+    "--report",
+    "train_report.json",
+    "--history",
+    "history.csv",
+]
+
+
 def _blobs(n: int, views: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Four well-separated Gaussian clusters in 8-d; (N, K, D) when views is set."""
     g = torch.Generator().manual_seed(seed)
@@ -253,18 +267,7 @@ def _features_dir(tmp_path: Path, repo: Path, monkeypatch) -> list[str]:
     torch.save({"conv.weight": torch.arange(6.0).reshape(2, 3)}, features / "backbone.pt")
     val = [Sample(str(make_image(Path(f"img/v{i}.jpg"), seed=i)), CLASSES[int(vy[i])]) for i in range(16)]
     write_manifest(Path("data/val.csv"), val)
-    stage = ["--features", "features", "--data", "data", "--model", "model.pt", "--last", "last.pt"]
-    return [
-        *stage,
-        "--logdir",
-        "runs",
-        "--metrics",
-        "train.json",
-        "--report",
-        "train_report.json",
-        "--history",
-        "history.csv",
-    ]
+    return STAGE_ARGS
 
 
 def test_train_stage_saves_featurizes_backbone_weights_without_building_the_backbone(tmp_path, repo, monkeypatch):
@@ -331,23 +334,7 @@ def test_train_stage_fine_tunes_the_last_block_and_saves_a_loadable_model(tmp_pa
         feats = rng.normal(size=(4 * n, 1280)).astype(np.float32) + labels[:, None]
         paths = [f"{split}{i}" for i in range(len(labels))]
         write_split(Path("features"), split, feats, labels, paths, eval_features=feats)
-    args = ["--features", "features", "--data", "data", "--model", "model.pt", "--last", "last.pt"]
-    assert (
-        main(
-            [
-                *args,
-                "--logdir",
-                "runs",
-                "--metrics",
-                "train.json",
-                "--report",
-                "train_report.json",
-                "--history",
-                "history.csv",
-            ]
-        )
-        == 0
-    )
+    assert main(STAGE_ARGS) == 0
     loaded = load_checkpoint(tmp_path / "model.pt", expected_classes=CLASSES)  # builds lite0, strict load
     assert loaded.trainable_blocks == 1
     pretrained = build_backbone("efficientnet_lite0", pretrained=True).module.state_dict()
