@@ -266,8 +266,8 @@ def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced) ->
     assert "lr-low" in table and "lr-high" in table
     header = next(csv.reader([table.splitlines()[0]]))
     assert not any("per_class" in c or "methods." in c for c in header), header  # reports' numbers stay out
-    # The deciding numbers: data counts 5, best epoch and val loss, test 9, the chosen detector's 2.
-    assert len([leaf for metrics in low.values() for leaf in _leaves(metrics)]) == 18, low
+    # The deciding numbers: data counts 5, best epoch and val loss, test 9, the chosen detector's 3.
+    assert len([leaf for metrics in low.values() for leaf in _leaves(metrics)]) == 19, low
 
     run(["dvc", "plots", "diff", "lr-low", "lr-high", "-o", "plots_diff"], repo, env)
     page = (repo / "plots_diff" / "index.html").read_text()
