@@ -424,7 +424,7 @@ def test_predict_command_uses_the_trained_checkpoint(reproduced) -> None:
     assert row["prediction"] == (expected["prediction"] if known else "unknown")
 
 
-def test_onnx_export_matches_torch_fp32_on_the_test_split_and_ood_set(reproduced) -> None:
+def test_onnx_export_matches_torch_fp32_on_the_test_split_and_ood_set(reproduced, monkeypatch) -> None:
     """The exported model against the checkpoint in fp32: probabilities, classes and every unknown decision."""
     from src.data import load_rgb
     from src.onnx_model import OnnxClassifier
@@ -432,6 +432,7 @@ def test_onnx_export_matches_torch_fp32_on_the_test_split_and_ood_set(reproduced
     from tests.test_export import METHODS, torch_fp32
 
     repo, env, _ = reproduced
+    monkeypatch.chdir(repo)  # the OOD manifest's paths are relative to the project's root, as for its stages
     with (repo / "data/prepared/test.csv").open() as f:
         paths = [repo / r["path"] for r in csv.DictReader(f)]
     paths += [repo / p for p in read_ood_manifest(repo / "data/ood/manifest.csv")[0]]

@@ -58,7 +58,7 @@ def test_two_clones_share_model_predictions_and_experiments(shared_photos: Path,
     assert remote.is_dir() and any(remote.rglob("*")), "dvc push wrote nothing to the default remote"
     run(["git", "remote", "add", "origin", str(origin)], a, env)
     run(["git", "push", "-q", "origin", "HEAD:main"], a, env)
-    out = run(["dvc", "exp", "run", "-n", "lr-up", "-S", "train.lr=0.003", "-S", "train.init=random"], a, env)
+    out = run(["dvc", "exp", "run", "-n", "lr-up", "-S", "lr=0.003", "-S", "train.init=random"], a, env)
     assert "Running stage 'train'" in out and "Running stage 'featurize'" not in out
     experiment = _digests(a)
     assert experiment["models/model.pt"] != baseline["models/model.pt"]
@@ -77,7 +77,7 @@ def test_two_clones_share_model_predictions_and_experiments(shared_photos: Path,
     # A's experiment: listed with its metrics, applied and checked out without training.
     run(["dvc", "exp", "pull", "origin", "lr-up"], b, env)
     shown = _experiment(json.loads(run(["dvc", "exp", "show", "--json"], b, env, stdout_only=True)), "lr-up")
-    assert shown["params"]["params.yaml"]["data"]["train"]["lr"] == 0.003
+    assert shown["params"]["params.yaml"]["data"]["lr"] == 0.003
     assert shown["metrics"]["metrics/train.json"]["data"]["val"] == exp_metrics["val"]
     run(["dvc", "exp", "apply", "lr-up"], b, env)
     run(["dvc", "checkout"], b, env)
