@@ -31,6 +31,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from synth_photos import build_set  # noqa: E402
 
+from tests.pipeline_utils import copy_repo  # noqa: E402
+
 MIRROR = (REPO / "../shared/datasets/ants-bees-cats-dogs").resolve()
 STAGES = ["prepare", "ood_data", "featurize", "train", "test", "evaluate", "report"]
 PROJECT_TO = 1_000_000
@@ -49,18 +51,8 @@ def make_project(dest: Path, photos: Path) -> None:
     """This repo's files (no outputs) in a fresh git repo, prepare reading ``photos``."""
     if dest.exists():
         shutil.rmtree(dest)
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    ).stdout.split("\0")
-    for rel in filter(None, files):
-        if (REPO / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dest / rel)
-    for lock in ("dvc.lock",):
-        (dest / lock).unlink(missing_ok=True)
+    copy_repo(dest)
+    (dest / "dvc.lock").unlink(missing_ok=True)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     entry = {"name": "synthetic", "location": str(photos), "sha256": None, "take": "all"}
     entry["folders"] = {c: [c] for c in params["classes"]}
