@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from src.cli import run, stage_args
-from src.data import load_rgb
+from src.data import load_rgb, read_table, reject_rows
 from src.errors import InvalidFileError, MissingFileError, UserError
 from src.fileio import atomic_dir
 from src.ood_photos import DEB, DEB_PACKAGES, PHOTOS, OodPhoto
@@ -156,18 +156,20 @@ def read_ood_manifest(path: Path) -> OodManifest:
     """The OOD set's manifest, checked: columns, every image present, a known half per row."""
     if not path.is_file():
         raise MissingFileError(f"OOD manifest not found: {path} (run: dvc repro ood_data)")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not set(MANIFEST_FIELDS) <= set(rows[0]):
+    frame = read_table(path)
+    if frame.empty or not set(MANIFEST_FIELDS) <= set(frame.columns):
         raise InvalidFileError(
             f"{path}: expected columns {','.join(MANIFEST_FIELDS)} and at least one row (run: dvc repro ood_data)"
         )
-    for line, r in enumerate(rows, start=2):
-        if not Path(r["path"]).is_file():
-            raise InvalidFileError(f"{path}:{line}: image {r['path']!r} does not exist")
-        if r["half"] not in HALVES:
-            raise InvalidFileError(f"{path}:{line}: half {r['half']!r} is not one of {', '.join(HALVES)}")
-    return OodManifest(*([r[k] for r in rows] for k in ("path", "photo", "region", "half")))
+    paths, halves = frame["path"], frame["half"]
+    reject_rows(
+        path,
+        [
+            (~paths.map(lambda p: Path(p).is_file()).to_numpy(), lambda i: f"image {paths[i]!r} does not exist"),
+            (~halves.isin(HALVES).to_numpy(), lambda i: f"half {halves[i]!r} is not one of {', '.join(HALVES)}"),
+        ],
+    )
+    return OodManifest(*(frame[k].tolist() for k in ("path", "photo", "region", "half")))
 
 
 if __name__ == "__main__":
