@@ -34,7 +34,7 @@ from synth_photos import build_set  # noqa: E402
 from tests.pipeline_utils import copy_repo  # noqa: E402
 
 MIRROR = (REPO / "../shared/datasets/ants-bees-cats-dogs").resolve()
-STAGES = ["prepare", "ood_data", "featurize", "train", "test", "evaluate", "report"]
+STAGES = ["prepare", "ood_data", "featurize", "train", "export", "test", "evaluate", "report"]
 PROJECT_TO = 1_000_000
 
 
