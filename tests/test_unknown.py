@@ -126,6 +126,33 @@ def test_knn_score_is_the_cosine_distance_to_the_kth_nearest_training_feature() 
         knn.fit(bank, np.zeros(3, int), 4)
 
 
+def test_knn_bank_is_a_seeded_sample_capped_at_knn_bank_max(monkeypatch) -> None:
+    import src.unknown as unknown
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(50, D)).astype(np.float32), rng.integers(0, C, 50)
+    whole = unknown._fit_knn(x, y, 3)["bank"]
+    assert whole.shape == (50, D)  # at or under the cap: every training feature
+    monkeypatch.setattr(unknown, "KNN_BANK_MAX", 20)
+    capped = unknown._fit_knn(x, y, 3)["bank"]
+    assert capped.shape == (20, D)
+    # Rows of the whole bank, each once, the same ones on every fit (seeded), in their original order.
+    rows = [int(np.flatnonzero((whole == r).all(dim=1).numpy())[0]) for r in capped]
+    assert len(set(rows)) == 20 and rows == sorted(rows)
+    assert torch.equal(unknown._fit_knn(x, y, 3)["bank"], capped)
+
+
+def test_mahalanobis_score_is_the_min_over_classes_of_the_quadratic_form() -> None:
+    maha = UNKNOWN_METHODS.get("mahalanobis")
+    x, y = _clusters(200, 0)
+    state = maha.fit(x, y, 1)
+    queries = _clusters(30, 1, shift=2.0)[0]
+    means, precision = state["means"].double().numpy(), state["precision"].double().numpy()
+    diff = queries.astype(np.float64)[:, None, :] - means[None]
+    direct = np.einsum("ncd,de,nce->nc", diff, precision, diff).min(axis=1)
+    np.testing.assert_allclose(maha.score(state, queries, None, 1.0), direct, rtol=1e-10)
+
+
 def test_knn_score_is_zero_not_nan_where_rounding_puts_a_point_inside_the_sphere() -> None:
     # A bank vector a rounding error longer than 1 (as fp16 storage can leave it): 2 - 2 cos < 0 there.
     state = {"bank": torch.tensor([[1.001, 0.0], [0.0, 1.0]], dtype=torch.float16), "k": torch.tensor(1)}
