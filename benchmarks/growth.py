@@ -108,12 +108,30 @@ def run_size(n: int, work: Path, planted: int) -> dict:
     return row
 
 
+def restage(work: Path, sizes: list[int], first: str) -> None:
+    """Re-time ``first`` and the stages after it in the built projects, with this repo's current src/."""
+    out = work / "growth.json"
+    rows = json.loads(out.read_text())
+    for row in (r for r in rows if r["n"] in sizes):
+        project = work / f"repo-{row['n']}"
+        shutil.rmtree(project / "src")
+        shutil.copytree(REPO / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
+        for stage in STAGES[STAGES.index(first) :]:
+            wall, rss = timed(["dvc", "repro", "-f", "-s", stage], project)
+            row["stages"][stage] = {"seconds": wall, "peak_rss_mib": rss}
+            print(f"[{row['n']}] {stage} (re-timed): {wall:.1f} s, {rss:.0f} MiB", flush=True)
+        info = json.loads((work / f"photos-{row['n']}" / "planted.json").read_text())
+        row.update(after_repro(project, info))
+        out.write_text(json.dumps(rows, indent=1) + "\n")
+    print_table(rows, project_fit(rows))
+
+
 def _matches(reported: set[str], planted: list[dict]) -> int:
     """Planted copies that prepare reported with the right kind (report paths end in class/file)."""
     return sum(any(path.endswith(p["copy"]) for path in reported) for p in planted)
 
 
-def project(rows: list[dict]) -> dict[str, dict]:
+def project_fit(rows: list[dict]) -> dict[str, dict]:
     """Per stage: least-squares a + b*N on the measured sizes, time per image, projection to 1M."""
     ns = np.array([r["n"] for r in rows], dtype=float)
     out = {}
@@ -163,7 +181,17 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/abcd-growth"))
     ap.add_argument("--planted-frac", type=float, default=0.01)
     ap.add_argument("--after-only", type=int, help="only the measurements after the stages, on <work>/repo-N")
+    ap.add_argument(
+        "--restage",
+        metavar="STAGE",
+        choices=STAGES,
+        help="for each size already built in <work>: copy this repo's src/ into its project and re-time STAGE and "
+        "every stage after it (dvc repro -f -s), keeping the earlier stages' rows (after a code change below them)",
+    )
     args = ap.parse_args()
+    if args.restage:
+        restage(args.work, args.sizes, args.restage)
+        return
     if args.after_only:
         n = args.after_only
         info = json.loads((args.work / f"photos-{n}" / "planted.json").read_text())
@@ -176,7 +204,7 @@ def main() -> None:
         rows.append(run_size(n, args.work, max(1, int(n * args.planted_frac))))
         rows.sort(key=lambda r: r["n"])
         out.write_text(json.dumps(rows, indent=1) + "\n")  # after each size: a long run keeps what it measured
-    print_table(rows, project(rows))
+    print_table(rows, project_fit(rows))
 
 
 if __name__ == "__main__":
