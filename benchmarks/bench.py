@@ -99,7 +99,7 @@ NAIVE_LR = 0.003  # the lr chosen on val for a randomly started head (README: Ba
 def naive_baseline(params, backbone, data: Path, epochs: int, measure_epochs: int) -> dict:
     """The original project's loop: every epoch decodes, augments and runs the fp32 backbone again."""
     seed_everything(params.seed)
-    rt = resolve_runtime(params.runtime.__class__(device="cpu", precision="fp32", num_workers="auto"))
+    rt = resolve_runtime(params.runtime.__class__(device="cpu", precision="fp32", num_workers="auto", processes=1))
     module = prepare_model(backbone.module, rt)
     classes = params.classes
     train_set = read_manifest(data / "train.csv", classes)
