@@ -75,7 +75,8 @@ def launch(module: str, argv: Sequence[str] | None, processes: int) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     saved = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "PYTHONPATH")}
-    # CPU ranks share the cores: each gets its share of threads (torchrun alone would give each 1).
+    # CPU ranks share the cores: each gets its share of torch's threads (torchrun alone would give each 1).
+    # OMP_NUM_THREADS, not torch.set_num_threads in the rank: a value the user set is kept.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     # The ranks import this very code, wherever the stage runs from (an installed `src` could be another copy).
     root = str(Path(src.__file__).resolve().parents[1])
@@ -207,7 +208,8 @@ def joined(params: RuntimeParams) -> Iterator[tuple[World, Runtime]]:
 
     Outside torchrun (or in a world of one): the single-process world and ``resolve_runtime``'s
     runtime, nothing else. In a rank: the process group (backend below), the rank's own GPU
-    (``cuda:LOCAL_RANK``) or its share of the CPU's cores and DataLoader workers. An error in a
+    (``cuda:LOCAL_RANK``), its share of the machine's DataLoader workers (``auto``) and of its cores
+    (torch threads: ``OMP_NUM_THREADS``, which :func:`launch` sets). An error in a
     rank is written where torchrun's report reads it; a :class:`UserError` is re-raised naming
     the rank, so the stage's one-line message says which rank failed.
     """
@@ -227,7 +229,6 @@ def joined(params: RuntimeParams) -> Iterator[tuple[World, Runtime]]:
         dist.init_process_group("cpu:gloo,cuda:nccl")
     else:
         device = runtime.device
-        torch.set_num_threads(cores)  # ranks on one CPU split its cores instead of oversubscribing them
         dist.init_process_group("gloo")
     try:
         yield world, dataclasses.replace(runtime, device=device, num_workers=workers)

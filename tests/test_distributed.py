@@ -137,12 +137,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env() -> dict[str, str]:
+# torch threads of each of 2 ranks on this machine (what launch gives them), and of the reference process:
+# oneDNN splits a convolution's sums by thread, so the thread count moves fp32 features by about 5e-6
+# (measured here: 2 threads against 1); with equal threads per process they are bit-identical.
+THREADS = str(max(1, (os.cpu_count() or 1) // 2))
+
+
+def _env(**extra: str) -> dict[str, str]:
     env = pipeline_env()
     env["PYTHONPATH"] = str(REPO)  # this checkout's src, whichever copy the venv has installed
-    for name in distributed.RANK_ENV:
+    for name in (*distributed.RANK_ENV, "OMP_NUM_THREADS"):
         env.pop(name, None)
-    return env
+    return {**env, **extra}
 
 
 @pytest.fixture(scope="module")
@@ -183,9 +189,14 @@ def _params(root: Path, name: str, **runtime) -> Path:
     return path
 
 
-def _stage(module: str, root: Path, args: list[str], check: bool = True, timeout: float = 600):
+def _stage(module: str, root: Path, args: list[str], check: bool = True, timeout: float = 600, **env: str):
     proc = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=root, env=_env(), capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module, *args],
+        cwd=root,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(
@@ -194,8 +205,8 @@ def _stage(module: str, root: Path, args: list[str], check: bool = True, timeout
     return proc
 
 
-def _featurize(root: Path, out: str, params: Path) -> Path:
-    _stage("src.featurize", root, ["--params", str(params), "--data", "data", "--ood", "ood", "--out", out])
+def _featurize(root: Path, out: str, params: Path, **env: str) -> Path:
+    _stage("src.featurize", root, ["--params", str(params), "--data", "data", "--ood", "ood", "--out", out], **env)
     return root / out
 
 
@@ -209,7 +220,8 @@ def _arrays(features: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def one_process_features(small_set: Path) -> Path:
-    return _featurize(small_set, "features-1", _params(small_set, "fp32-1", processes=1))
+    """One process's fp32 features, with the torch threads each of two ranks gets."""
+    return _featurize(small_set, "features-1", _params(small_set, "fp32-1", processes=1), OMP_NUM_THREADS=THREADS)
 
 
 @pytest.mark.slow
@@ -242,7 +254,8 @@ def test_two_machines_joined_by_a_c10d_rendezvous_on_localhost(small_set: Path, 
              "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", run_id,
              "--node-rank", str(node), "-m", "src.featurize", "--params", str(params),
              "--data", "data", "--ood", "ood", "--out", "features-nodes"],
-            cwd=small_set, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=small_set, env=_env(OMP_NUM_THREADS=THREADS), text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         for node in (0, 1)
     ]  # fmt: skip
