@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,9 +86,14 @@ def launch(module: str, argv: Sequence[str] | None, processes: int) -> int:
         run(parse_args(["--standalone", f"--nproc-per-node={processes}", "-m", module, *argv]))
     except ChildFailedError as err:
         print(err.format_msg(), file=sys.stderr)
-        rank, failure = err.get_first_failure()
+        # The rank that failed first by itself: one recorded by joined(), not killed by torchrun's agent,
+        # then the earliest (error files time failures to the second, so a secondary failure can tie).
+        rank, failure = min(
+            err.failures.items(),
+            key=lambda item: (not isinstance(item[1].message, dict), item[1].exitcode < 0, item[1].timestamp),
+        )
         message = failure.message
-        if isinstance(message, dict):  # from the rank's error file (joined() writes it)
+        if isinstance(message, dict):  # from the rank's error file (joined() writes it; otherwise a str)
             message = message.get("message", "")
         raise RankFailedError(
             f"rank {rank} of {processes} failed (exit code {failure.exitcode}): {message}".strip()
@@ -196,10 +202,16 @@ def gather_batches(
 
 
 def _record(err: BaseException) -> None:
-    """Write ``err`` to torchrun's error file for this rank, so that the launcher's report shows it."""
+    """Write ``err`` to torchrun's error file for this rank, so that the launcher's report shows it.
+
+    Not an error raised inside ``torch.distributed`` (a collective whose peer is gone): that is this
+    rank's reaction to another's failure, which must not pass for the cause in the launcher's message.
+    """
     from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
-    ErrorHandler().record_exception(err)
+    inside = f"{os.sep}torch{os.sep}distributed{os.sep}"
+    if not any(inside in frame.filename for frame in traceback.extract_tb(err.__traceback__)):
+        ErrorHandler().record_exception(err)
 
 
 @contextlib.contextmanager
