@@ -104,6 +104,7 @@ def _fit_worker(rank: int, size: int, init: str, out: str, resume_at: int) -> No
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes importing torch: about 15 s
 def test_fit_on_two_ranks_equals_one_process_and_resumes_exactly(tmp_path: Path) -> None:
     from src.fit import fit
     from tests.test_train import PARAMS, _blobs
