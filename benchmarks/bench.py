@@ -18,7 +18,10 @@ Measured in one run, medians of repeats where repeated:
     as a fraction of the full repro (target: at most 1/3), and its fixed floor: a `dvc exp run`
     that runs nothing, plus starting train (torch and an optimizer, which imports torch._dynamo)
     and test (torch) processes;
- 5. time and peak RSS of each stage, its command taken from dvc.yaml and run on its own.
+ 5. time and peak RSS of each stage, its command taken from dvc.yaml and run on its own;
+ 7. the featurize stage as ``runtime.processes`` 1 and 2 ranks (``--ranks``): wall time of the whole
+    command (start-up, launch, model build, every split) and the views it made per second of it.
+``--ranks-only`` measures 7 alone (after prepare and ood_data).
 ``--pipeline-only`` measures 3's `dvc repro`, 4, and 5 for the head's stages only (no ceilings,
 featurize throughput or naive loop): the pipeline ratios, quickly.
 A backbone whose ImageNet weights cannot be had offline is benchmarked with random
@@ -99,7 +102,7 @@ NAIVE_LR = 0.003  # the lr chosen on val for a randomly started head (README: Ba
 def naive_baseline(params, backbone, data: Path, epochs: int, measure_epochs: int) -> dict:
     """The original project's loop: every epoch decodes, augments and runs the fp32 backbone again."""
     seed_everything(params.seed)
-    rt = resolve_runtime(params.runtime.__class__(device="cpu", precision="fp32", num_workers="auto"))
+    rt = resolve_runtime(params.runtime.__class__(device="cpu", precision="fp32", num_workers="auto", processes=1))
     module = prepare_model(backbone.module, rt)
     classes = params.classes
     train_set = read_manifest(data / "train.csv", classes)
@@ -215,6 +218,8 @@ def main() -> None:
     parser.add_argument(
         "--pipeline-only", action="store_true", help="only the full repro, the lr experiments and the stages (3-5)"
     )
+    parser.add_argument("--ranks", default="1,2", help="runtime.processes values featurize is timed at (7)")
+    parser.add_argument("--ranks-only", action="store_true", help="only 7: featurize at each of --ranks")
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
     args.backbone = args.backbone or params.model.backbone
@@ -257,6 +262,11 @@ def main() -> None:
         run(["git", "init", "-q"], repo, env)
         run(["git", "add", "-A"], repo, env)
         run(["git", "commit", "-qm", "bench"], repo, env)
+        if args.ranks_only:
+            run(["dvc", "repro", "prepare", "ood_data"], repo, env)
+            featurize_ranks(repo, env, [int(n) for n in args.ranks.split(",")], args.repeats, rows)
+            _print_rows(args, "", rows)
+            return
         repro_s = _timed_run(["dvc", "repro"], repo, env)
         run(["git", "add", "-A"], repo, env)
         run(["git", "commit", "-qm", "repro"], repo, env)  # the baseline experiments and metrics diff compare to
@@ -315,14 +325,54 @@ def main() -> None:
             rows.append((f"5. stage {name}: time (s), peak RSS (MiB)", f"{secs:.1f}, {mib:.0f}"))
         head_s = sum(stages[name][0] for name in head if name in stages)
         rows.append(("5. the head's stages (train + test + evaluate + report) on their own (s)", f"{head_s:.1f}"))
+        if not args.pipeline_only:
+            featurize_ranks(repo, env, [int(n) for n in args.ranks.split(",")], max(1, args.repeats // 2), rows)
 
+    _print_rows(args, f"({weights} weights), features in {feat_log['precision']}", rows)
+
+
+def _print_rows(args: argparse.Namespace, note: str, rows: list[tuple[str, str]]) -> None:
     print(
-        f"\nbackbone {args.backbone} ({weights} weights), features in {feat_log['precision']}; "
+        f"\nbackbone {args.backbone} {note}; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     )
     print("| measurement | value |\n|---|---|")
     for k, v in rows:
         print(f"| {k} | {v} |")
+
+
+def featurize_ranks(repo: Path, env: dict[str, str], ranks: list[int], repeats: int, rows: list) -> None:
+    """7. The featurize stage's own command at ``runtime.processes`` = each of ``ranks`` (median wall of
+    ``repeats``; ratios against the first), and the features each wrote against the first's."""
+    import numpy as np
+
+    stage = shlex.split(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["featurize"]["cmd"])
+    out = stage.index("--out") + 1
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    base, first = None, None
+    for n in ranks:
+        raw["runtime"]["processes"] = n
+        (repo / f"params-ranks-{n}.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        cmd = [*stage[:out], f"data/features-ranks-{n}", *stage[out + 1 :], "--params", f"params-ranks-{n}.yaml"]
+        wall = statistics.median(_timed_run(cmd, repo, env) for _ in range(repeats))
+        features = repo / f"data/features-ranks-{n}"
+        # Views made: every feature row (training images: their augmented views and the eval view).
+        views = sum(int(np.prod(np.load(f, mmap_mode="r").shape[:-1])) for f in features.glob("*/*features.npy"))
+        base = base or wall
+        if first is None:
+            first, same = features, "reference"
+        else:
+            diffs = [
+                float(np.abs(np.load(f) - np.load(first / f.relative_to(features))).max())
+                for f in features.glob("*/*features.npy")
+            ]
+            same = f"max abs difference from {ranks[0]} rank(s): {max(diffs):.2g}"
+        rows.append(
+            (
+                f"7. featurize stage, runtime.processes {n}: wall (s), views/s, against {ranks[0]}",
+                f"{wall:.1f}, {views / wall:.1f}, {base / wall:.2f}x ({same})",
+            )
+        )
 
 
 def throughput_and_naive(

@@ -41,16 +41,20 @@ class SplitWriter:
         self.labels = np.full(n, -1, dtype=np.int64)
         self.filled = 0
 
-    def add(self, feats: np.ndarray, labels: np.ndarray) -> None:
-        """One batch: (B, *shape) features, or (B, views + 1, D) with the eval view last when ``eval_view``."""
-        end = self.filled + len(feats)
+    def add(self, feats: np.ndarray, labels: np.ndarray, first: int | None = None) -> None:
+        """One batch: (B, *shape) features, or (B, views + 1, D) with the eval view last when ``eval_view``.
+
+        ``first``: its first row (default: right after the rows written so far); several ranks'
+        batches arrive interleaved, each at its own rows."""
+        start = self.filled if first is None else first
+        end = start + len(feats)
         if self.eval is not None:
-            self.features[self.filled : end] = feats[:, :-1]
-            self.eval[self.filled : end] = feats[:, -1]
+            self.features[start:end] = feats[:, :-1]
+            self.eval[start:end] = feats[:, -1]
         else:
-            self.features[self.filled : end] = feats
-        self.labels[self.filled : end] = labels
-        self.filled = end
+            self.features[start:end] = feats
+        self.labels[start:end] = labels
+        self.filled += len(feats)
 
     def close(self) -> None:
         if self.filled != len(self.labels):

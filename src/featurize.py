@@ -12,26 +12,29 @@ features instead of re-running the backbone (see src/feature_cache.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch.utils.data import Subset
 
 from src.backbones import BACKBONE_WEIGHTS, build_backbone
 from src.cli import run, stage_args
 from src.data import ImageDataset, Sample, read_manifest
+from src.distributed import World, gather_batches, joined, launch, should_launch
 from src.engine import iter_features, make_loader, prepare_model, weights_fingerprint
 from src.feature_store import SplitWriter
 from src.fileio import atomic_dir
 from src.ood_data import read_ood_manifest
-from src.params import load_params
-from src.runtime import resolve_runtime, seed_everything
+from src.params import Params, load_params
+from src.runtime import Runtime, seed_everything
 from src.transforms import eval_transform, train_transform
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     args = stage_args(
         __doc__,
         argv,
@@ -39,13 +42,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         writes={"out": "feature cache directory"},
     )
     params = load_params(args.params)
-    seed_everything(params.seed)
-    runtime = resolve_runtime(params.runtime)
+    processes = should_launch(params.runtime.processes)
+    if processes:  # runtime.processes > 1: this command becomes the launcher of that many ranks
+        return launch("src.featurize", argv, processes)
+    with joined(params.runtime) as (world, runtime):
+        featurize(args.data, args.ood, args.out, params, world, runtime)
+    return 0
 
+
+def featurize(data: Path, ood: Path, out: Path, params: Params, world: World, runtime: Runtime) -> None:
+    """Every split's features -> ``out``. Each rank computes its shard of every split; rank 0 alone
+    writes, the same files in the same order as one process."""
+    seed_everything(params.seed)
     backbone = build_backbone(params.model.backbone, pretrained=True)
     module = prepare_model(backbone.module, runtime)
-    manifests = {split: read_manifest(args.data / f"{split}.csv", params.classes) for split in ("train", "val", "test")}
-    manifests["ood"] = [Sample(p, None) for p in read_ood_manifest(args.ood / "manifest.csv")[0]]
+    manifests = {split: read_manifest(data / f"{split}.csv", params.classes) for split in ("train", "val", "test")}
+    manifests["ood"] = [Sample(p, None) for p in read_ood_manifest(ood / "manifest.csv")[0]]
     evaluation = eval_transform(backbone.preprocess)
     jobs = {
         "train": (train_transform(backbone.preprocess, params.augment), params.featurize.views, evaluation),
@@ -53,11 +65,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         "test": (evaluation, 1, None),
         "ood": (evaluation, 1, None),
     }
-    with atomic_dir(args.out) as tmp:
+    with atomic_dir(out) if world.is_main else contextlib.nullcontext(None) as tmp:
         for split, (transform, views, extra) in jobs.items():
             _featurize_split(
-                tmp, split, manifests[split], transform, views, extra, module, params, runtime, backbone.num_features
+                tmp,
+                split,
+                manifests[split],
+                transform,
+                views,
+                extra,
+                module,
+                params,
+                runtime,
+                backbone.num_features,
+                world,
             )
+        if not world.is_main:
+            return
         meta = {
             "backbone": params.model.backbone,
             "backbone_sha256": weights_fingerprint(backbone.module),
@@ -75,25 +99,45 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _featurize_split(
-    out: Path, split: str, samples: list[Sample], transform, views: int, extra, module, params, runtime, dim: int
+    out: Path | None,
+    split: str,
+    samples: list[Sample],
+    transform,
+    views: int,
+    extra,
+    module,
+    params,
+    runtime,
+    dim: int,
+    world: World,
 ) -> None:
     """Features of one split -> ``out/<split>/`` (src/feature_store.py): features (N, D); labels (-1: none);
     paths. With ``extra`` (training images): features (N, views, D) and their eval view as eval_features (N, D).
-    Written batch by batch into memory-mapped files: featurize's memory does not grow with the split."""
+    Written batch by batch into memory-mapped files: featurize's memory does not grow with the split.
+
+    With several ranks, each runs its own rows (whole batches, :func:`src.distributed.shard`) through a
+    Subset of the one dataset: an image's views are seeded by its index in the split, not by the rank."""
     dataset = ImageDataset(samples, params.classes, transform, views=views, seed=params.seed, extra=extra)
     passes = views + (extra is not None)
     # Keep a batch near featurize.batch_size images whatever the number of views.
     batch = max(1, params.featurize.batch_size // passes)
     # Training features keep their views axis even for one view: train samples along it.
     shape = (views, dim) if extra is not None else (dim,)
-    writer = SplitWriter(out, split, [s.path for s in samples], shape, eval_view=extra is not None)
+    rows = world.shard(len(samples), batch)
+    loader = make_loader(Subset(dataset, rows), batch, runtime)
+    mine = ((rows.start + i * batch, fy) for i, fy in enumerate(iter_features(module, loader, runtime, desc=split)))
+    batches = gather_batches(world, mine, world.steps(len(samples), batch))
+    writer = SplitWriter(out, split, [s.path for s in samples], shape, eval_view=extra is not None) if out else None
     start = time.perf_counter()
-    for feats, labels in iter_features(module, make_loader(dataset, batch, runtime), runtime, desc=split):
-        writer.add(feats, labels)
+    for first, (feats, labels) in batches:
+        writer.add(feats, labels, first)  # only rank 0 gets batches
+    if writer is None:
+        return
     writer.close()
     seconds = time.perf_counter() - start
     rate = len(samples) * passes / seconds
-    print(f"featurize {split}: {(len(samples), *shape)} in {seconds:.1f}s ({rate:.1f} img/s)")
+    ranks = f" on {world.size} ranks" if world.distributed else ""
+    print(f"featurize {split}: {(len(samples), *shape)} in {seconds:.1f}s ({rate:.1f} img/s{ranks})")
 
 
 if __name__ == "__main__":

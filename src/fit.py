@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from src.checkpoint import training_state
+from src.distributed import SINGLE, World
 from src.head import Split
 from src.metrics import f1_macro
 from src.optim import build_optimizer, lr_factor
@@ -39,18 +40,24 @@ def train_one_epoch(
     generator: torch.Generator,
     class_weights: torch.Tensor | None = None,
     desc: str = "train",
+    world: World = SINGLE,
 ) -> EpochStats:
     """One pass over the training set. ``features`` is (N, K, ...): one random view per image.
 
     The inputs are pooled features (frozen backbone) or a frozen prefix's activations
-    (fine-tuning): ``model`` maps them to logits either way.
+    (fine-tuning): ``model`` maps them to logits either way. With several ranks (``model`` in
+    DistributedDataParallel) see :func:`_ranks_step`.
     """
     model.train()
     n, views = features.shape[0], features.shape[1]
     view = torch.randint(views, (n,), generator=generator)
-    x_all = features[torch.arange(n), view]
     order = torch.randperm(n, generator=generator)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if world.distributed:
+        return _ranks_epoch(
+            model, features, labels, view, order, optimizer, params, trainable, class_weights, desc, world
+        )
+    x_all = features[torch.arange(n), view]
     total_loss, correct = 0.0, 0
     starts = range(0, n, params.batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=None):
@@ -67,6 +74,48 @@ def train_one_epoch(
         total_loss += loss.item() * len(idx)
         correct += (logits.argmax(1) == labels[idx]).sum().item()
     return EpochStats(total_loss / n, correct / n)
+
+
+def _ranks_epoch(
+    model: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    view: torch.Tensor,
+    order: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    params: TrainParams,
+    trainable: list[nn.Parameter],
+    class_weights: torch.Tensor | None,
+    desc: str,
+    world: World,
+) -> EpochStats:
+    """One epoch over several ranks with one process's batches and steps.
+
+    Every rank draws the same views and order (the same generator), so each global batch is the
+    one a single process would take; each rank runs its contiguous part of it. Its loss is its
+    part's sum over the whole batch's denominator (its size, or its summed class weights: what
+    ``cross_entropy``'s mean divides by) times the number of ranks, which DistributedDataParallel's
+    gradient average divides out again: the gradient is the whole batch's, up to the order of the
+    float additions, even when the batch does not split evenly.
+    """
+    total_loss, correct = 0.0, 0
+    for start in tqdm(range(0, len(order), params.batch_size), desc=desc, unit="batch", leave=False, disable=None):
+        idx = order[start : start + params.batch_size]
+        mine = idx.tensor_split(world.size)[world.rank]
+        logits = model(features[mine, view[mine]])
+        summed = nn.functional.cross_entropy(
+            logits, labels[mine], weight=class_weights, label_smoothing=params.label_smoothing, reduction="sum"
+        )
+        denominator = len(idx) if class_weights is None else class_weights[labels[idx]].sum()
+        optimizer.zero_grad(set_to_none=True)
+        (summed * world.size / denominator).backward()
+        if params.grad_clip > 0:
+            nn.utils.clip_grad_norm_(trainable, params.grad_clip)
+        optimizer.step()
+        total_loss += (summed / denominator).item() * len(idx)  # this rank's share of the batch's mean loss
+        correct += (logits.argmax(1) == labels[mine]).sum().item()
+    total_loss, correct = world.all_reduce_sum([total_loss, correct])
+    return EpochStats(total_loss / len(order), correct / len(order))
 
 
 @torch.no_grad()
@@ -119,6 +168,7 @@ def fit(
     keep_start: bool = False,
     *,
     lr: float,
+    world: World = SINGLE,
 ) -> FitResult:
     """Alternate training and validation at head learning rate ``lr``; return the best model by val loss.
 
@@ -126,7 +176,10 @@ def fit(
     ``params.patience`` epochs. ``on_epoch_end`` gets the full training state after each
     epoch; passing such a state back as ``resume`` continues exactly where it stopped.
     ``keep_start``: the starting weights are epoch 0 (validated, logged, in the history) and
-    are returned if no epoch has a lower val loss.
+    are returned if no epoch has a lower val loss. With several ranks (``world``), every rank
+    calls this: the head trains in DistributedDataParallel, every rank validates on the whole
+    val split (so all agree on the best epoch and on stopping), and ``on_epoch_end`` should
+    save on rank 0 only.
     """
     if num_classes is None:
         num_classes = int(max(int(train[1].max()), int(val[1].max())) + 1)
@@ -151,6 +204,13 @@ def fit(
             best_head, resume["best_epoch"], EpochStats(*resume["best_val"]), history, resume["best_probs"]
         )
         stale = int(resume["stale"])
+        if world.distributed:
+            # Each rank's own dropout stream; a run resumed on another number of ranks re-seeds them.
+            ranks = resume.get("torch_rng_ranks") or []
+            if len(ranks) == world.size:
+                torch.set_rng_state(ranks[world.rank])
+            elif world.rank:
+                torch.manual_seed(seed + 1_000_003 * world.rank + len(history))
     elif keep_start:
         # Train-set numbers of epoch 0 are measured like val's (eval mode, first view): no step was taken.
         tr, _ = evaluate(head, train[0][:, 0], train[1])
@@ -159,13 +219,17 @@ def fit(
         history.append(row)
         log(row, probs)
         best = FitResult(copy.deepcopy(head), 0, va, history, probs)
+    if world.distributed and resume is None:
+        torch.manual_seed(seed + 1_000_003 * world.rank)  # dropout masks: each rank draws its own
+    # The ranks' gradients are averaged in backward (DistributedDataParallel); everything else uses `head`.
+    model = nn.parallel.DistributedDataParallel(head) if world.distributed else head
     try:
         for epoch in range((history[-1]["epoch"] + 1) if history else 1, params.epochs + 1):
             if params.patience and stale >= params.patience:
                 best.stopped_early = True
                 break
             lr = optimizer.param_groups[0]["lr"]
-            tr = train_one_epoch(head, *train, optimizer, params, generator, class_weights, f"epoch {epoch}")
+            tr = train_one_epoch(model, *train, optimizer, params, generator, class_weights, f"epoch {epoch}", world)
             va, probs = evaluate(head, *val)
             scheduler.step()
             row = _history_row(epoch, tr, va, val[1], probs, lr)
@@ -176,8 +240,11 @@ def fit(
                 stale = 0
             else:
                 stale += 1
+            # Every rank's dropout stream, for resuming on as many ranks (a collective: all ranks call it).
+            rngs = world.all_gather(torch.get_rng_state()) if world.distributed else None
             if on_epoch_end is not None:
-                on_epoch_end(training_state(head, optimizer, scheduler, generator, history, best, stale))
+                state = training_state(head, optimizer, scheduler, generator, history, best, stale)
+                on_epoch_end({**state, "torch_rng_ranks": rngs} if rngs else state)
     except KeyboardInterrupt:
         # Ctrl-C stops between steps; the best epoch so far goes back to the caller to save.
         if best is None:

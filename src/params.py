@@ -178,10 +178,14 @@ class RuntimeParams:
     device: Literal["auto", "cpu", "cuda"]
     precision: Literal["auto", "fp32", "bf16"]
     num_workers: int | Literal["auto"]
+    # Ranks that featurize and fine-tuning run as (src/distributed.py); auto: one per CUDA GPU, else 1.
+    processes: int | Literal["auto"]
 
     def __post_init__(self) -> None:
         if isinstance(self.num_workers, int):
             check(self.num_workers >= 0, "runtime.num_workers", "an integer >= 0 or 'auto'")
+        if isinstance(self.processes, int):
+            check(self.processes >= 1, "runtime.processes", "an integer >= 1 or 'auto' (one per GPU)")
 
 
 @dataclass(frozen=True)

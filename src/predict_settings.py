@@ -40,7 +40,10 @@ def settings(params_path: Path | None, stored: Mapping[str, Any] | None, model_s
             f"{model_source}: this model stores no predict settings (made before they were saved); "
             "pass --params params.yaml, or retrain it (dvc repro train)"
         )
-    runtime = build(RuntimeParams, stored["runtime"], "runtime") if stored.get("runtime") is not None else None
+    runtime = None
+    if stored.get("runtime") is not None:
+        # runtime.processes is newer than some models, and predict runs one process whatever it says.
+        runtime = build(RuntimeParams, {"processes": 1, **stored["runtime"]}, "runtime")
     return Settings(
         UNKNOWN_METHODS.check(stored["method"], "unknown.method"),
         float(stored["rule_threshold"]),

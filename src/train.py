@@ -11,6 +11,7 @@ state after the latest epoch, from which ``train.resume: true`` continues.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -23,11 +24,12 @@ from src import figures
 from src.checkpoint import classifier_state, load_training_state, save_checkpoint, save_training_state
 from src.cli import run, stage_args
 from src.data import read_manifest
+from src.distributed import SINGLE, World, joined, launch, should_launch
 from src.fileio import atomic_file, atomic_write_text
 from src.fit import FitResult, fit
 from src.head_init import init_head
 from src.params import Params, load_params
-from src.runtime import seed_everything, use_deterministic_algorithms
+from src.runtime import Runtime, seed_everything, use_deterministic_algorithms
 from src.train_inputs import TrainingInputs, training_inputs
 from src.train_log import TrainLog
 from src.unknown import fit_inference_extras
@@ -48,30 +50,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )
     params = load_params(args.params)
+    # Fine-tuning runs as runtime.processes ranks (this command launches them); the head alone is
+    # seconds of work on cached features and always runs as one process.
+    processes = should_launch(params.runtime.processes) if params.train.trainable_blocks else 0
+    if processes:
+        return launch("src.train", argv, processes)
+    with joined(params.runtime) as (world, runtime):
+        return train(args, params, world, runtime)
+
+
+def train(args: argparse.Namespace, params: Params, world: World, runtime: Runtime) -> int:
+    """The stage's work; with several ranks every rank calls it and rank 0 alone writes (model, last
+    state, TensorBoard, metrics, report, history)."""
     tp = params.train
+    if world.distributed and not tp.trainable_blocks and not world.is_main:
+        return 0  # started under torchrun by hand: the head alone trains on rank 0
+    if not tp.trainable_blocks:
+        world = SINGLE
     seed_everything(params.seed)
     use_deterministic_algorithms(tp.deterministic)
-    resume = load_training_state(args.last, params.to_dict()) if tp.resume else None
+    # Rank 0 reads the last state and hands it to the others (another machine has no models/last.pt).
+    resume = None
+    if tp.resume:
+        resume = world.broadcast(load_training_state(args.last, params.to_dict()) if world.is_main else None)
     val_samples = read_manifest(args.data / "val.csv", params.classes)
-    inputs = training_inputs(params, args.features, args.data)
+    inputs = training_inputs(params, args.features, args.data, runtime, world)
     # The head's start (train.init). Both modes fit the probe on featurize's pooled features: the
     # pretrained backbone's, which is where fine-tuning starts from too. (On resume the state overrides it.)
     init_info = init_head(inputs.linear, *inputs.probe_data(params.classes), tp)
 
-    log = TrainLog(args.logdir, params.classes, inputs.val[1])
+    log = TrainLog(args.logdir, params.classes, inputs.val[1]) if world.is_main else None
     result = fit(
         inputs.module,
         inputs.train,
         inputs.val,
         tp,
         params.seed,
-        log.epoch,
+        log.epoch if log else lambda row, probs: None,
         resume=resume,
-        on_epoch_end=lambda state: save_training_state(args.last, params.to_dict(), state),
+        on_epoch_end=(lambda state: save_training_state(args.last, params.to_dict(), state)) if log else None,
         num_classes=len(params.classes),
         keep_start=tp.init != "random",
         lr=params.lr,
+        world=world,
     )
+    if log is None:
+        return 0
     save_model(args.model, params, inputs, result, init_info)
     summary = _summary(result, tp.patience)
     if result.interrupted:

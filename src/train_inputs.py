@@ -14,8 +14,9 @@ into the head, the backbone weights and pooled features the checkpoint is made f
 from __future__ import annotations
 
 import abc
+import itertools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -23,17 +24,19 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from src.backbones import BACKBONE_WEIGHTS, Backbone, Preprocess, build_backbone, set_trainable_blocks
 from src.data import ImageDataset, read_manifest
+from src.distributed import World, gather_batches
 from src.engine import make_loader
 from src.errors import InvalidFileError, MissingFileError
 from src.feature_store import open_array
 from src.fit import FitResult
 from src.head import Classifier, Split, build_head
 from src.params import Params
-from src.runtime import Runtime, inference, resolve_runtime
+from src.runtime import Runtime, inference
 
 
 class Fitted(NamedTuple):
@@ -105,11 +108,11 @@ class PrefixActivations(TrainingInputs):
     backbone: Backbone
 
     @classmethod
-    def build(cls, params: Params, features: Path, data: Path) -> PrefixActivations:
+    def build(cls, params: Params, features: Path, data: Path, runtime: Runtime, world: World) -> PrefixActivations:
+        """With several ranks, each runs the prefix on its shard of the images and every rank gets all of them."""
         from src.transforms import eval_transform, train_transform  # albumentations: fine-tuning only
 
         backbone = build_backbone(params.model.backbone, pretrained=True)
-        runtime = resolve_runtime(params.runtime)
         blocks = params.train.trainable_blocks
         set_trainable_blocks(backbone, blocks)
         prefix, suffix = backbone.split(blocks)
@@ -122,9 +125,17 @@ class PrefixActivations(TrainingInputs):
         for split, (manifest, transform, n_views) in jobs.items():
             samples = read_manifest(data / manifest, params.classes)
             dataset = ImageDataset(samples, params.classes, transform, views=n_views, seed=params.seed)
-            loader = make_loader(dataset, max(1, params.featurize.batch_size // n_views), runtime)
-            cached[split] = prefix_activations(prefix, loader, runtime)
-            print(f"train: {split} prefix activations {tuple(cached[split][0].shape)}")
+            batch = max(1, params.featurize.batch_size // n_views)
+            rows = world.shard(len(dataset), batch)
+            # A Subset keeps each image's index in the split, which seeds its views: the same as one process's.
+            mine = prefix_batches(prefix, make_loader(Subset(dataset, rows), batch, runtime), runtime)
+            firsts = (rows.start + i * batch for i in itertools.count())
+            steps = world.steps(len(dataset), batch)
+            gathered = sorted(gather_batches(world, zip(firsts, mine), steps, to_all=True), key=lambda item: item[0])
+            cached[split] = torch.cat([a for _, (a, _) in gathered]), torch.cat([y for _, (_, y) in gathered])
+            prefix.cpu()
+            if world.is_main:
+                print(f"train: {split} prefix activations {tuple(cached[split][0].shape)}")
         module = Classifier(suffix, backbone.num_features, len(params.classes), params.model.dropout)
         suffix.requires_grad_(True)  # Classifier froze it
         return cls(module, cached["train"], cached["val"], backbone.preprocess, runtime.precision, features, backbone)
@@ -152,11 +163,11 @@ def load_backbone_weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def training_inputs(params: Params, features: Path, data: Path) -> TrainingInputs:
+def training_inputs(params: Params, features: Path, data: Path, runtime: Runtime, world: World) -> TrainingInputs:
     """The inputs for ``train.trainable_blocks``: cached features (0) or prefix activations (N > 0)."""
     if params.train.trainable_blocks == 0:
         return CachedFeatures.load(params, features)
-    return PrefixActivations.build(params, features, data)
+    return PrefixActivations.build(params, features, data, runtime, world)
 
 
 def load_features(features: Path, split: str, classes: Sequence[str], key: str = "features") -> Split:
@@ -168,21 +179,24 @@ def load_features(features: Path, split: str, classes: Sequence[str], key: str =
 
 
 @torch.no_grad()
-def prefix_activations(prefix: nn.Module, batches: Iterable, runtime: Runtime) -> Split:
-    """The frozen prefix's outputs for every image (or view: N,K,3,H,W -> N,K,C,h,w), as fp32 on the CPU.
+def prefix_batches(prefix: nn.Module, batches: Iterable, runtime: Runtime) -> Iterator[Split]:
+    """The frozen prefix's outputs per batch (or view: N,K,3,H,W -> N,K,C,h,w), as fp32 on the CPU.
 
     Computed once, so fine-tuning the last blocks costs one prefix pass per view instead
     of one per epoch. The views are the same seeded draws as featurize's.
     """
     prefix = prefix.to(runtime.device, memory_format=torch.channels_last).eval()
-    outs, labels = [], []
     for x, y in tqdm(batches, desc="prefix", unit="batch", leave=False, disable=None):
         views = x.shape[1] if x.ndim == 5 else None
         flat = (x.flatten(0, 1) if views else x).to(runtime.device).contiguous(memory_format=torch.channels_last)
         with runtime.autocast():
             a = prefix(flat)
         a = a.float().cpu().contiguous()
-        outs.append(a.unflatten(0, (-1, views)) if views else a)
-        labels.append(torch.as_tensor(y))
+        yield (a.unflatten(0, (-1, views)) if views else a), torch.as_tensor(y).long()
+
+
+def prefix_activations(prefix: nn.Module, batches: Iterable, runtime: Runtime) -> Split:
+    """:func:`prefix_batches` of every batch, concatenated (one process); the prefix back on the CPU."""
+    outs, labels = zip(*prefix_batches(prefix, batches, runtime))
     prefix.cpu()
-    return torch.cat(outs), torch.cat(labels).long()
+    return torch.cat(outs), torch.cat(labels)

@@ -46,6 +46,8 @@ def test_missing_key_is_named(raw: dict) -> None:
         ("predict", "threshold", 1.5, r"'predict.threshold' must be a probability in \[0, 1\]"),
         ("runtime", "precision", "fp16", r"'runtime.precision' must be one of 'auto', 'fp32', 'bf16'"),
         ("runtime", "num_workers", -1, r"'runtime.num_workers' must be an integer >= 0 or 'auto'"),
+        ("runtime", "processes", 0, r"'runtime.processes' must be an integer >= 1 or 'auto' \(one per GPU\)"),
+        ("runtime", "processes", "all", r"'runtime.processes' must be an integer or one of 'auto', got 'all'"),
         ("augment", "scale", [0.9, 0.5], r"'augment.scale' must be \[min, max\]"),
         ("model", "dropout", 1.0, r"'model.dropout' must be a probability in \[0, 1\)"),
         ("unknown", "false_reject", 0.5, r"'unknown.false_reject' must be a fraction in \[0, 0.5\)"),

@@ -158,7 +158,7 @@ def test_params_yaml_in_the_working_directory_still_sets_the_defaults(
 ) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["unknown"]["method"] = "mahalanobis"  # the checkpoint stores knn
-    params["runtime"] = RUNTIME
+    params["runtime"] = {**RUNTIME, "processes": 1}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     image = make_image(tmp_path / "x.jpg")
     monkeypatch.chdir(tmp_path)

@@ -17,12 +17,12 @@ def test_bf16_detection_reads_cpu_flags() -> None:
 
 
 def test_explicit_precision_and_workers(monkeypatch) -> None:
-    rt = resolve_runtime(RuntimeParams(device="cpu", precision="fp32", num_workers=0))
+    rt = resolve_runtime(RuntimeParams(device="cpu", precision="fp32", num_workers=0, processes=1))
     assert rt.device.type == "cpu" and not rt.bf16 and rt.num_workers == 0 and rt.precision == "fp32"
-    rt = resolve_runtime(RuntimeParams(device="cpu", precision="bf16", num_workers=3))
+    rt = resolve_runtime(RuntimeParams(device="cpu", precision="bf16", num_workers=3, processes=1))
     assert rt.bf16 and rt.num_workers == 3 and rt.precision == "bf16"
     # "auto" workers follow auto_num_workers' rules for the core count os.cpu_count() reports, with a CPU forward.
-    auto = RuntimeParams(device="cpu", precision="bf16", num_workers="auto")
+    auto = RuntimeParams(device="cpu", precision="bf16", num_workers="auto", processes=1)
     for cores, workers in ((1, 0), (2, 0), (3, 2), (8, 4), (64, 4)):
         monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
         assert resolve_runtime(auto).num_workers == workers, cores
@@ -43,11 +43,11 @@ def test_auto_workers_leave_a_small_cpu_to_the_forward_pass() -> None:
 def test_cuda_requested_without_a_gpu_is_an_error(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ParamsError, match=r"'runtime\.device' is 'cuda' but no CUDA device"):
-        resolve_runtime(RuntimeParams(device="cuda", precision="auto", num_workers=0))
+        resolve_runtime(RuntimeParams(device="cuda", precision="auto", num_workers=0, processes=1))
 
 
 def test_bf16_autocast_runs_a_conv() -> None:
-    rt = resolve_runtime(RuntimeParams(device="cpu", precision="bf16", num_workers=0))
+    rt = resolve_runtime(RuntimeParams(device="cpu", precision="bf16", num_workers=0, processes=1))
     conv = torch.nn.Conv2d(3, 4, 3)
     with rt.autocast():
         assert conv(torch.randn(1, 3, 8, 8)).dtype == torch.bfloat16
@@ -92,7 +92,7 @@ def test_extract_features_trims_the_heap_every_few_batches(monkeypatch) -> None:
 
     trims = []
     monkeypatch.setattr(engine, "release_freed_memory", lambda: trims.append(1))
-    rt = resolve_runtime(RuntimeParams(device="cpu", precision="fp32", num_workers=0))
+    rt = resolve_runtime(RuntimeParams(device="cpu", precision="fp32", num_workers=0, processes=1))
     batches = [(torch.randn(2, 3, 4, 4), [0, 1]) for _ in range(2 * engine.TRIM_EVERY + 1)]
     feats, labels = engine.extract_features(torch.nn.Flatten(), batches, rt)
     assert feats.shape == (2 * len(batches), 48) and labels.tolist() == [0, 1] * len(batches)
