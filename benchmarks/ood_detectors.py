@@ -8,6 +8,12 @@ keeps 95% of known test images), and, at the val-calibrated threshold for
 (and of all their images, crops included) rejected and of known test images rejected.
 The report half is never read here (``--half report`` exists for the closing note only).
 
+The rule that picks the default, fixed before the table is read (and unchanged since the first
+batch of photos): the most selection photos rejected among detectors with at most
+``unknown.false_reject`` (2%) of known test images rejected; ties broken by the lower FPR@95,
+then by the simpler detector (one score before a combination, the augmented-view bank before
+views+eval). AUROC differences of a few thousandths on ~46 photos are noise and break no tie.
+
 Needs `dvc repro` first (features and models/model.pt):
     python benchmarks/ood_detectors.py > reports/ood_selection.md
 """
