@@ -9,7 +9,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 .PHONY: install system-deps repro serve test test-fast lint format plots-template
 
 # Debian packages whose sample photos the OOD set uses (src/ood_photos.py: DEB_PACKAGES).
-DEB_PACKAGES := opencv-doc lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
+DEB_PACKAGES := opencv-doc lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds lxqt-themes libvips-doc imagemagick-6-doc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(VENV)/.installed

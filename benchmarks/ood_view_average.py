@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.checkpoint import load_checkpoint
 from src.data import load_rgb
+from src.feature_store import load_split
 from src.metrics import roc_auc
 from src.ood_data import read_ood_manifest
 from src.params import load_params
@@ -53,7 +54,7 @@ def main() -> None:
     manifest = read_ood_manifest(Path("data/ood/manifest.csv"))
     sel = np.array([h == "selection" for h in manifest.halves])
     full = np.array([r == "full" for r in manifest.regions])[sel]
-    feats = {s: np.load(f"data/features/{s}.npz") for s in ("val", "test", "ood")}
+    feats = {s: load_split(Path("data/features"), s) for s in ("val", "test", "ood")}
     eval_view = {
         "val": feats["val"]["features"],
         "test": feats["test"]["features"],

@@ -7,8 +7,10 @@ side at most MAX_SIDE) and, with ``unknown.ood_crops``, as its four quadrant cro
 crops are NOT independent samples, so the manifest names the source photo of every row
 and the metrics count distinct photos. Each photo, with its crops, belongs to one half:
 ``selection`` (for choosing a detector and its settings) or ``report`` (for the reported
-numbers only), a split made once with a fixed seed (SPLIT_SEED), stratified by category.
-Nothing here is used to fit a threshold: the set is for evaluation only.
+numbers only), a split made once with a fixed seed, stratified by category. Photos come in
+batches (``OodPhoto.batch``): each batch is split on its own with its own seed (SPLIT_SEEDS),
+so that adding a batch moves no earlier photo between halves (batch 1's report half had been
+read when batch 2 was added). Nothing here is used to fit a threshold: the set is for evaluation only.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ MAX_SIDE = 1024
 # The selection/report split is made once: a fixed seed, not `seed` in params, so that
 # no experiment can move a photo the detector was chosen on into the reported half.
 SPLIT_SEED = 20
+# One seed per batch of photos, fixed when the batch was added (before any of its scores were seen).
+SPLIT_SEEDS = {1: SPLIT_SEED, 2: 21}
 HALVES = ("selection", "report")
 
 
@@ -89,6 +93,16 @@ def split_halves(photos: Sequence[OodPhoto], seed: int = SPLIT_SEED) -> dict[str
     return out
 
 
+def split_batches(photos: Sequence[OodPhoto]) -> dict[str, str]:
+    """Each photo's half: every batch split on its own (split_halves) with its seed from SPLIT_SEEDS."""
+    out: dict[str, str] = {}
+    for batch in sorted({p.batch for p in photos}):
+        if batch not in SPLIT_SEEDS:
+            raise ValueError(f"ood_data: photo batch {batch} has no split seed in SPLIT_SEEDS")
+        out.update(split_halves([p for p in photos if p.batch == batch], SPLIT_SEEDS[batch]))
+    return out
+
+
 def sources_markdown(photos: Sequence[OodPhoto], counts: dict[str, int], halves: dict[str, str]) -> str:
     per_half = {h: sum(halves[p.name] == h for p in photos) for h in HALVES}
     lines = [
@@ -99,11 +113,12 @@ def sources_markdown(photos: Sequence[OodPhoto], counts: dict[str, int], halves:
         f"independent samples. {len(photos)} distinct photos, {sum(counts.values())} images; "
         f"{per_half['selection']} photos in the selection half, {per_half['report']} in the report half.",
         "",
-        "| photo | category | half | package | file | content | licence | images |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| photo | category | batch | half | package | file | content | licence | images |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {p.name} | {p.category} | {halves[p.name]} | {p.source}: {p.package} | {p.relpath} | {p.content} "
+        f"| {p.name} | {p.category} | {p.batch} | {halves[p.name]} | {p.source}: {p.package} | {p.relpath} "
+        f"| {p.content} "
         f"| {p.licence} | {counts[p.name]} |"
         for p in photos
     ]
@@ -114,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = stage_args(__doc__, argv, writes={"out": "OOD set directory (images, manifest.csv, SOURCES.md)"})
     crops = load_params(args.params).unknown.ood_crops
     files = {p.name: package_file(p) for p in PHOTOS}  # all missing packages fail before writing
-    halves = split_halves(PHOTOS)
+    halves = split_batches(PHOTOS)
     counts: dict[str, int] = {}
     with atomic_dir(args.out) as tmp:
         (tmp / "images").mkdir()

@@ -8,6 +8,17 @@ aloeR, basketball2, box, ela_modified, graf3, leuvenB, rubberwhale2, the stereo/
 pairs); drawings, renders and synthetic images (skimage horse, logos, phantom, colour
 wheel; OpenCV Blender_Suzanne, cards, pic*, smarties, the anime face, the map, starry_night;
 the abstract Lomiri and UKUI wallpapers).
+
+A second batch (``batch=2``), added after the first batch's report half had been read, takes
+every photo of four more packages: MATE's nature wallpapers, LXQt's photo wallpapers, libvips'
+documentation (an owl) and ImageMagick's (bluebells, one photo shown four ways: one row), and
+scikit-image's microaneurysms. Left out there: MATE's Elephants (a painting) and its abstract
+and logo wallpapers, LXQt's logos, origami, triangles, waves and plasma_arch (a logo on a
+texture), libvips' tn_owl (a thumbnail of the owl), ImageMagick's drawings, screenshots and
+rose.jpg (a 70 x 46 px thumbnail, below MIN_SIDE). Not taken: GIMP's data (its one photo is a
+kitten; the rest textures), GNOME 43's backgrounds (renders), darktable and Hugin (a large
+program for one photo; 100-250 px projection demos of one scene), Plasma's wallpapers (94 MB).
+The batches are split separately (src/ood_data.py), so no first-batch photo changes half.
 """
 
 # ruff: noqa: E501  (the photo table: one row per line reads better than wrapped tuples)
@@ -18,10 +29,22 @@ from dataclasses import dataclass
 
 PIP, DEB = "pip", "deb"
 # Debian packages that ship photos: installed by `make system-deps` (README: Setup), which CI runs.
-DEB_PACKAGES = ("opencv-doc", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04")
+DEB_PACKAGES = (
+    "opencv-doc",
+    "lomiri-wallpapers-16.04",
+    "lomiri-wallpapers-20.04",
+    "mate-backgrounds",
+    "lxqt-themes",
+    "libvips-doc",
+    "imagemagick-6-doc",
+)
 _CV = "/usr/share/doc/opencv-doc/examples/"
 _BG = "/usr/share/backgrounds/"
 _CV_LICENCE = "OpenCV samples, Apache-2.0 / BSD-3-Clause (Debian copyright)"
+_LXQT = "/usr/share/lxqt/wallpapers/"
+_LXQT_LICENCE = "LGPL-2.1+, LXQt team (Debian copyright: wallpapers under Files: *)"
+# A photo's shorter side must be at least this many pixels (ImageMagick's 70 x 46 rose is not).
+MIN_SIDE = 96
 
 
 @dataclass(frozen=True)
@@ -33,6 +56,7 @@ class OodPhoto:
     licence: str
     source: str = PIP  # PIP | DEB
     category: str = "object"  # people | food | animal | object | scene | nature | texture | science
+    batch: int = 1  # 1: the first 65 photos; 2: added after batch 1's report half was read (split apart)
 
 
 def _cv(name: str, rel: str, category: str, content: str) -> OodPhoto:
@@ -41,6 +65,15 @@ def _cv(name: str, rel: str, category: str, content: str) -> OodPhoto:
 
 def _bg(name: str, package: str, file: str, category: str, content: str, licence: str) -> OodPhoto:
     return OodPhoto(name, package, _BG + file, content, licence, DEB, category)
+
+
+def _mate(name: str, file: str, category: str, content: str, author: str) -> OodPhoto:
+    path = _BG + "mate/nature/" + file
+    return OodPhoto(name, "mate-backgrounds", path, content, f"GPL-2+, {author}", DEB, category, batch=2)
+
+
+def _lxqt(name: str, file: str, category: str, content: str) -> OodPhoto:
+    return OodPhoto(name, "lxqt-themes", _LXQT + file, content, _LXQT_LICENCE, DEB, category, batch=2)
 
 
 _L16, _L20 = "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04"
@@ -112,5 +145,32 @@ PHOTOS: tuple[OodPhoto, ...] = (
     _bg("dandelions", _L16, "seeding_by_Clements_Engelhardt.jpg", "nature", "dandelion clocks in a meadow", "CC0 1.0, Clemens Engelhardt"),
     _bg("sunset", _L16, "sunset_by_Aitzol_Berasategi.jpg", "scene", "sunset over hills", "CC BY 4.0, Aitzol Berasategi"),
     _bg("nuthatch", _L20, "Kleiber_by_Lukas_Baubkus.jpg", "animal", "nuthatch on a tree trunk", "CC BY-SA 3.0, Lukas Baubkus"),
+    # Batch 2.
+    OodPhoto("microaneurysms", "skimage", "data/microaneurysms.png", "retinal fundus detail with microaneurysms (grey, 102 px)", "CC0, Andreas Maier (FAU fundus images)", PIP, "science", batch=2),
+    _mate("water_drop", "Aqua.jpg", "nature", "drop splashing into water", "Charles Barbin"),
+    _mate("leaf_veins", "Blinds.jpg", "nature", "backlit green leaf, close-up", "Lennart Poettering, Andrea Cimitan"),
+    _mate("dune", "Dune.jpg", "scene", "dune grass above the sea", "Marco Cogoni, Hylke Bons"),
+    _mate("gerbera", "FreshFlower.jpg", "nature", "orange gerbera, close-up", "Jens Ansorg"),
+    _mate("marigold", "Garden.jpg", "nature", "red and yellow marigold", "Charles Barbin"),
+    _mate("meadow_grass", "GreenMeadow.jpg", "nature", "young grass blades, close-up", "Timothy Schellhase, Lapo Calamandrei"),
+    _mate("ladybird", "LadyBird.jpg", "animal", "ladybird on a stem among forget-me-nots", "Charles Barbin"),
+    _mate("raindrops", "RainDrops.jpg", "nature", "raindrops on leaves", "blackcombwhistler07"),
+    _mate("storm", "Storm.jpg", "scene", "storm clouds over a road, motion blur", "Sergey Nazarov"),
+    _mate("dandelion_seeds", "TwoWings.jpg", "nature", "two dandelion seeds before orange flowers", "Charles Barbin, Hylke Bons"),
+    _mate("planks", "Wood.jpg", "texture", "pale wooden planks", "Jean-François Fortin Tam"),
+    _mate("yellow_flower", "YellowFlower.jpg", "nature", "yellow daisy-like flower, close-up", "Charles Barbin"),
+    _lxqt("fritillary", "Butterfly-Kenneth-Wimer.jpg", "animal", "fritillary butterfly on a seed head (Kenneth Wimer)"),
+    _lxqt("valendas", "Valendas.png", "scene", "mountains under clouds, Valendas"),
+    _lxqt("after_rain", "after-the-rain.jpg", "scene", "sunset clouds over a dark ridge"),
+    _lxqt("apple_blossom", "appleflower.png", "nature", "apple blossom buds on a twig"),
+    _lxqt("scarce_swallowtail", "butterfly.png", "animal", "scarce swallowtail on a scabious flower"),
+    _lxqt("clouds", "cloud.png", "scene", "cloud-dotted sky"),
+    _lxqt("dew_drop", "drop.png", "nature", "drop on a bent grass blade"),
+    _lxqt("anemones", "flowers.png", "nature", "anemones in a meadow"),
+    _lxqt("fog", "fog.jpg", "scene", "fog over a ploughed field"),
+    _lxqt("green_hills", "this-is-not-windows.jpg", "scene", "green hills, blue sky, a row of trees"),
+    _lxqt("sunbeam", "beam.png", "scene", "sunbeams through clouds over wooded hills"),
+    OodPhoto("owl", "libvips-doc", "/usr/share/gtk-doc/html/libvips/owl.jpg", "saw-whet owl on a mossy stump", "LGPL-2.1, libvips (Debian copyright)", DEB, "animal", batch=2),
+    OodPhoto("bluebells", "imagemagick-6-doc", "/usr/share/doc/imagemagick-6-common/html/images/bluebells_lin.jpg", "bluebells, close-up", "ImageMagick licence (Debian copyright)", DEB, "nature", batch=2),
 )
 # fmt: on

@@ -124,6 +124,7 @@ def save_model(path: Path, params: Params, inputs: TrainingInputs, result: FitRe
         best.head,
         *best.train_features,
         *best.val_features,
+        train_eval_x=best.train_eval_features,
         **params.unknown.fit_kwargs(),
         ece_bins=params.evaluate.ece_bins,
         calibrate=tp.calibrate,

@@ -45,6 +45,7 @@ class Fitted(NamedTuple):
     head: nn.Sequential
     backbone_state: Mapping[str, torch.Tensor]
     train_features: Split  # pooled backbone features: (N, K, D) views, labels
+    train_eval_features: torch.Tensor  # (N, D): each training image's eval view, for kNN's bank
     val_features: Split
 
 
@@ -75,6 +76,7 @@ class TrainingInputs(abc.ABC):
 @dataclass
 class CachedFeatures(TrainingInputs):
     backbone_state: Mapping[str, torch.Tensor]
+    train_eval: torch.Tensor  # featurize's eval-view features of the training images (N, D)
 
     @classmethod
     def load(cls, params: Params, features: Path) -> CachedFeatures:
@@ -88,6 +90,7 @@ class CachedFeatures(TrainingInputs):
                 f"params ask for {params.model.backbone!r} and {params.classes} (run: dvc repro featurize)"
             )
         train = load_features(features, "train", params.classes)
+        train_eval, _ = load_features(features, "train", params.classes, "eval_features")
         val = load_features(features, "val", params.classes)
         # Loaded before training so that a missing weight file fails now, not after the epochs.
         backbone_state = load_backbone_weights(features / BACKBONE_WEIGHTS)
@@ -97,15 +100,16 @@ class CachedFeatures(TrainingInputs):
         torch.set_num_threads(1)
         head = build_head(meta["num_features"], len(params.classes), params.model.dropout)
         preprocess = Preprocess.from_dict(meta["preprocess"])
-        return cls(head, train, val, preprocess, meta["precision"], features, backbone_state)
+        return cls(head, train, val, preprocess, meta["precision"], features, backbone_state, train_eval)
 
     def finish(self, result: FitResult) -> Fitted:
-        return Fitted(result.head, self.backbone_state, self.train, self.val)
+        return Fitted(result.head, self.backbone_state, self.train, self.train_eval, self.val)
 
 
 @dataclass
 class PrefixActivations(TrainingInputs):
     backbone: Backbone
+    train_eval: Split  # the training images' eval view through the prefix: pooled by the fine-tuned suffix in finish
 
     @classmethod
     def build(cls, params: Params, features: Path, data: Path, runtime: Runtime, world: World) -> PrefixActivations:
@@ -119,6 +123,8 @@ class PrefixActivations(TrainingInputs):
         views = params.featurize.views
         jobs = {
             "train": ("train.csv", train_transform(backbone.preprocess, params.augment), views),
+            # Not trained on: kNN's bank holds each training image's eval view too (src/unknown.py).
+            "train_eval": ("train.csv", eval_transform(backbone.preprocess), 1),
             "val": ("val.csv", eval_transform(backbone.preprocess), 1),
         }
         cached = {}
@@ -138,13 +144,26 @@ class PrefixActivations(TrainingInputs):
                 print(f"train: {split} prefix activations {tuple(cached[split][0].shape)}")
         module = Classifier(suffix, backbone.num_features, len(params.classes), params.model.dropout)
         suffix.requires_grad_(True)  # Classifier froze it
-        return cls(module, cached["train"], cached["val"], backbone.preprocess, runtime.precision, features, backbone)
+        return cls(
+            module,
+            cached["train"],
+            cached["val"],
+            backbone.preprocess,
+            runtime.precision,
+            features,
+            backbone,
+            cached["train_eval"],
+        )
 
     def finish(self, result: FitResult) -> Fitted:
         # The fitted suffix shares its modules with backbone.module: loading the best state updates both.
         self.module.load_state_dict(result.head.state_dict())
         return Fitted(
-            self.module.head, self.backbone.module.state_dict(), self._pooled(self.train), self._pooled(self.val)
+            self.module.head,
+            self.backbone.module.state_dict(),
+            self._pooled(self.train),
+            self._pooled(self.train_eval)[0],
+            self._pooled(self.val),
         )
 
     def _pooled(self, data: Split) -> Split:

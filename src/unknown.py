@@ -1,9 +1,9 @@
 """Unknown-image scores from the backbone's features and the head's logits: a registry by name.
 
 Every score is "higher = more likely unknown". Each method is fitted from the TRAINING
-features (all augmented views) and stored in the checkpoint as plain tensors, so
-``weights_only`` loading works; its rejection threshold is set on the validation split
-for a target false-reject rate of known images.
+features (all augmented views; kNN's bank also holds each training image's eval view) and
+stored in the checkpoint as plain tensors, so ``weights_only`` loading works; its rejection
+threshold is set on the validation split for a target false-reject rate of known images.
 """
 
 from __future__ import annotations
@@ -29,12 +29,15 @@ class Method:
     """``fit(train_x (N, D), train_y (N,), knn_k) -> state``; ``score(state, feats (N, D), logits, T) -> (N,)``.
 
     With ``uses_head``, ``fit`` also gets the head's last layer as ``linear=(weight, bias)``.
+    With ``eval_view_bank``, ``fit``'s rows are the augmented views plus each training image's
+    eval view (the transform val, test and predict see), not the views alone.
     """
 
     fit: Callable[..., State]
     score: Callable[[Mapping[str, torch.Tensor], np.ndarray, np.ndarray, float], np.ndarray]
     doc: str
     uses_head: bool = False
+    eval_view_bank: bool = False
 
 
 def _no_state(x: np.ndarray, y: np.ndarray, k: int) -> State:
@@ -130,7 +133,10 @@ def _knn_score(state, feats, logits, temperature) -> np.ndarray:
 MAX_SOFTMAX = Method(_no_state, _max_softmax_score, "1 - max calibrated class probability (original rule)")
 ENERGY = Method(_no_state, _energy_score, "free energy -logsumexp(logits)")
 MAHALANOBIS = Method(_fit_mahalanobis, _mahalanobis_score, "min Mahalanobis distance to class means")
-KNN = Method(_fit_knn, _knn_score, "distance to the k-th nearest training feature (cosine)")
+# kNN's bank holds the eval views too: "views+eval" in benchmarks/ood_detectors.py, where (k = 1) it
+# was chosen on the OOD set's selection half (README: Predict). A known image's eval view is then
+# near its own kind of view, not only near augmented ones.
+KNN = Method(_fit_knn, _knn_score, "distance to the k-th nearest training feature (cosine)", eval_view_bank=True)
 
 
 def threshold_for_false_reject(known_scores: np.ndarray, false_reject: float) -> float:
@@ -166,6 +172,7 @@ def fit_inference_extras(
     val_x: np.ndarray,
     val_y: np.ndarray,
     *,
+    train_eval_x: np.ndarray | None,
     false_reject: float,
     knn_k: int,
     ece_bins: int,
@@ -173,7 +180,9 @@ def fit_inference_extras(
 ) -> dict[str, Any]:
     """Temperature (on val) and every unknown method (fitted on train, thresholded on val), checkpoint-ready.
 
-    ``train_x`` is (N, K, D) augmented views or (N, D); all views are used as samples. Without
+    ``train_x`` is (N, K, D) augmented views or (N, D); all views are used as samples.
+    ``train_eval_x`` (N, D) is each training image's eval view, added to the rows of the methods
+    with :attr:`Method.eval_view_bank` (kNN); None: those fit on the views alone. Without
     ``calibrate`` the temperature is 1 (the one a fit would give is still recorded).
     """
     # Imported here: sklearn.metrics, below src.metrics, is only needed to fit (train); test and
@@ -181,10 +190,20 @@ def fit_inference_extras(
     from src.metrics import expected_calibration_error
 
     train_x = np.asarray(train_x, np.float32)
-    train_y = np.asarray(train_y)
+    image_y = train_y = np.asarray(train_y)
     if train_x.ndim == 3:
         views = train_x.shape[1]
         train_x, train_y = train_x.reshape(-1, train_x.shape[-1]), np.repeat(train_y, views)
+    bank = (train_x, train_y)
+    if train_eval_x is not None:
+        train_eval_x = np.asarray(train_eval_x, np.float32)
+        if train_eval_x.shape != (len(image_y), train_x.shape[-1]):
+            raise ValueError(
+                f"train_eval_x: shape {train_eval_x.shape}, expected one eval view per training image "
+                f"{(len(image_y), train_x.shape[-1])}"
+            )
+        # The views first, then the eval views: the row order of benchmarks/ood_detectors.py's "views+eval".
+        bank = (np.concatenate([train_x, train_eval_x]), np.r_[train_y, image_y])
     val_x, val_y = np.asarray(val_x, np.float32), np.asarray(val_y)
     logits = head_logits(head, val_x)
     missing = sorted(set(range(logits.shape[1])) - set(np.unique(train_y).tolist()))
@@ -196,7 +215,7 @@ def fit_inference_extras(
     linear = head[-1]
     for name, method in UNKNOWN_METHODS.items():
         extra = {"linear": (linear.weight.detach(), linear.bias.detach())} if method.uses_head else {}
-        state = method.fit(train_x, train_y, knn_k, **extra)
+        state = method.fit(*(bank if method.eval_view_bank else (train_x, train_y)), knn_k, **extra)
         val_scores = method.score(state, val_x, logits, temperature)
         unknown[name] = {"state": state, "threshold": threshold_for_false_reject(val_scores, false_reject)}
     return {

@@ -92,6 +92,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         np.arange(64) % 4,
         val_x,
         np.arange(40) % 4,
+        # kNN's bank: the views and the eval view (as train fits it), so the export holds 3 x 64 rows.
+        train_eval_x=rng.normal(0, 1, (64, backbone.num_features)).astype(np.float32),
         false_reject=0.02,
         knn_k=3,
         ece_bins=10,

@@ -12,14 +12,16 @@ from src.ood_data import (
     HALVES,
     MIN_CROP_SIDE,
     PHOTOS,
+    SPLIT_SEEDS,
     OodPhoto,
     main,
     package_file,
     read_ood_manifest,
     regions,
+    split_batches,
     split_halves,
 )
-from src.ood_photos import DEB, DEB_PACKAGES
+from src.ood_photos import DEB, DEB_PACKAGES, MIN_SIDE
 from src.transforms import eval_transform
 
 
@@ -55,7 +57,8 @@ def _imagenet_probs(photos: list[OodPhoto]) -> torch.Tensor:
 
 
 def test_no_cat_dog_bee_or_ant_photo_is_listed() -> None:
-    assert len({p.name for p in PHOTOS}) == len({p.relpath for p in PHOTOS}) == len(PHOTOS) == 65
+    assert len({p.name for p in PHOTOS}) == len({p.relpath for p in PHOTOS}) == len(PHOTOS) == 91
+    assert sum(p.batch == 1 for p in PHOTOS) == 65
     # The issue asks for people, food, other animals and everyday objects among them.
     assert {"people", "food", "animal", "object"} <= {p.category for p in PHOTOS}
     # Not the cat under any name: no listed file has the bytes of scikit-image's chelsea.
@@ -69,7 +72,13 @@ def test_no_cat_dog_bee_or_ant_photo_is_listed() -> None:
     control_ours, control_top = ours[-1], int(top[-1])
     assert control_ours > 0.9 and control_top in IMAGENET_OURS
     for photo, p_ours, t in zip(PHOTOS, ours[:-1], top[:-1]):
-        assert p_ours < 0.5 and int(t) not in IMAGENET_OURS, f"{photo.name}: P(ant/bee/cat/dog) {p_ours:.2f}, top {t}"
+        assert p_ours < 0.5, f"{photo.name}: P(ant/bee/cat/dog) {p_ours:.2f}"
+        assert int(t) not in IMAGENET_OURS or photo.name in LOOKED_AT, f"{photo.name}: top class {t}"
+
+
+# Flowers whose top ImageNet class from Lite0 is bee (309) or ant (310), each looked at at full
+# resolution: no insect on any. The classifier takes a close-up flower for where bees are.
+LOOKED_AT = {"marigold": "bee, P 0.31", "apple_blossom": "ant, P 0.17", "anemones": "bee, P 0.28"}
 
 
 def test_stage_writes_images_manifest_and_sources(tmp_path: Path, repo: Path) -> None:
@@ -81,7 +90,7 @@ def test_stage_writes_images_manifest_and_sources(tmp_path: Path, repo: Path) ->
     assert sum(r["region"] == "full" for r in rows) == len(PHOTOS) < len(rows)
     assert all(Path(r["path"]).is_file() for r in rows)
     # Crops stay with their photo: one half per photo, the split's.
-    halves = split_halves(PHOTOS)
+    halves = split_batches(PHOTOS)
     assert all(r["half"] == halves[r["photo"]] for r in rows)
     assert read_ood_manifest(out / "manifest.csv").halves == [r["half"] for r in rows]
     sources = (out / "SOURCES.md").read_text()
@@ -99,6 +108,34 @@ def test_split_is_fixed_balanced_and_stratified_by_category() -> None:
         in_selection = sum(halves[n] == "selection" for n in names)
         assert abs(2 * in_selection - len(names)) <= 1, category
     assert split_halves(PHOTOS, seed=1) != halves  # the seed matters
+
+
+# Batch 1's report half as it was when that half was read (README: Predict): it must never change.
+BATCH1_REPORT = {
+    *("aerial_town", "aitzgorri", "aloe", "baboon", "brick_house", "brushes", "camera", "circuit_board"),
+    *("clock_motion", "coffee", "coins", "copy_centre", "drum_room", "flower", "fruits", "grace_hopper"),
+    *("graffiti", "grass", "hubble_deep_field", "ihc", "moon", "nuthatch", "orange", "page", "palace"),
+    *("parking_sign", "rocket", "swallowtail", "text", "toys", "tree", "wall_clock"),
+}
+
+
+def test_each_batch_is_split_on_its_own_so_earlier_photos_keep_their_half() -> None:
+    halves = split_batches(PHOTOS)
+    batch1 = [p for p in PHOTOS if p.batch == 1]
+    assert {p.name for p in batch1 if halves[p.name] == "report"} == BATCH1_REPORT
+    assert len(batch1) - len(BATCH1_REPORT) == 33
+    for batch in {p.batch for p in PHOTOS}:
+        members = [p for p in PHOTOS if p.batch == batch]
+        assert {p.name: halves[p.name] for p in members} == split_halves(members, SPLIT_SEEDS[batch])
+        counts = [sum(halves[p.name] == h for p in members) for h in HALVES]
+        assert abs(counts[0] - counts[1]) <= 1, batch
+    with pytest.raises(ValueError, match="batch 9 has no split seed"):
+        split_batches([OodPhoto("x", "skimage", "data/x.png", "", "", batch=9)])
+
+
+def test_every_photo_is_at_least_min_side_pixels() -> None:
+    small = [p.name for p in PHOTOS if min(load_rgb(package_file(p)).shape[:2]) < MIN_SIDE]
+    assert small == []
 
 
 def test_a_missing_debian_file_names_the_package_to_install() -> None:

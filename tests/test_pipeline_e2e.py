@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from src.ood_photos import PHOTOS
 from tests.conftest import CLASSES, require_shared_photos
 from tests.pipeline_utils import make_project, run
 
@@ -56,7 +57,7 @@ def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None
     assert len(rows) == 4 and {r["label"] for r in rows} == set(CLASSES)
     with (repo / "data/predictions/ood.csv").open() as f:
         ood = list(csv.DictReader(f))
-    assert len(ood) == 65 and {r["label"] for r in ood} == {""}
+    assert len(ood) == len(PHOTOS) and {r["label"] for r in ood} == {""}  # ood_crops off: one image a photo
     detectors = json.loads((repo / "data/predictions/detectors.json").read_text())
     assert set(detectors["thresholds"]) == set(methods)
     _check_unknown_metrics_against_the_predictions(repo, rows, ood, detectors)

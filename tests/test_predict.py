@@ -48,7 +48,16 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     val_x = rng.normal(0, 1, (40, backbone.num_features)).astype(np.float32)
     y_train, y_val = np.arange(64) % 4, np.arange(40) % 4
     extras = fit_inference_extras(
-        model.head, train_x, y_train, val_x, y_val, false_reject=0.02, knn_k=3, ece_bins=10, calibrate=True
+        model.head,
+        train_x,
+        y_train,
+        val_x,
+        y_val,
+        train_eval_x=train_x.mean(axis=1),
+        false_reject=0.02,
+        knn_k=3,
+        ece_bins=10,
+        calibrate=True,
     )
     # As train stores them: predict's defaults for use without params.yaml.
     stored = {"method": "knn", "rule_threshold": 0.7, "batch_size": 2, "runtime": RUNTIME}

@@ -290,6 +290,11 @@ def test_train_stage_saves_featurizes_backbone_weights_without_building_the_back
     calibration = loaded.extra["calibration"]
     assert calibration["fitted_temperature"] == pytest.approx(fit_temperature(logits, labels), rel=1e-6)
     assert calibration["val_nll_before"] == pytest.approx(nll(logits, labels), rel=1e-6)
+    # kNN's bank: the 40 x 2 augmented views, then featurize's 40 eval views (unit length, fp16).
+    train = tmp_path / "features" / "train"
+    rows = np.concatenate([np.load(train / "features.npy").reshape(-1, 8), np.load(train / "eval_features.npy")])
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    np.testing.assert_allclose(loaded.extra["unknown"]["knn"]["state"]["bank"].float().numpy(), rows, atol=1e-3)
 
 
 def test_train_stage_without_the_backbone_weights_says_to_rerun_featurize(tmp_path, repo, monkeypatch) -> None:
@@ -341,6 +346,13 @@ def test_train_stage_fine_tunes_the_last_block_and_saves_a_loadable_model(tmp_pa
     changed = {k for k, v in loaded.model.backbone.state_dict().items() if not torch.equal(v, pretrained[k])}
     last_block = {k for k in changed if k.startswith(("conv_head", "bn2"))}
     assert changed and changed == last_block  # only the last block (conv head + its BN affine) was trained
+    # kNN's bank: the 12 training images' 2 views and their eval view, all through the fine-tuned backbone.
+    bank = loaded.extra["unknown"]["knn"]["state"]["bank"]
+    assert bank.shape == (12 * 2 + 12, 1280)
+    eval_rows = bank[24:].float()
+    assert not any(torch.allclose(eval_rows, bank[i:24:2].float(), atol=1e-2) for i in range(2))  # not a view
+    stored = torch.from_numpy(np.load("features/train/eval_features.npy"))
+    assert not torch.allclose(eval_rows, stored / stored.norm(dim=1, keepdim=True), atol=1e-2)  # not featurize's
 
 
 def test_fit_keeps_the_start_as_epoch_0_when_no_epoch_beats_it() -> None:

@@ -84,7 +84,16 @@ def test_feature_methods_score_far_points_higher(name: str) -> None:
     train_x, train_y = _clusters(400, 0)
     val_x, val_y = _clusters(200, 1)
     extra = fit_inference_extras(
-        _head(), train_x, train_y, val_x, val_y, false_reject=0.02, knn_k=5, ece_bins=10, calibrate=True
+        _head(),
+        train_x,
+        train_y,
+        val_x,
+        val_y,
+        train_eval_x=None,
+        false_reject=0.02,
+        knn_k=5,
+        ece_bins=10,
+        calibrate=True,
     )
     det = detector_from_extra(extra, name, None)
     known_x, _ = _clusters(200, 2)
@@ -167,10 +176,19 @@ def test_extras_survive_a_weights_only_checkpoint_round_trip(tmp_path: Path, mon
     views = np.stack([train_x, train_x + 0.01], axis=1)  # (N, K, D) as featurize writes them
     val_x, val_y = _clusters(60, 1)
     extra = fit_inference_extras(
-        _head(), views, train_y, val_x, val_y, false_reject=0.05, knn_k=3, ece_bins=10, calibrate=True
+        _head(),
+        views,
+        train_y,
+        val_x,
+        val_y,
+        train_eval_x=train_x - 0.01,
+        false_reject=0.05,
+        knn_k=3,
+        ece_bins=10,
+        calibrate=True,
     )
     assert set(extra["unknown"]) == set(UNKNOWN_METHODS)
-    assert extra["unknown"]["knn"]["state"]["bank"].shape == (200, D)  # every view is in the bank
+    assert extra["unknown"]["knn"]["state"]["bank"].shape == (300, D)  # every view and every eval view
     model = Classifier(torch.nn.Identity(), D, C, 0.0)
     model.head = _head()
     path = tmp_path / "m.pt"
@@ -198,6 +216,35 @@ def test_extras_survive_a_weights_only_checkpoint_round_trip(tmp_path: Path, mon
         assert after.threshold == before.threshold
 
 
+def test_knn_bank_holds_the_views_and_each_training_images_eval_view() -> None:
+    # "views+eval" of benchmarks/ood_detectors.py, chosen on the selection half: kNN's rows are
+    # every augmented view, then every eval view; the other feature detectors fit on the views alone.
+    train_x, train_y = _clusters(50, 0)
+    views = np.stack([train_x + 0.3, train_x - 0.3], axis=1)
+    eval_x = train_x * 1.7  # another direction than either view: distance 0 only to itself
+    val_x, val_y = _clusters(40, 1)
+    kw = {"false_reject": 0.02, "knn_k": 1, "ece_bins": 10, "calibrate": False}
+    extra = fit_inference_extras(_head(), views, train_y, val_x, val_y, train_eval_x=eval_x, **kw)
+    bank = extra["unknown"]["knn"]["state"]["bank"].float().numpy()
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    expected = unit(np.concatenate([views.reshape(-1, D), eval_x]))
+    np.testing.assert_allclose(bank, expected, atol=1e-3)  # fp16 storage
+    knn = detector_from_extra(extra, "knn", None)
+    no_logits = np.zeros((len(eval_x), C))
+    # k = 1: a training eval view finds itself; distance 0 up to the fp16 bank (sqrt(2 - 2 cos) of a 1e-4 error)
+    assert np.all(knn.score(eval_x, no_logits) < 0.03)
+    views_only = fit_inference_extras(_head(), views, train_y, val_x, val_y, train_eval_x=None, **kw)
+    assert views_only["unknown"]["knn"]["state"]["bank"].shape == (100, D)
+    assert np.all(detector_from_extra(views_only, "knn", None).score(eval_x, no_logits) > 0.15)
+    # Mahalanobis(++) and the rest are fitted on the views exactly as without the eval views.
+    for name in ("mahalanobis", "mahalanobis_pp", "vim", "knn_mahalanobis_pp"):
+        a, b = extra["unknown"][name], views_only["unknown"][name]
+        assert a["threshold"] == b["threshold"]
+        assert all(torch.equal(a["state"][key], b["state"][key]) for key in a["state"])
+    with pytest.raises(ValueError, match=r"one eval view per training image"):
+        fit_inference_extras(_head(), views, train_y, val_x, val_y, train_eval_x=eval_x[:-1], **kw)
+
+
 def test_max_softmax_keeps_the_original_rule_and_old_checkpoints_have_only_it() -> None:
     det = detector_from_extra({}, "max_softmax", 0.6)  # a checkpoint saved before detectors existed
     assert det.temperature == 1.0
@@ -222,7 +269,16 @@ def test_fitting_refuses_a_class_without_training_features() -> None:
     keep = y != 3  # the last class: not visible from the labels' range alone
     with pytest.raises(ValueError, match=r"no training features for class index\(es\) \[3\]"):
         fit_inference_extras(
-            _head(), x[keep], y[keep], val_x, val_y, false_reject=0.02, knn_k=3, ece_bins=10, calibrate=True
+            _head(),
+            x[keep],
+            y[keep],
+            val_x,
+            val_y,
+            train_eval_x=None,
+            false_reject=0.02,
+            knn_k=3,
+            ece_bins=10,
+            calibrate=True,
         )
 
 
@@ -234,8 +290,9 @@ def test_without_calibration_the_temperature_is_one_and_a_separable_val_would_co
     assert fit_temperature(logits, labels) < 0.02
     x, y = _clusters(100, 0)
     val_x, val_y = _clusters(40, 1)
-    off = fit_inference_extras(_head(), x, y, val_x, val_y, false_reject=0.02, knn_k=3, ece_bins=10, calibrate=False)
-    on = fit_inference_extras(_head(), x, y, val_x, val_y, false_reject=0.02, knn_k=3, ece_bins=10, calibrate=True)
+    kw = {"train_eval_x": None, "false_reject": 0.02, "knn_k": 3, "ece_bins": 10}
+    off = fit_inference_extras(_head(), x, y, val_x, val_y, **kw, calibrate=False)
+    on = fit_inference_extras(_head(), x, y, val_x, val_y, **kw, calibrate=True)
     assert off["temperature"] == 1.0 and on["temperature"] == pytest.approx(off["calibration"]["fitted_temperature"])
 
 
