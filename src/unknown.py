@@ -100,19 +100,27 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-# kNN's bank holds at most this many training features, a seeded random sample beyond it. Scoring
-# compares each image with the whole bank, so an uncapped bank made test and predict cost
-# N_test x N_train (hours at 10^6 photos) and model.pt grow with the data; Sun et al. (2022) report
-# kNN's OOD results holding with a 1% sample of ImageNet's train set. 16384 fp16 features of 1280
-# dimensions are 40 MiB; this repo's bank (about 1100 features) is far below it and is kept whole.
-KNN_BANK_MAX = 16384
+# The detectors fit on at most this many training rows (views), a seeded random sample beyond it.
+# kNN scores each image against its whole bank, so an uncapped bank made test and predict cost
+# N_test x N_train (hours at 10^6 photos) and model.pt grow with the data; the covariance fits
+# (Mahalanobis, ViM) held float64 copies of every row in train (most of its memory growth at 20k
+# photos). Sun et al. (2022) report kNN's OOD results holding with a 1% sample of ImageNet's train
+# set, and 16384 rows estimate a 1280-dimensional covariance well. This repo's bank (about 1700
+# rows) is far below it and is used whole, so its numbers do not depend on the cap.
+FIT_ROWS_MAX = 16384
+
+
+def sample_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` whole when at most :data:`FIT_ROWS_MAX` rows, else a seeded sample in row order."""
+    if len(x) <= FIT_ROWS_MAX:
+        return x, y
+    keep = np.sort(np.random.default_rng(0).permutation(len(x))[:FIT_ROWS_MAX])
+    return x[keep], y[keep]
 
 
 def _fit_knn(x: np.ndarray, y: np.ndarray, k: int) -> State:
     if k > len(x):
         raise ParamsError(f"params: 'unknown.knn_k' is {k} but the training bank has only {len(x)} features")
-    if len(x) > KNN_BANK_MAX:
-        x = x[np.sort(np.random.default_rng(0).permutation(len(x))[:KNN_BANK_MAX])]
     # fp16 halves the checkpoint's size; cosine distances need no more precision than that.
     return {"bank": torch.from_numpy(_normalise(x).astype(np.float16)), "k": torch.tensor(k)}
 
@@ -204,6 +212,8 @@ def fit_inference_extras(
             )
         # The views first, then the eval views: the row order of benchmarks/ood_detectors.py's "views+eval".
         bank = (np.concatenate([train_x, train_eval_x]), np.r_[train_y, image_y])
+    train_x, train_y = sample_rows(train_x, train_y)
+    bank = sample_rows(*bank)
     val_x, val_y = np.asarray(val_x, np.float32), np.asarray(val_y)
     logits = head_logits(head, val_x)
     missing = sorted(set(range(logits.shape[1])) - set(np.unique(train_y).tolist()))

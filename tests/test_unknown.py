@@ -135,20 +135,28 @@ def test_knn_score_is_the_cosine_distance_to_the_kth_nearest_training_feature() 
         knn.fit(bank, np.zeros(3, int), 4)
 
 
-def test_knn_bank_is_a_seeded_sample_capped_at_knn_bank_max(monkeypatch) -> None:
+def test_detectors_fit_on_a_seeded_sample_capped_at_fit_rows_max(monkeypatch) -> None:
     import src.unknown as unknown
 
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(50, D)).astype(np.float32), rng.integers(0, C, 50)
-    whole = unknown._fit_knn(x, y, 3)["bank"]
-    assert whole.shape == (50, D)  # at or under the cap: every training feature
-    monkeypatch.setattr(unknown, "KNN_BANK_MAX", 20)
-    capped = unknown._fit_knn(x, y, 3)["bank"]
-    assert capped.shape == (20, D)
-    # Rows of the whole bank, each once, the same ones on every fit (seeded), in their original order.
-    rows = [int(np.flatnonzero((whole == r).all(dim=1).numpy())[0]) for r in capped]
+    train_x, train_y = _clusters(50, 0)
+    val_x, val_y = _clusters(40, 1)
+    head = build_head(D, C, dropout=0.0)
+    kwargs = {"train_eval_x": None, "false_reject": 0.05, "knn_k": 3, "ece_bins": 5, "calibrate": False}
+    whole = fit_inference_extras(head, train_x, train_y, val_x, val_y, **kwargs)["unknown"]
+    assert whole["knn"]["state"]["bank"].shape == (50, D)  # at or under the cap: every training row
+    monkeypatch.setattr(unknown, "FIT_ROWS_MAX", 20)
+    capped = fit_inference_extras(head, train_x, train_y, val_x, val_y, **kwargs)["unknown"]
+    bank, full = capped["knn"]["state"]["bank"], whole["knn"]["state"]["bank"]
+    assert bank.shape == (20, D)
+    # Rows of the whole bank, each once, in their original order; the same ones on every fit (seeded).
+    rows = [int(np.flatnonzero((full == r).all(dim=1).numpy())[0]) for r in bank]
     assert len(set(rows)) == 20 and rows == sorted(rows)
-    assert torch.equal(unknown._fit_knn(x, y, 3)["bank"], capped)
+    again = fit_inference_extras(head, train_x, train_y, val_x, val_y, **kwargs)["unknown"]
+    assert torch.equal(again["knn"]["state"]["bank"], bank)
+    # The covariance detectors fit on the same sample: their class means are those of the 20 rows.
+    keep = np.sort(np.random.default_rng(0).permutation(50)[:20])
+    means = np.stack([train_x[keep][train_y[keep] == c].mean(axis=0) for c in range(C)])
+    np.testing.assert_allclose(capped["mahalanobis"]["state"]["means"].numpy(), means, rtol=1e-5, atol=1e-6)
 
 
 def test_mahalanobis_score_is_the_min_over_classes_of_the_quadratic_form() -> None:
