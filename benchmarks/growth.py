@@ -16,6 +16,7 @@ A benchmark, not a test: a run at 20k takes most of an hour on 2 cores.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import subprocess
@@ -154,21 +155,28 @@ def print_table(rows: list[dict], fit: dict[str, dict]) -> None:
     print(
         "\n| stage | "
         + " | ".join(f"{n}: s / ms per image / peak MiB" for n in sizes)
-        + " | fit: fixed s + ms/image | 1M: hours / peak GiB |"
+        + " | marginal ms/image between sizes | fit: fixed s + ms/image | 1M: hours / peak GiB |"
     )
-    print("|---|" + "---|" * (len(sizes) + 2))
+    print("|---|" + "---|" * (len(sizes) + 3))
     for stage in STAGES:
         cells = []
         for r in rows:
             m = r["stages"][stage]
             cells.append(f"{m['seconds']:.1f} / {1000 * m['seconds'] / r['n']:.2f} / {m['peak_rss_mib']:.0f}")
+        # The cost of one more photo from one size to the next: constant when the stage is linear, whatever
+        # its fixed cost (process start, imports, a fixed OOD set), which time per image at one size includes.
+        marginal = " / ".join(
+            f"{1000 * (b['stages'][stage]['seconds'] - a['stages'][stage]['seconds']) / (b['n'] - a['n']):.2f}"
+            for a, b in itertools.pairwise(rows)
+        )
         f = fit[stage]
         fitted = f"{f['a_s']:.1f} + {f['ms_per_image']:.2f}"
         print(
-            f"| {stage} | {' | '.join(cells)} | {fitted} | {f['seconds_1m'] / 3600:.2f} / {f['rss_1m_mib'] / 1024:.1f}"
+            f"| {stage} | {' | '.join(cells)} | {marginal} | {fitted} | "
+            f"{f['seconds_1m'] / 3600:.2f} / {f['rss_1m_mib'] / 1024:.1f}"
         )
     for key in ("dvc_status_s", "noop_repro_s", "checkout_prepared_s", "cache_mib", "prepared_files"):
-        print(f"| {key} | " + " | ".join(f"{r[key]:.1f}" for r in rows) + " | | |")
+        print(f"| {key} | " + " | ".join(f"{r[key]:.1f}" for r in rows) + " | | | |")
     for r in rows:
         print(f"duplicates at {r['n']}: {r['duplicates']}")
     worst = max(STAGES, key=lambda s: fit[s]["seconds_1m"])
@@ -180,6 +188,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000])
     ap.add_argument("--work", type=Path, default=Path("/tmp/abcd-growth"))
     ap.add_argument("--planted-frac", type=float, default=0.01)
+    ap.add_argument("--table-only", action="store_true", help="only print the table of <work>/growth.json")
     ap.add_argument("--after-only", type=int, help="only the measurements after the stages, on <work>/repo-N")
     ap.add_argument(
         "--restage",
@@ -189,6 +198,10 @@ def main() -> None:
         "every stage after it (dvc repro -f -s), keeping the earlier stages' rows (after a code change below them)",
     )
     args = ap.parse_args()
+    if args.table_only:
+        rows = json.loads((args.work / "growth.json").read_text())
+        print_table(rows, project_fit(rows))
+        return
     if args.restage:
         restage(args.work, args.sizes, args.restage)
         return
