@@ -103,8 +103,8 @@ def _check_unknown_metrics_against_the_predictions(repo: Path, known: list, ood:
         halves = [r["half"] for r in csv.DictReader(f)]
     assert len(halves) == len(ood)
     ood = [r for r, h in zip(ood, halves) if h == "report"]
-    assert (unknown["n_known_test"], unknown["n_ood_images"], unknown["n_ood_photos"]) == (4, 32, 32)
-    assert unknown["selection"]["n_ood_photos"] == halves.count("selection") == 33
+    assert (unknown["n_known_test"], unknown["n_ood_images"], unknown["n_ood_photos"]) == (4, 45, 45)
+    assert unknown["selection"]["n_ood_photos"] == halves.count("selection") == 46
     # train.calibrate is false: T = 1, so the original rule's calibrated and raw scores are the same.
     assert unknown["temperature"] == detectors["temperature"] == 1.0
     rule = 1.0 - yaml.safe_load((repo / "params.yaml").read_text())["predict"]["threshold"]
@@ -419,7 +419,7 @@ def test_predict_command_uses_the_trained_checkpoint(reproduced) -> None:
     probs = [float(row[f"prob_{c}"]) for c in CLASSES]
     np.testing.assert_allclose(probs, [float(expected[f"prob_{c}"]) for c in CLASSES], atol=1e-4)
     assert float(row["probability"]) == pytest.approx(max(probs), abs=1e-6)
-    # The score is the test stage's for unknown.method (mahalanobis_pp by default), judged at its threshold.
+    # The score is the test stage's for unknown.method (knn by default), judged at its threshold.
     assert float(row["unknown_score"]) == pytest.approx(float(expected[f"score_{method}"]), rel=1e-4, abs=1e-4)
     known = float(expected[f"score_{method}"]) <= threshold
     assert row["prediction"] == (expected["prediction"] if known else "unknown")
@@ -440,7 +440,8 @@ def test_onnx_export_matches_torch_fp32_on_the_test_split_and_ood_set(reproduced
     images = [load_rgb(p) for p in paths]
     probs, scores = torch_fp32(repo / "models/model.pt", images)
     model = OnnxClassifier(repo / "models/model.onnx")
-    assert model.exported_from(repo / "models/model.pt") and model.meta["method"] == "mahalanobis_pp"
+    default = yaml.safe_load((repo / "params.yaml").read_text())["unknown"]["method"]
+    assert model.exported_from(repo / "models/model.pt") and model.meta["method"] == default == "knn"
     batch = np.stack([model.preprocess(im) for im in images])
     for method in METHODS:
         onnx_probs, onnx_scores = model.run(batch, method)
@@ -499,8 +500,8 @@ def test_model_artifact_from_a_local_clone_predicts_on_its_own(reproduced, tmp_p
     alone = json.loads(run(argv, empty, {**env, "PYTHONPATH": str(repo)}, stdout_only=True))
     assert sorted(p.name for p in empty.iterdir()) == ["model.pt", "photo.jpg"]
     stored = torch.load(empty / "model.pt", weights_only=True)["extra"]
-    assert alone["method"] == stored["predict"]["method"] == "mahalanobis_pp"  # unknown.method, stored by train
-    assert alone["threshold"] == pytest.approx(stored["unknown"]["mahalanobis_pp"]["threshold"])
+    assert alone["method"] == stored["predict"]["method"] == "knn"  # unknown.method, stored by train
+    assert alone["threshold"] == pytest.approx(stored["unknown"]["knn"]["threshold"])
     # The same file inside the repo (params.yaml sets the same defaults there) gives the same answer.
     in_repo = json.loads(run(argv, repo, env, stdout_only=True))
     assert (alone["method"], alone["threshold"]) == (in_repo["method"], in_repo["threshold"])
