@@ -45,61 +45,23 @@ def train_one_epoch(
     """One pass over the training set. ``features`` is (N, K, ...): one random view per image.
 
     The inputs are pooled features (frozen backbone) or a frozen prefix's activations
-    (fine-tuning): ``model`` maps them to logits either way. With several ranks (``model`` in
-    DistributedDataParallel) see :func:`_ranks_step`.
+    (fine-tuning): ``model`` maps them to logits either way.
+
+    With several ranks (``model`` in DistributedDataParallel) every rank draws the same views and
+    order (the same generator), so each global batch is the one a single process takes, and each
+    rank runs its contiguous part of it. A rank's loss is its part's sum over the whole batch's
+    denominator (its size, or its summed class weights: what ``cross_entropy``'s mean divides by)
+    times the number of ranks, which DDP's gradient average divides out again: the gradient is the
+    whole batch's, up to the order of float additions, even when a batch does not split evenly.
+    With one process that is ``cross_entropy``'s mean (bit-identical without label smoothing).
     """
     model.train()
     n, views = features.shape[0], features.shape[1]
     view = torch.randint(views, (n,), generator=generator)
     order = torch.randperm(n, generator=generator)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if world.distributed:
-        return _ranks_epoch(
-            model, features, labels, view, order, optimizer, params, trainable, class_weights, desc, world
-        )
-    x_all = features[torch.arange(n), view]
     total_loss, correct = 0.0, 0
-    starts = range(0, n, params.batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=None):
-        idx = order[start : start + params.batch_size]
-        logits = model(x_all[idx])
-        loss = nn.functional.cross_entropy(
-            logits, labels[idx], weight=class_weights, label_smoothing=params.label_smoothing
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if params.grad_clip > 0:
-            nn.utils.clip_grad_norm_(trainable, params.grad_clip)
-        optimizer.step()
-        total_loss += loss.item() * len(idx)
-        correct += (logits.argmax(1) == labels[idx]).sum().item()
-    return EpochStats(total_loss / n, correct / n)
-
-
-def _ranks_epoch(
-    model: nn.Module,
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    view: torch.Tensor,
-    order: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    params: TrainParams,
-    trainable: list[nn.Parameter],
-    class_weights: torch.Tensor | None,
-    desc: str,
-    world: World,
-) -> EpochStats:
-    """One epoch over several ranks with one process's batches and steps.
-
-    Every rank draws the same views and order (the same generator), so each global batch is the
-    one a single process would take; each rank runs its contiguous part of it. Its loss is its
-    part's sum over the whole batch's denominator (its size, or its summed class weights: what
-    ``cross_entropy``'s mean divides by) times the number of ranks, which DistributedDataParallel's
-    gradient average divides out again: the gradient is the whole batch's, up to the order of the
-    float additions, even when the batch does not split evenly.
-    """
-    total_loss, correct = 0.0, 0
-    for start in tqdm(range(0, len(order), params.batch_size), desc=desc, unit="batch", leave=False, disable=None):
+    for start in tqdm(range(0, n, params.batch_size), desc=desc, unit="batch", leave=False, disable=None):
         idx = order[start : start + params.batch_size]
         mine = idx.tensor_split(world.size)[world.rank]
         logits = model(features[mine, view[mine]])
@@ -114,8 +76,9 @@ def _ranks_epoch(
         optimizer.step()
         total_loss += (summed / denominator).item() * len(idx)  # this rank's share of the batch's mean loss
         correct += (logits.argmax(1) == labels[mine]).sum().item()
-    total_loss, correct = world.all_reduce_sum([total_loss, correct])
-    return EpochStats(total_loss / len(order), correct / len(order))
+    if world.distributed:
+        total_loss, correct = world.all_reduce_sum([total_loss, correct])
+    return EpochStats(total_loss / n, correct / n)
 
 
 @torch.no_grad()
