@@ -20,7 +20,7 @@ import dataclasses
 import os
 import sys
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -133,6 +133,16 @@ class World:
         """Batches of the rank with the most: every rank takes part in that many gathers."""
         batches = -(-n // batch)
         return -(-batches // self.size)
+
+    def map_shard(
+        self, n: int, batch: int, run: Callable[[range], Iterable[T]], to_all: bool = False
+    ) -> Iterator[tuple[int, T]]:
+        """``run`` on this rank's rows of ``n`` (:meth:`shard`: one output per batch of ``batch``), each
+        output with its batch's first row, and every rank's outputs at rank 0 (or on every rank with
+        ``to_all``): :func:`gather_batches`. Every rank must iterate it to the end."""
+        rows = self.shard(n, batch)
+        numbered = ((rows.start + i * batch, out) for i, out in enumerate(run(rows)))
+        return gather_batches(self, numbered, self.steps(n, batch), to_all)
 
     def broadcast(self, obj: T) -> T:
         """Rank 0's ``obj`` on every rank (pickled: any picklable object, tensors included)."""

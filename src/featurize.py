@@ -24,7 +24,7 @@ from torch.utils.data import Subset
 from src.backbones import BACKBONE_WEIGHTS, build_backbone
 from src.cli import run, stage_args
 from src.data import ImageDataset, Sample, read_manifest
-from src.distributed import World, gather_batches, joined, launch, should_launch
+from src.distributed import World, joined, launch, should_launch
 from src.engine import iter_features, make_loader, prepare_model, weights_fingerprint
 from src.feature_store import SplitWriter
 from src.fileio import atomic_dir
@@ -123,10 +123,11 @@ def _featurize_split(
     batch = max(1, params.featurize.batch_size // passes)
     # Training features keep their views axis even for one view: train samples along it.
     shape = (views, dim) if extra is not None else (dim,)
-    rows = world.shard(len(samples), batch)
-    loader = make_loader(Subset(dataset, rows), batch, runtime)
-    mine = ((rows.start + i * batch, fy) for i, fy in enumerate(iter_features(module, loader, runtime, desc=split)))
-    batches = gather_batches(world, mine, world.steps(len(samples), batch))
+    batches = world.map_shard(
+        len(samples),
+        batch,
+        lambda rows: iter_features(module, make_loader(Subset(dataset, rows), batch, runtime), runtime, desc=split),
+    )
     writer = SplitWriter(out, split, [s.path for s in samples], shape, eval_view=extra is not None) if out else None
     start = time.perf_counter()
     for first, (feats, labels) in batches:

@@ -14,7 +14,6 @@ into the head, the backbone weights and pooled features the checkpoint is made f
 from __future__ import annotations
 
 import abc
-import itertools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 from src.backbones import BACKBONE_WEIGHTS, Backbone, Preprocess, build_backbone, set_trainable_blocks
 from src.data import ImageDataset, read_manifest
-from src.distributed import World, gather_batches
+from src.distributed import World
 from src.engine import make_loader
 from src.errors import InvalidFileError, MissingFileError
 from src.feature_store import open_array
@@ -132,12 +131,15 @@ class PrefixActivations(TrainingInputs):
             samples = read_manifest(data / manifest, params.classes)
             dataset = ImageDataset(samples, params.classes, transform, views=n_views, seed=params.seed)
             batch = max(1, params.featurize.batch_size // n_views)
-            rows = world.shard(len(dataset), batch)
             # A Subset keeps each image's index in the split, which seeds its views: the same as one process's.
-            mine = prefix_batches(prefix, make_loader(Subset(dataset, rows), batch, runtime), runtime)
-            firsts = (rows.start + i * batch for i in itertools.count())
-            steps = world.steps(len(dataset), batch)
-            gathered = sorted(gather_batches(world, zip(firsts, mine), steps, to_all=True), key=lambda item: item[0])
+            mine = world.map_shard(
+                len(dataset),
+                batch,
+                # Consumed below, within this iteration (sorted): the loop's dataset and batch are the current ones.
+                lambda rows: prefix_batches(prefix, make_loader(Subset(dataset, rows), batch, runtime), runtime),  # noqa: B023
+                to_all=True,
+            )
+            gathered = sorted(mine, key=lambda item: item[0])
             cached[split] = torch.cat([a for _, (a, _) in gathered]), torch.cat([y for _, (_, y) in gathered])
             prefix.cpu()
             if world.is_main:
