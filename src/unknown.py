@@ -103,9 +103,9 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 # The detectors fit on at most this many training rows (views), a seeded random sample beyond it.
 # kNN scores each image against its whole bank, so an uncapped bank made test and predict cost
 # N_test x N_train (hours at 10^6 photos) and model.pt grow with the data; the covariance fits
-# (Mahalanobis, ViM) held float64 copies of every row in train (most of its memory growth at 20k
-# photos). Sun et al. (2022) report kNN's OOD results holding with a 1% sample of ImageNet's train
-# set, and 16384 rows estimate a 1280-dimensional covariance well. This repo's bank (about 1700
+# (Mahalanobis, ViM) held float64 copies of every row in train. Sun et al. (2022) report kNN's OOD
+# results holding with a 1% sample of ImageNet's train set, and 16384 rows estimate a
+# 1280-dimensional covariance well. This repo's bank (about 1700
 # rows) is far below it and is used whole, so its numbers do not depend on the cap.
 FIT_ROWS_MAX = 16384
 
