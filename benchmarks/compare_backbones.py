@@ -6,8 +6,8 @@
 Per backbone, the frozen prefix (all but the last ``--blocks`` blocks) runs once over the
 training views (``featurize.views`` seeded augmented views per image, as in the pipeline)
 and the eval view of train/val/test; then, with params.yaml's train/model settings:
- - linear probe: multinomial logistic regression (scikit-learn, lbfgs) on standardised
-   eval-view features of the training images, its L2 strength chosen on val log loss;
+ - linear probe: src/linear_probe.py's multinomial logistic regression (scikit-learn, lbfgs) on
+   standardised eval-view features of the training images, its C chosen from train.probe_c on val log loss;
  - frozen: the pipeline's head training (``train.trainable_blocks: 0``) on the views' features,
    from the pipeline's start (``train.init``: with ``probe``, the probe above, fitted by
    src/linear_probe.py, the same scikit-learn model; it stays if no epoch beats it on val);
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -29,8 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,13 +39,12 @@ from src.engine import make_loader
 from src.fit import evaluate, fit
 from src.head import Classifier, build_head
 from src.head_init import init_head
+from src.linear_probe import fit_probe
 from src.metrics import f1_macro, log_loss
 from src.params import load_params
 from src.runtime import resolve_runtime, seed_everything
 from src.train_inputs import prefix_activations
 from src.transforms import eval_transform, train_transform
-
-PROBE_C = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
 
 def _scores(labels: torch.Tensor | np.ndarray, probs: torch.Tensor | np.ndarray) -> dict[str, float]:
@@ -62,18 +60,49 @@ def _apply(module: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> torch.
     return out.unflatten(0, x.shape[:2]) if x.ndim == 5 else out
 
 
-def linear_probe(train, val, test) -> dict:
-    """L2-regularised multinomial logistic regression; C chosen by val log loss."""
-    scaler = StandardScaler().fit(train[0].numpy())
-    xs = [scaler.transform(s[0].numpy()) for s in (train, val, test)]
-    best = None
-    for c in PROBE_C:
-        clf = LogisticRegression(C=c, max_iter=5000).fit(xs[0], train[1].numpy())
-        v = _scores(val[1], clf.predict_proba(xs[1]))
-        if best is None or v["log_loss"] < best[1]["log_loss"]:
-            best = (clf, v, c)
-    clf, v, c = best
-    return {"C": c, "val": v, "test": _scores(test[1], clf.predict_proba(xs[2]))}
+def linear_probe(train, val, test, num_classes: int, grid) -> dict:
+    """The pipeline's linear probe (src/linear_probe.py: C chosen by val log loss), scored on val and test."""
+    probe = fit_probe(train, val, num_classes, grid)
+
+    def probs(x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x.double() @ probe.weight.T + probe.bias, dim=1)
+
+    return {"C": probe.c, "val": _scores(val[1], probs(val[0])), "test": _scores(test[1], probs(test[0]))}
+
+
+def _tuned_module(suffix: torch.nn.Module, num_features: int, k: int, dropout: float) -> Classifier:
+    """A copy of the pretrained last blocks, trainable, under a new head."""
+    module = Classifier(copy.deepcopy(suffix), num_features, k, dropout)
+    module.backbone.requires_grad_(True)
+    return module
+
+
+def train_and_score(build, feats: dict, inputs: dict, train_params, params, k: int) -> dict:
+    """``build()`` (the head, or a fine-tuned suffix + head) started by ``train.init`` on the pooled
+    ``feats`` and trained on ``inputs`` as the train stage does; its val and test scores."""
+    seed_everything(params.seed)  # before build: the head's random init
+    t = time.perf_counter()
+    module = build()
+    head = module.head if isinstance(module, Classifier) else module
+    init = init_head(head[-1], feats["train"], feats["val"], train_params)
+    res = fit(
+        module,
+        inputs["train_views"],
+        inputs["val"],
+        train_params,
+        params.seed,
+        num_classes=k,
+        keep_start=train_params.init != "random",
+        lr=params.lr,
+    )
+    _, test_probs = evaluate(res.head, *inputs["test"])
+    return {
+        **init,
+        "best_epoch": res.best_epoch,
+        "val": _scores(inputs["val"][1], res.val_probs),
+        "test": _scores(inputs["test"][1], test_probs),
+        "seconds": round(time.perf_counter() - t, 1),
+    }
 
 
 def main() -> None:
@@ -116,59 +145,17 @@ def main() -> None:
         row = {"backbone": name, "input_size": pre.input_size, "views": views, "prefix_seconds": round(prefix_s, 1)}
 
         t = time.perf_counter()
-        row["linear_probe"] = linear_probe(feats["train"], feats["val"], feats["test"])
+        row["linear_probe"] = linear_probe(feats["train"], feats["val"], feats["test"], k, params.train.probe_c)
         row["linear_probe"]["seconds"] = round(time.perf_counter() - t, 1)
 
         frozen_params = dataclasses.replace(params.train, trainable_blocks=0)
-        seed_everything(params.seed)
-        t = time.perf_counter()
-        head = build_head(backbone.num_features, k, params.model.dropout)
-        init = init_head(head[-1], feats["train"], feats["val"], frozen_params)
-        keep = frozen_params.init != "random"
-        res = fit(
-            head,
-            feats["train_views"],
-            feats["val"],
-            frozen_params,
-            params.seed,
-            num_classes=k,
-            keep_start=keep,
-            lr=params.lr,
-        )
-        _, test_probs = evaluate(res.head, *feats["test"])
-        row["frozen"] = {
-            **init,
-            "best_epoch": res.best_epoch,
-            "val": _scores(feats["val"][1], res.val_probs),
-            "test": _scores(feats["test"][1], test_probs),
-            "seconds": round(time.perf_counter() - t, 1),
-        }
+        frozen = functools.partial(build_head, backbone.num_features, k, params.model.dropout)
+        row["frozen"] = train_and_score(frozen, feats, feats, frozen_params, params, k)
 
         if not args.no_finetune:
             tuned_params = dataclasses.replace(params.train, trainable_blocks=args.blocks)
-            seed_everything(params.seed)
-            t = time.perf_counter()
-            module = Classifier(copy.deepcopy(suffix), backbone.num_features, k, params.model.dropout)
-            module.backbone.requires_grad_(True)
-            init = init_head(module.head[-1], feats["train"], feats["val"], tuned_params)
-            res = fit(
-                module,
-                acts["train_views"],
-                acts["val"],
-                tuned_params,
-                params.seed,
-                num_classes=k,
-                keep_start=keep,
-                lr=params.lr,
-            )
-            _, test_probs = evaluate(res.head, *acts["test"])
-            row[f"blocks{args.blocks}"] = {
-                **init,
-                "best_epoch": res.best_epoch,
-                "val": _scores(acts["val"][1], res.val_probs),
-                "test": _scores(acts["test"][1], test_probs),
-                "seconds": round(time.perf_counter() - t, 1),
-            }
+            tuned = functools.partial(_tuned_module, suffix, backbone.num_features, k, params.model.dropout)
+            row[f"blocks{args.blocks}"] = train_and_score(tuned, feats, acts, tuned_params, params, k)
         results.append(row)
         print(json.dumps(row), flush=True)
         if args.out:
