@@ -154,13 +154,15 @@ def naive_baseline(params, backbone, data: Path, epochs: int, measure_epochs: in
 def bench_project(dest: Path, backbone: str) -> Path:
     """A copy of the repo on the default (full) data, with ``backbone``."""
     copy_repo(dest)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
+    sources = yaml.safe_load((dest / "data" / "sources.yaml").read_text())
     # The copy lives elsewhere: make the local source sets' relative paths absolute.
-    for entries in params["prepare"]["sources"].values():
+    for entries in sources["sets"].values():
         for entry in entries:
             location = entry["location"]
             if "://" not in location and not Path(location).is_absolute():
                 entry["location"] = str((REPO / location).resolve())
+    (dest / "data" / "sources.yaml").write_text(yaml.safe_dump(sources, sort_keys=False))
+    params = yaml.safe_load((dest / "params.yaml").read_text())
     params["model"]["backbone"] = backbone
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return dest

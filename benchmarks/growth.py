@@ -57,7 +57,8 @@ def make_project(dest: Path, photos: Path) -> None:
     params = yaml.safe_load((dest / "params.yaml").read_text())
     entry = {"name": "synthetic", "location": str(photos), "sha256": None, "take": "all"}
     entry["folders"] = {c: [c] for c in params["classes"]}
-    params["prepare"]["sources"] = {"synthetic": [entry]}
+    sources = {"sets": {"synthetic": [entry]}, "downloads": "data/downloads"}
+    (dest / "data" / "sources.yaml").write_text(yaml.safe_dump(sources, sort_keys=False))
     params["prepare"]["use"] = "synthetic"
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]

@@ -43,51 +43,17 @@ class SplitParams:
 
 
 @dataclass(frozen=True)
-class SourceParams:
-    """One place photos come from: an http(s) URL of a zip/tar archive, a local archive, or a local
-    directory. ``folders`` maps each class to folders inside it (relative to its root)."""
-
-    name: str
-    location: str
-    sha256: str | None  # of the archive: checked when set; printed on first download when null
-    folders: dict[str, list[str]]
-    take: int | Literal["all"]  # images per class from this source, after validation and de-duplication
-
-    def __post_init__(self) -> None:
-        check(
-            all(c.isalnum() or c in "-_." for c in self.name) and not self.name.startswith("."),
-            "prepare.sources[].name",
-            f"a plain name (letters, digits, - _ .), got {self.name!r}",
-        )
-        if self.sha256 is not None:
-            ok = len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256.lower())
-            check(ok, f"prepare.sources '{self.name}'.sha256", "64 hex digits or null")
-        for label, folders in self.folders.items():
-            check(bool(folders), f"prepare.sources '{self.name}'.folders.{label}", "a non-empty list of folders")
-        if isinstance(self.take, int):
-            check(self.take >= 1, f"prepare.sources '{self.name}'.take", "an integer >= 1 or 'all'")
-
-
-@dataclass(frozen=True)
 class PrepareParams:
-    # Named sets of sources; ``use`` picks one ("auto": the first set whose local paths all exist).
-    # The environment variable ABCD_DATA overrides ``use`` (see README: Data).
+    # Which named set of the sources file (data/sources.yaml) to read: "auto" = the first set whose
+    # local paths all exist. The environment variable ABCD_DATA overrides it (see README: Data).
     use: str
-    sources: dict[str, list[SourceParams]]
-    downloads: str  # cache for downloaded and extracted archives, relative to the repo root
     split: SplitParams
     max_pixels: int
     near_duplicate_bits: int  # dHash Hamming distance (of 64 bits) at or below which two pictures are one
     grid_samples: int  # pictures per class and split in plots/data/samples.png
 
     def __post_init__(self) -> None:
-        check(bool(self.sources), "prepare.sources", "at least one named set of sources")
-        for name, sources in self.sources.items():
-            check(bool(sources), f"prepare.sources.{name}", "a non-empty list of sources")
-            names = [s.name for s in sources]
-            check(len(set(names)) == len(names), f"prepare.sources.{name}", "sources with distinct names")
-        choices = ", ".join(["auto", *self.sources])
-        check(self.use == "auto" or self.use in self.sources, "prepare.use", f"one of {choices}")
+        check(bool(self.use), "prepare.use", "'auto' or the name of a set in the sources file")
         check(self.max_pixels >= 1, "prepare.max_pixels", "an integer >= 1")
         check(0 <= self.near_duplicate_bits < 64, "prepare.near_duplicate_bits", "an integer in [0, 63]")
         check(self.grid_samples >= 0, "prepare.grid_samples", "an integer >= 0")
@@ -265,11 +231,6 @@ class Params:
         check(len(self.classes) >= 2, "classes", "a list of at least two class names")
         check(self.lr > 0, "lr", "a number > 0")
         check(len(set(self.classes)) == len(self.classes), "classes", "distinct class names")
-        for set_name, sources in self.prepare.sources.items():
-            for source in sources:
-                unknown = sorted(set(source.folders) - set(self.classes))
-                key = f"prepare.sources.{set_name} '{source.name}'.folders"
-                check(not unknown, key, f"keyed by classes ({', '.join(self.classes)}), not {', '.join(unknown)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (tuples as lists), safe for JSON and ``weights_only`` checkpoints."""
@@ -282,6 +243,12 @@ def parse_params(data: Any) -> Params:
     if isinstance(train, dict) and "lr" in train:
         # The key moved out of train so that `-S lr=` works: say where, rather than "did you mean backbone_lr".
         raise ParamsError(f"params: 'train.lr' is the top-level 'lr' (dvc exp run -S lr={train['lr']})")
+    prepare = data.get("prepare") if isinstance(data, dict) else None
+    if isinstance(prepare, dict) and ("sources" in prepare or "downloads" in prepare):
+        raise ParamsError(
+            "params: 'prepare.sources' moved to the sources file data/sources.yaml (as 'sets', beside "
+            "'downloads'); params.yaml keeps 'prepare.use' to pick a set"
+        )
     return build(Params, data, "")
 
 

@@ -1,7 +1,7 @@
 """Stage `prepare`: fetch the sources, validate every file, drop duplicates, split, copy in.
 
-Which set of ``prepare.sources`` is read: ``$ABCD_DATA`` if set, else ``prepare.use``
-(``auto``: the first set whose local paths exist). See README: Data.
+Which named set of the sources file (``--sources``, data/sources.yaml) is read: ``$ABCD_DATA`` if
+set, else ``prepare.use`` (``auto``: the first set whose local paths exist). See README: Data.
 """
 
 from __future__ import annotations
@@ -33,8 +33,20 @@ from src.data import (
 )
 from src.dedupe import Item, dhash, find_duplicates
 from src.fileio import atomic_dir, atomic_file, atomic_write_text
-from src.params import PrepareParams, SourceParams, SplitParams, load_params
-from src.sources import ENV_USE, Opened, SourceError, choose_set, describe, list_files, open_source, resolve_path
+from src.params import PrepareParams, SplitParams, load_params
+from src.sources import (
+    ENV_USE,
+    Opened,
+    SourceError,
+    SourceParams,
+    SourcesFile,
+    choose_set,
+    describe,
+    list_files,
+    load_sources,
+    open_source,
+    resolve_path,
+)
 
 SPLITS = ("train", "val", "test")
 # The order of the "skipped by reason" columns in the report.
@@ -221,13 +233,18 @@ def check_classes(sources: Sequence[SourceParams], classes: Sequence[str], chose
     missing = [c for c in classes if c not in covered]
     if missing:
         raise SourceError(
-            f"prepare.sources.{chosen}: no source has folders for class(es) {', '.join(missing)}; "
+            f"sources set '{chosen}': no source has folders for class(es) {', '.join(missing)}; "
             f"every class of {', '.join(classes)} needs at least one"
         )
 
 
 def prepare(
-    params: PrepareParams, classes: Sequence[str], seed: int, cwd: Path, env: dict[str, str]
+    params: PrepareParams,
+    sources_file: SourcesFile,
+    classes: Sequence[str],
+    seed: int,
+    cwd: Path,
+    env: dict[str, str],
 ) -> tuple[dict[str, list[Sample]], dict, dict[str, tuple[Path, str]], dict[str, float]]:
     """Everything but the writing.
 
@@ -235,10 +252,10 @@ def prepare(
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    chosen, why = choose_set(params.use, params.sources, cwd, env)
-    sources = params.sources[chosen]
+    chosen, why = choose_set(params.use, sources_file.sets, cwd, env)
+    sources = sources_file.sets[chosen]
     check_classes(sources, classes, chosen)
-    cache = resolve_path(params.downloads, cwd)
+    cache = resolve_path(sources_file.downloads, cwd)
     opened = [open_source(s, cwd, cache) for s in sources]
     files = [File(o.params.name, label, key, rel, path) for o in opened for label, key, rel, path in list_files(o)]
     timings["fetch_and_list"] = time.perf_counter() - t0
@@ -278,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = stage_args(
         __doc__,
         argv,
+        reads={"sources": "sources file: named sets of places photos come from (data/sources.yaml)"},
         writes={
             "out": "prepared dataset directory",
             "report": "metrics JSON: kept/skipped/split counts",
@@ -287,9 +305,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         optional=("data-report", "grid"),
     )
     params = load_params(args.params)
+    sources = load_sources(args.sources, params.classes)
     start = time.perf_counter()
 
-    splits, report, files, timings = prepare(params.prepare, params.classes, params.seed, Path.cwd(), dict(os.environ))
+    splits, report, files, timings = prepare(
+        params.prepare, sources, params.classes, params.seed, Path.cwd(), dict(os.environ)
+    )
     for s in report["skipped"]:
         print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
 

@@ -20,10 +20,13 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import yaml
 
 from src.errors import UserError
 from src.fileio import atomic_dir, atomic_file
-from src.params import SourceParams
+from src.schema import ParamsError, build, check
 
 ENV_USE = "ABCD_DATA"  # overrides prepare.use
 CHUNK = 1 << 20
@@ -36,6 +39,70 @@ class SourceError(UserError, ValueError):
 
 class TransientError(Exception):
     """A failure worth retrying: 5xx, 429, a reset or cut connection, a timeout."""
+
+
+@dataclass(frozen=True)
+class SourceParams:
+    """One place photos come from: an http(s) URL of a zip/tar archive, a local archive, or a local
+    directory. ``folders`` maps each class to folders inside it (relative to its root)."""
+
+    name: str
+    location: str
+    sha256: str | None  # of the archive: checked when set; printed on first download when null
+    folders: dict[str, list[str]]
+    take: int | Literal["all"]  # images per class from this source, after validation and de-duplication
+
+    def __post_init__(self) -> None:
+        check(
+            all(c.isalnum() or c in "-_." for c in self.name) and not self.name.startswith("."),
+            "source name",
+            f"a plain name (letters, digits, - _ .), got {self.name!r}",
+        )
+        if self.sha256 is not None:
+            ok = len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256.lower())
+            check(ok, f"source '{self.name}'.sha256", "64 hex digits or null")
+        for label, folders in self.folders.items():
+            check(bool(folders), f"source '{self.name}'.folders.{label}", "a non-empty list of folders")
+        if isinstance(self.take, int):
+            check(self.take >= 1, f"source '{self.name}'.take", "an integer >= 1 or 'all'")
+
+
+@dataclass(frozen=True)
+class SourcesFile:
+    """The sources file (``data/sources.yaml``): data wiring, not a knob, so it is a dependency of
+    prepare rather than params (``dvc exp show`` keeps its columns for results and knobs);
+    ``prepare.use`` in params.yaml picks one of its named sets."""
+
+    sets: dict[str, list[SourceParams]]
+    downloads: str  # cache for downloaded and extracted archives, relative to the repo root
+
+    def __post_init__(self) -> None:
+        check(bool(self.sets), "sets", "at least one named set of sources")
+        for name, sources in self.sets.items():
+            check(bool(sources), f"sets.{name}", "a non-empty list of sources")
+            names = [s.name for s in sources]
+            check(len(set(names)) == len(names), f"sets.{name}", "sources with distinct names")
+
+
+def load_sources(path: str | Path, classes: Sequence[str]) -> SourcesFile:
+    """Read and validate the sources file; every source's folders must be keyed by ``classes``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"sources: file not found: {path} (a YAML file of named source sets, README: Data)")
+    try:
+        data = yaml.safe_load(path.read_text())
+        sources = build(SourcesFile, data, "")
+        for set_name, items in sources.sets.items():
+            for source in items:
+                unknown = sorted(set(source.folders) - set(classes))
+                key = f"sets.{set_name} '{source.name}'.folders"
+                check(not unknown, key, f"keyed by classes ({', '.join(classes)}), not {', '.join(unknown)}")
+    except yaml.YAMLError as err:
+        raise SourceError(f"sources: {path} is not valid YAML: {err}") from None
+    except ParamsError as err:
+        # The schema's messages start "params: "; this file is not params.yaml, so say which file it is.
+        raise SourceError(f"sources: {str(err).removeprefix('params: ')} (in {path})") from None
+    return sources
 
 
 def resolve_path(location: str, cwd: Path) -> Path:
@@ -77,7 +144,7 @@ def choose_set(use: str, sources: dict[str, list[SourceParams]], cwd: Path, env:
         if not missing:
             return name, f"{why}=auto: first set whose local paths exist"
     raise SourceError(
-        f"{why}=auto: no set of prepare.sources is available (every set names a local path that does not exist); "
+        f"{why}=auto: no set of the sources file is available (every set names a local path that does not exist); "
         f"set {ENV_USE} or prepare.use to one of {', '.join(sources)}"
     )
 
@@ -222,8 +289,8 @@ def open_source(source: SourceParams, cwd: Path, cache: Path, retries: int = 4, 
             ) from None
         if known is None:
             print(
-                f"prepare: sha256 of {source.location} is {sha}; pin it as prepare.sources ... "
-                f"'{source.name}'.sha256 in params.yaml to check later downloads",
+                f"prepare: sha256 of {source.location} is {sha}; pin it as the sha256 of source "
+                f"'{source.name}' in the sources file (data/sources.yaml) to check later downloads",
                 file=sys.stderr,
             )
         kind = "url"

@@ -56,8 +56,15 @@ def copy_repo(dest: Path) -> Path:
 
 
 def photo_source(path: Path, name: str = "photos", take: int | str = "all") -> dict:
-    """A ``prepare.sources`` entry for a local directory with one folder per class."""
+    """A sources-file entry for a local directory with one folder per class."""
     return {"name": name, "location": str(path), "sha256": None, "folders": {c: [c] for c in CLASSES}, "take": take}
+
+
+def write_sources(path: Path, sets: dict[str, list[dict]], downloads: str = "data/downloads") -> Path:
+    """A sources file (``data/sources.yaml``'s format) holding these named sets."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"sets": sets, "downloads": downloads}, sort_keys=False))
+    return path
 
 
 def make_project(root: Path, photos: Path) -> tuple[Path, dict[str, str]]:
@@ -71,7 +78,7 @@ def make_project(root: Path, photos: Path) -> tuple[Path, dict[str, str]]:
 
     repo = copy_repo(root / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["prepare"]["sources"] = {"photos": [photo_source(source)]}
+    write_sources(repo / "data" / "sources.yaml", {"photos": [photo_source(source)]})
     params["prepare"]["use"] = "photos"
     params["featurize"].update(views=2, batch_size=16)
     params["train"].update(epochs=2, batch_size=8)

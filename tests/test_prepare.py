@@ -9,9 +9,18 @@ from src.data import read_manifest
 from src.prepare import main
 from src.sources import resolve_path as resolve_source
 from tests.conftest import CLASSES
-from tests.pipeline_utils import photo_source
+from tests.pipeline_utils import photo_source, write_sources
 
-ARGS = ["--out", "data/prepared", "--report", "metrics/data.json", "--data-report", "reports/data.json"]
+ARGS = [
+    "--sources",
+    "sources.yaml",
+    "--out",
+    "data/prepared",
+    "--report",
+    "metrics/data.json",
+    "--data-report",
+    "reports/data.json",
+]
 
 
 def test_relative_source_resolves_against_the_repo(tmp_path: Path) -> None:
@@ -28,7 +37,7 @@ def test_relative_source_inside_a_dvc_temp_experiment_resolves_against_the_paren
 @pytest.fixture
 def params_file(repo: Path, tmp_path: Path, image_tree: Path) -> Path:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["prepare"]["sources"] = {"photos": [photo_source(image_tree)]}
+    write_sources(tmp_path / "sources.yaml", {"photos": [photo_source(image_tree)]})
     params["prepare"]["use"] = "photos"
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))

@@ -116,7 +116,7 @@ def test_an_image_just_under_the_limit_decodes(tmp_path: Path) -> None:
 
 
 STAGES = {
-    "prepare": (prepare.main, ["--out", "o", "--report", "r.json"]),
+    "prepare": (prepare.main, ["--sources", "data/sources.yaml", "--out", "o", "--report", "r.json"]),
     "ood_data": (ood_data.main, ["--out", "o"]),
     "featurize": (featurize.main, ["--data", "d", "--ood", "q", "--out", "o"]),
     "train": (

@@ -18,7 +18,7 @@ import yaml
 from src.prepare import main as prepare_main
 from src.sources import SourceError, choose_set, download, list_files, open_source
 from tests.conftest import CLASSES, make_image
-from tests.pipeline_utils import photo_source
+from tests.pipeline_utils import photo_source, write_sources
 
 PER_CLASS = 3
 
@@ -119,7 +119,7 @@ def _sha(data: bytes) -> str:
 
 
 def _source(url: str, sha256: str | None = None, name: str = "pets"):
-    from src.params import SourceParams
+    from src.sources import SourceParams
 
     return SourceParams(name, url, sha256, {c: [f"pets/{c}"] for c in CLASSES}, "all")
 
@@ -207,7 +207,7 @@ def test_local_archive_source_and_unsafe_members(archives: dict[str, bytes], tmp
 def test_missing_folder_names_the_source_and_what_is_there(archives: dict[str, bytes], tmp_path: Path) -> None:
     local = tmp_path / "pets.zip"
     local.write_bytes(archives["/pets.zip"])
-    from src.params import SourceParams
+    from src.sources import SourceParams
 
     source = SourceParams("pets", str(local), None, {"ants": ["hymenoptera_data/train/ants"]}, "all")
     opened = open_source(source, tmp_path, tmp_path / "cache")
@@ -236,16 +236,28 @@ def test_prepare_downloads_the_archive_set_when_told_to(
     """The whole stage on a URL source chosen by ABCD_DATA; the sha256 lands in the data report."""
     server.files.update(archives)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["prepare"]["sources"] = {
-        "mirror": [photo_source(tmp_path / "no-such-mirror", name="mirror")],
-        "download": [{**photo_source(Path("-"), name="pets"), "location": server.url + "/pets.zip"}],
-    }
-    params["prepare"]["sources"]["download"][0]["folders"] = {c: [f"pets/{c}"] for c in CLASSES}
+    download = {**photo_source(Path("-"), name="pets"), "location": server.url + "/pets.zip"}
+    download["folders"] = {c: [f"pets/{c}"] for c in CLASSES}
+    sets = {"mirror": [photo_source(tmp_path / "no-such-mirror", name="mirror")], "download": [download]}
+    write_sources(tmp_path / "sources.yaml", sets)
     params["prepare"]["split"] = {"train": 1, "val": 1, "test": "rest"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ABCD_DATA", "download")
-    prepare_main(["--params", "params.yaml", "--out", "data/prepared", "--report", "m.json", "--data-report", "r.json"])
+    prepare_main(
+        [
+            "--params",
+            "params.yaml",
+            "--sources",
+            "sources.yaml",
+            "--out",
+            "data/prepared",
+            "--report",
+            "m.json",
+            "--data-report",
+            "r.json",
+        ]
+    )
     report = json.loads(Path("r.json").read_text())
     assert report["source_set"] == "download"
     assert report["sources"] == [

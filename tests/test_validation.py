@@ -17,8 +17,9 @@ from src.data import SplitError, load_rgb, stratified_split, to_rgb
 from src.dedupe import Item, dhash, find_duplicates
 from src.params import ParamsError, parse_params
 from src.prepare import File, inspect_files, layout, main, take_per_class
+from src.sources import SourceError, load_sources
 from tests.conftest import CLASSES, make_image
-from tests.pipeline_utils import photo_source
+from tests.pipeline_utils import photo_source, write_sources
 
 
 def _png_declaring(width: int, height: int) -> bytes:
@@ -166,10 +167,24 @@ def test_no_picture_leaks_across_splits(shared_photos: Path, repo: Path, tmp_pat
     cat = sorted((source / "cats").iterdir())[0]
     shutil.copyfile(cat, source / "dogs" / "really-a-cat.jpg")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["prepare"].update(sources={"photos": [photo_source(source)]}, use="photos")
+    params["prepare"]["use"] = "photos"
+    write_sources(tmp_path / "sources.yaml", {"photos": [photo_source(source)]})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    main(["--params", "params.yaml", "--out", "prep", "--report", "m.json", "--data-report", "r.json"])
+    main(
+        [
+            "--params",
+            "params.yaml",
+            "--sources",
+            "sources.yaml",
+            "--out",
+            "prep",
+            "--report",
+            "m.json",
+            "--data-report",
+            "r.json",
+        ]
+    )
 
     report = json.loads(Path("r.json").read_text())
     assert report["per_class"]["bees"]["skipped_by_reason"] == {"exact_duplicate": 4, "near_duplicate": 4}
@@ -218,10 +233,11 @@ def params_file_for_split(shared_photos: Path, repo: Path, tmp_path: Path, monke
 
     def go(split: dict) -> str:
         params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["prepare"].update(sources={"m": [photo_source(shared_photos)]}, use="m", split=split)
+        params["prepare"].update(use="m", split=split)
+        write_sources(tmp_path / "sources.yaml", {"m": [photo_source(shared_photos)]})
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
         monkeypatch.chdir(tmp_path)
-        monkeypatch.setattr("sys.argv", ["prepare", "--out", "o", "--report", "r.json"])
+        monkeypatch.setattr("sys.argv", ["prepare", "--sources", "sources.yaml", "--out", "o", "--report", "r.json"])
         with pytest.raises(SystemExit):
             run(main, "prepare")
         return capsys.readouterr().err
@@ -241,13 +257,27 @@ def test_changing_only_the_seed_changes_only_the_split(
     image_tree: Path, repo: Path, tmp_path: Path, monkeypatch
 ) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["prepare"].update(sources={"p": [photo_source(image_tree, name="p", take=8)]}, use="p")
+    params["prepare"]["use"] = "p"
+    write_sources(tmp_path / "sources.yaml", {"p": [photo_source(image_tree, name="p", take=8)]})
     monkeypatch.chdir(tmp_path)
     reports = []
     for seed in (1, 2):
         params["seed"] = seed
         Path("params.yaml").write_text(yaml.safe_dump(params))
-        main(["--params", "params.yaml", "--out", f"p{seed}", "--report", "m.json", "--data-report", f"r{seed}.json"])
+        main(
+            [
+                "--params",
+                "params.yaml",
+                "--sources",
+                "sources.yaml",
+                "--out",
+                f"p{seed}",
+                "--report",
+                "m.json",
+                "--data-report",
+                f"r{seed}.json",
+            ]
+        )
         reports.append(json.loads(Path(f"r{seed}.json").read_text()))
     assert reports[0] == reports[1]  # same counts, same skipped files (take is not seeded)
     kept = [sorted(p.name for p in Path(f"p{seed}/images").rglob("*.jpg")) for seed in (1, 2)]
@@ -261,9 +291,8 @@ BAD_PREPARE = [
         {"split": {"train": 125, "val": 0.5, "test": "rest"}},
         r"'prepare.split' must be fractions in \(0, 1\) .* or counts",
     ),
-    ({"use": "nope"}, r"'prepare.use' must be one of auto, mirror, download"),
     ({"near_duplicate_bits": 64}, r"'prepare.near_duplicate_bits' must be an integer in \[0, 63\]"),
-    ({"sources": {"mirror": []}}, r"'prepare.sources.mirror' must be a non-empty list"),
+    ({"sources": {"mirror": []}}, r"'prepare.sources' moved to the sources file data/sources.yaml"),
 ]
 
 
@@ -275,24 +304,53 @@ def test_bad_prepare_params_name_the_key(repo: Path, change: dict, message: str)
         parse_params(raw)
 
 
-def test_bad_source_params_name_the_key(repo: Path) -> None:
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    mirror = raw["prepare"]["sources"]["mirror"][0]
+def test_bad_sources_file_names_the_file_and_the_key(repo: Path, tmp_path: Path) -> None:
+    raw = yaml.safe_load((repo / "data" / "sources.yaml").read_text())
+    path = tmp_path / "sources.yaml"
+
+    def load() -> None:
+        path.write_text(yaml.safe_dump(raw))
+        load_sources(path, CLASSES)
+
+    load()  # the shipped file is valid
+    mirror = raw["sets"]["mirror"][0]
     mirror["folders"]["wolves"] = ["wolves"]
-    with pytest.raises(ParamsError, match=r"'prepare.sources.mirror 'mirror'.folders' must be keyed by classes"):
-        parse_params(raw)
+    with pytest.raises(SourceError, match=r"'sets.mirror 'mirror'.folders' must be keyed by classes .*\(in .*sources"):
+        load()
     del mirror["folders"]["wolves"]
     mirror["take"] = 0
-    with pytest.raises(ParamsError, match=r"'prepare.sources 'mirror'.take' must be an integer >= 1 or 'all'"):
-        parse_params(raw)
+    with pytest.raises(SourceError, match=r"^sources: 'source 'mirror'.take' must be an integer >= 1 or 'all'"):
+        load()
     mirror["take"] = "all"
     mirror["sha256"] = "abc"
-    with pytest.raises(ParamsError, match=r"'prepare.sources 'mirror'.sha256' must be 64 hex digits or null"):
-        parse_params(raw)
+    with pytest.raises(SourceError, match=r"'source 'mirror'.sha256' must be 64 hex digits or null"):
+        load()
     mirror["sha256"] = None
     mirror["folder"] = mirror.pop("folders")
-    with pytest.raises(ParamsError, match=r"unknown key 'prepare.sources.mirror\[0\].folder' \(did you mean 'folders'"):
-        parse_params(raw)
+    with pytest.raises(SourceError, match=r"unknown key 'sets.mirror\[0\].folder' \(did you mean 'folders'"):
+        load()
+    mirror["folders"] = mirror.pop("folder")
+    raw["sets"]["mirror"] = []
+    with pytest.raises(SourceError, match=r"'sets.mirror' must be a non-empty list of sources"):
+        load()
+    with pytest.raises(SourceError, match=r"sources: file not found: .*nowhere.yaml"):
+        load_sources(tmp_path / "nowhere.yaml", CLASSES)
+
+
+def test_prepare_use_must_name_a_set_of_the_sources_file(image_tree: Path, repo: Path, tmp_path: Path, monkeypatch):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["prepare"]["use"] = "nope"
+    write_sources(tmp_path / "sources.yaml", {"p": [photo_source(image_tree, name="p")], "q": []})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ABCD_DATA", raising=False)
+    args = ["--params", "params.yaml", "--sources", "sources.yaml", "--out", "prep", "--report", "m.json"]
+    with pytest.raises(SourceError, match=r"'sets.q' must be a non-empty list"):
+        main(args)
+    write_sources(tmp_path / "sources.yaml", {"p": [photo_source(image_tree, name="p")]})
+    with pytest.raises(SourceError, match=r"prepare.use is 'nope'; choose one of auto, p"):
+        main(args)
+    assert not Path("prep").exists()
 
 
 def test_layout_keeps_the_source_names_unless_two_files_collide() -> None:
@@ -313,11 +371,24 @@ def test_layout_keeps_the_source_names_unless_two_files_collide() -> None:
 def test_every_found_file_is_kept_or_skipped_with_a_reason(image_tree: Path, repo: Path, tmp_path: Path, monkeypatch):
     """Counts per class that leave images over are reported as not_in_split, not dropped silently."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["prepare"].update(sources={"p": [photo_source(image_tree, name="p")]}, use="p")
-    params["prepare"]["split"] = {"train": 4, "val": 2, "test": 2}
+    params["prepare"].update(use="p", split={"train": 4, "val": 2, "test": 2})
+    write_sources(tmp_path / "sources.yaml", {"p": [photo_source(image_tree, name="p")]})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    main(["--params", "params.yaml", "--out", "prep", "--report", "m.json", "--data-report", "r.json"])
+    main(
+        [
+            "--params",
+            "params.yaml",
+            "--sources",
+            "sources.yaml",
+            "--out",
+            "prep",
+            "--report",
+            "m.json",
+            "--data-report",
+            "r.json",
+        ]
+    )
     report = json.loads(Path("r.json").read_text())
     for label, counts in report["per_class"].items():
         assert counts["found"] == counts["kept"] + counts["skipped"] == 10, label
