@@ -298,11 +298,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         reads={"sources": "sources file: named sets of places photos come from (data/sources.yaml)"},
         writes={
             "out": "prepared dataset directory",
-            "report": "metrics JSON: kept/skipped/split counts",
-            "data-report": "full data report JSON (per class, every skipped file)",
+            "report": "data report JSON: totals, per class counts, every skipped file and why",
             "grid": "PNG grid of sample pictures per class and split",
         },
-        optional=("data-report", "grid"),
+        optional=("grid",),
     )
     params = load_params(args.params)
     sources = load_sources(args.sources, params.classes)
@@ -328,18 +327,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             write_manifest(tmp / f"{name}.csv", local)
     timings["copy"] = time.perf_counter() - t0
 
-    if args.data_report is not None:
-        atomic_write_text(args.data_report, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
     if args.grid is not None:
         t0 = time.perf_counter()
         grid = sample_grid(splits, params.classes, params.prepare.grid_samples, lambda key: load_rgb(files[key][0]))
         with atomic_file(args.grid) as tmp:
             grid.save(tmp, format="PNG")
         timings["grid"] = time.perf_counter() - t0
-    # The tracked metric stays small so that `dvc exp show` keeps its columns for results.
     totals = report["totals"]
-    counts = {"kept": totals["kept"], "skipped": totals["skipped"], **{name: totals[name] for name in SPLITS}}
-    atomic_write_text(args.report, json.dumps({"data": counts}, indent=2) + "\n")
 
     print(f"prepare: source set '{report['source_set']}' ({report['chosen_by']}; override with ${ENV_USE})")
     print(summary_table(report))

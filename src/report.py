@@ -82,7 +82,7 @@ def render(
             f"| {_fmt(c['roc_auc'])} | {_fmt(c['average_precision'])} |"
         )
     v = train["val"]
-    d = data["data"]
+    d = data["totals"]
     lines += [
         "",
         "## Validation (best epoch)",
@@ -132,8 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         __doc__,
         argv,
         reads={
-            "metrics": "directory with data.json (prepare's counts)",
-            "reports": "directory with train/test/unknown.json (the full reports)",
+            "reports": "directory with data/train/test/unknown.json (the full reports)",
             "plots": "plots directory",
         },
         writes={"out": "Markdown report"},
@@ -145,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if (args.plots / rel).is_file()
     ]
     text = render(
-        _read(args.metrics / "data.json"),
+        _read(args.reports / "data.json"),
         _read(args.reports / "train.json"),
         _read(args.reports / "test.json"),
         params,

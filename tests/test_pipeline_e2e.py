@@ -46,8 +46,9 @@ def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None
     repo, env, out = reproduced
     for stage in ("prepare", "featurize", "train", "export", "test", "evaluate", "ood_data", "report"):
         assert f"Running stage '{stage}'" in out
-    data = json.loads((repo / "metrics/data.json").read_text())["data"]
-    assert data == {"kept": 24, "skipped": 0, "train": 16, "val": 4, "test": 4}
+    data = json.loads((repo / "reports/data.json").read_text())["totals"]
+    assert data == {"found": 24, "kept": 24, "skipped": 0, "train": 16, "val": 4, "test": 4}
+    assert not (repo / "metrics/data.json").exists()  # image counts are not a DVC metric
 
     with (repo / "data/predictions/test.csv").open() as f:
         rows = list(csv.DictReader(f))

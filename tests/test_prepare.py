@@ -17,8 +17,6 @@ ARGS = [
     "--out",
     "data/prepared",
     "--report",
-    "metrics/data.json",
-    "--data-report",
     "reports/data.json",
 ]
 
@@ -50,9 +48,8 @@ def test_prepare_copies_splits_and_reports(params_file: Path, image_tree: Path, 
     monkeypatch.delenv("ABCD_DATA", raising=False)
     main(["--params", str(params_file), *ARGS, "--grid", "plots/data/samples.png"])
 
-    report = json.loads(Path("metrics/data.json").read_text())
-    assert report == {"data": {"kept": 40, "skipped": 1, "train": 24, "val": 8, "test": 8}}
     full = json.loads(Path("reports/data.json").read_text())
+    assert full["totals"] == {"found": 41, "kept": 40, "skipped": 1, "train": 24, "val": 8, "test": 8}
     assert full["source_set"] == "photos" and full["chosen_by"] == "prepare.use=photos"
     assert full["per_class"]["cats"] == {
         "found": 11,

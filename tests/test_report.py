@@ -37,7 +37,7 @@ TEST = {
     }
 }
 TRAIN = {"best_epoch": 3, "val": {"loss": 0.1, "accuracy": 0.9, "f1_macro": 0.88}}
-DATA = {"data": {"kept": 10, "skipped": 1, "train": 6, "val": 2, "test": 2}}
+DATA = {"totals": {"found": 11, "kept": 10, "skipped": 1, "train": 6, "val": 2, "test": 2}}  # reports/data.json
 UNKNOWN = {
     "n_known_test": 4,
     "n_ood_images": 5,

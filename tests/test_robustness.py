@@ -184,7 +184,7 @@ STAGES = {
             "y",
         ],
     ),
-    "report": (report.main, ["--metrics", "m", "--reports", "r", "--plots", "p", "--out", "o"]),
+    "report": (report.main, ["--reports", "r", "--plots", "p", "--out", "o"]),
 }
 BAD = [
     (("train", "epochs"), 0, r"'train.epochs' must be an integer >= 1"),

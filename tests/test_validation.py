@@ -180,8 +180,6 @@ def test_no_picture_leaks_across_splits(shared_photos: Path, repo: Path, tmp_pat
             "--out",
             "prep",
             "--report",
-            "m.json",
-            "--data-report",
             "r.json",
         ]
     )
@@ -273,8 +271,6 @@ def test_changing_only_the_seed_changes_only_the_split(
                 "--out",
                 f"p{seed}",
                 "--report",
-                "m.json",
-                "--data-report",
                 f"r{seed}.json",
             ]
         )
@@ -384,8 +380,6 @@ def test_every_found_file_is_kept_or_skipped_with_a_reason(image_tree: Path, rep
             "--out",
             "prep",
             "--report",
-            "m.json",
-            "--data-report",
             "r.json",
         ]
     )
