@@ -6,7 +6,7 @@ PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install system-deps repro serve test test-fast lint format plots-template
+.PHONY: install system-deps repro exps serve test test-fast lint format plots-template
 
 # Debian packages whose sample photos the OOD set uses (src/ood_photos.py: DEB_PACKAGES).
 DEB_PACKAGES := opencv-doc lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds lxqt-themes libvips-doc imagemagick-6-doc
@@ -27,6 +27,12 @@ system-deps:  ## the Debian packages above, installed unless they already are (a
 
 repro: install system-deps  ## set up, then run the whole pipeline on the default data
 	dvc repro
+
+# The deciding numbers and lr always; other params and metrics only where experiments differ; no
+# dependency-hash columns. DVC has no setting for the default view (README: Experiments).
+DECIDING := ^(test\.f1_macro|test\.log_loss|unknown\.ood_photos_rejected|unknown\.known_rejected|lr)$$
+exps: install  ## the readable `dvc exp show`: make exps [ARGS="-A --sort-by test.f1_macro"]
+	dvc exp show --only-changed --keep '$(DECIDING)' --drop '^(src|data|models|plots|reports)/' $(ARGS)
 
 serve: install  ## the exported model (dvc repro makes it) behind HTTP: http://127.0.0.1:8000/
 	python -m src.serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -268,8 +269,8 @@ def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced) ->
     assert "lr-low" in table and "lr-high" in table
     header = next(csv.reader([table.splitlines()[0]]))
     assert not any("per_class" in c or "methods." in c for c in header), header  # reports' numbers stay out
-    # The deciding numbers: data counts 5, best epoch and val loss, test 9, the chosen detector's 3.
-    assert len([leaf for metrics in low.values() for leaf in _leaves(metrics)]) == 19, low
+    # The deciding numbers: best epoch and val loss, test 9, the chosen detector's 3 (no image counts).
+    assert len([leaf for metrics in low.values() for leaf in _leaves(metrics)]) == 14, low
 
     run(["dvc", "plots", "diff", "lr-low", "lr-high", "-o", "plots_diff"], repo, env)
     page = (repo / "plots_diff" / "index.html").read_text()
@@ -346,6 +347,14 @@ def test_queued_grid_search_runs_in_temp_workspaces(reproduced) -> None:
         assert 1 <= metrics["best_epoch"] <= params["train"]["epochs"]
         by_lr.setdefault(params["lr"], set()).add(round(metrics["val"]["loss"], 6))
     assert not by_lr[0.01] & by_lr[0.1]
+    # `make exps`, the readable view (`-o install`: the venv is this one): the deciding numbers and the
+    # knobs that differ between these experiments, no dependency hashes, every experiment a row.
+    table = run(["make", "-s", "-o", "install", "exps", "ARGS=--csv"], repo, env, stdout_only=True)
+    header, *rows = list(csv.reader(io.StringIO(table)))
+    deciding = ["test.f1_macro", "test.log_loss", "unknown.ood_photos_rejected", "unknown.known_rejected", "lr"]
+    assert {*deciding, "train.epochs"} <= set(header), header
+    assert not [c for c in header if c.startswith(("src/", "data/", "models/", "seed", "classes"))], header
+    assert len(header) <= 40 and len(rows) >= 5, table
 
 
 def _y_fields(spec: dict) -> dict[str, list[str]]:
