@@ -398,6 +398,15 @@ def main() -> None:
                 {s: np.maximum(nk[s], weight * nm[s]) for s in SPLITS},
             )
 
+    four = fuse([knn, energy, maha, vim], "z", "sum")
+    for weight in (0.25, 0.5):  # weight 1: "fusion sum(z): knn + energy + mahalanobis_pp + vim + imagenet mass"
+        nm = normalise(mass, "z")
+        add(
+            f"fusion sum(z): knn + energy + mahalanobis_pp + vim + {weight:g} imagenet mass",
+            "-",
+            {s: four[s] + weight * nm[s] for s in SPLITS},
+        )
+
     # 3. Background crops of the training images as negatives.
     from sklearn.linear_model import LogisticRegression
 
