@@ -2,12 +2,13 @@
 
 The graph is the whole classifier: image batch (N, 3, S, S), preprocessed as in
 ``src.onnx_model.preprocess``, -> ``probabilities`` (softmax of logits / the checkpoint's
-temperature) and ``score_<method>`` for every exported unknown detector in the checkpoint
-(:data:`EXPORTED_FITTED`; their fitted states are constants in the graph). The metadata (key ``abcd``, JSON) holds the
-classes, the preprocessing, the temperature, each detector's threshold, the method chosen
-in params (``unknown.method``), the original rule's threshold (``predict.threshold``) and
-the checkpoint's sha256. Before writing, the stage runs the file on onnxruntime and fails
-if its output differs from the torch model's in fp32 by more than ``PARITY_ATOL``.
+temperature) and ``score_<method>`` for every unknown detector of the checkpoint that it
+exports (:data:`EXPORTED_FITTED`; their fitted states are constants in the graph). The
+metadata (key ``abcd``, JSON) holds the classes, the preprocessing, the temperature, each
+exported detector's threshold, the method chosen in params (``unknown.method``), the
+original rule's threshold (``predict.threshold``) and the checkpoint's sha256. Before
+writing, the stage runs the file on onnxruntime and fails if its output differs from the
+torch model's in fp32 by more than ``PARITY_ATOL``.
 """
 
 from __future__ import annotations
