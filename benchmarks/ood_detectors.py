@@ -13,6 +13,8 @@ batch of photos): the most selection photos rejected among detectors with at mos
 ``unknown.false_reject`` (2%) of known test images rejected; ties broken by the lower FPR@95,
 then by the simpler detector (one score before a combination, the augmented-view bank before
 views+eval). AUROC differences of a few thousandths on ~46 photos are noise and break no tie.
+The last row (selection half only) is the pipeline's ``fusion``, fitted and scored as train and
+test do: the detector this rule picked among benchmarks/ood_candidates.py's candidates.
 
 Needs `dvc repro` first (features and models/model.pt):
     python benchmarks/ood_detectors.py > reports/ood_selection.md
@@ -34,7 +36,7 @@ from src.metrics import roc_auc
 from src.ood_data import read_ood_manifest
 from src.params import load_params
 from src.registry import UNKNOWN_METHODS
-from src.unknown import head_logits, threshold_for_false_reject
+from src.unknown import detector_from_extra, fit_inference_extras, head_logits, threshold_for_false_reject
 
 
 def candidates(knn_ks: list[int]) -> list[tuple[str, str, dict]]:
@@ -86,6 +88,19 @@ def main() -> None:
         f"Selection table: {args.half} half, {int(ood_full.sum())} distinct OOD photos ({len(ood_x)} images "
         f"with crops), {len(test['labels'])} known test images; threshold: val, false_reject {alpha}.\n"
     )
+    feats = {"val": val["features"], "test": test["features"], "ood": ood_x}
+
+    def row(label: str, bank_name: str, score: dict[str, np.ndarray]) -> None:
+        thr = threshold_for_false_reject(score["val"], alpha)
+        known, photos = score["test"], score["ood"][ood_full]
+        auroc = roc_auc(np.r_[np.zeros(len(known)), np.ones(len(photos))], np.r_[known, photos])
+        fpr95 = float(np.mean(photos <= np.quantile(known, 0.95)))
+        print(
+            f"| {label} | {bank_name} | {auroc:.3f} | {fpr95:.3f} | {np.mean(photos > thr):.3f} "
+            f"| {np.mean(score['ood'] > thr):.3f} | {np.mean(known > thr):.3f} |",
+            flush=True,
+        )
+
     print("| detector | bank | AUROC | FPR@95 | OOD photos rejected | OOD images rejected | known rejected |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for label, name, kw in candidates(args.knn_k):
@@ -98,19 +113,29 @@ def main() -> None:
             if method.uses_head:
                 extra["linear"] = linear
             state = method.fit(bx, by, k, **extra)
-            score = {
-                s: method.score(state, x, logits[s], 1.0)
-                for s, x in (("val", val["features"]), ("test", test["features"]), ("ood", ood_x))
-            }
-            thr = threshold_for_false_reject(score["val"], alpha)
-            known, photos = score["test"], score["ood"][ood_full]
-            auroc = roc_auc(np.r_[np.zeros(len(known)), np.ones(len(photos))], np.r_[known, photos])
-            fpr95 = float(np.mean(photos <= np.quantile(known, 0.95)))
-            print(
-                f"| {label} | {bank_name} | {auroc:.3f} | {fpr95:.3f} | {np.mean(photos > thr):.3f} "
-                f"| {np.mean(score['ood'] > thr):.3f} | {np.mean(known > thr):.3f} |",
-                flush=True,
-            )
+            score = {s: method.score(state, x, logits[s], 1.0) for s, x in feats.items()}
+            row(label, bank_name, score)
+    if args.half == "selection":
+        # The fusion as train fits it (fit_inference_extras: its components with today's params, then
+        # their val z-scores) and test scores it (detector_from_extra): the pipeline's own numbers.
+        # Chosen on this half (benchmarks/ood_candidates.py); not re-judged on the report half here.
+        extra = fit_inference_extras(
+            head,
+            views,
+            train_y,
+            val["features"],
+            val["labels"],
+            train_eval_x=eval_view,
+            false_reject=alpha,
+            knn_k=params.unknown.knn_k,
+            ece_bins=params.evaluate.ece_bins,
+            calibrate=False,  # no fusion component reads the temperature
+        )
+        fusion = detector_from_extra(extra, "fusion", None)
+        score = {s: fusion.score(x, logits[s]) for s, x in feats.items()}
+        assert threshold_for_false_reject(score["val"], alpha) == fusion.threshold
+        parts = " + ".join(extra["unknown"]["fusion"]["state"])
+        row(f"fusion sum(z): {parts} (k={params.unknown.knn_k})", "views+eval (knn), views", score)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@
 
 The graph is the whole classifier: image batch (N, 3, S, S), preprocessed as in
 ``src.onnx_model.preprocess``, -> ``probabilities`` (softmax of logits / the checkpoint's
-temperature) and ``score_<method>`` for every unknown detector in the checkpoint (their
-fitted states are constants in the graph). The metadata (key ``abcd``, JSON) holds the
-classes, the preprocessing, the temperature, each detector's threshold, the method chosen
-in params (``unknown.method``), the original rule's threshold (``predict.threshold``) and
-the checkpoint's sha256. Before writing, the stage runs the file on onnxruntime and fails
-if its output differs from the torch model's in fp32 by more than ``PARITY_ATOL``.
+temperature) and ``score_<method>`` for every unknown detector of the checkpoint that it
+exports (:data:`EXPORTED_FITTED`; their fitted states are constants in the graph). The
+metadata (key ``abcd``, JSON) holds the classes, the preprocessing, the temperature, each
+exported detector's threshold, the method chosen in params (``unknown.method``), the
+original rule's threshold (``predict.threshold``) and the checkpoint's sha256. Before
+writing, the stage runs the file on onnxruntime and fails if its output differs from the
+torch model's in fp32 by more than ``PARITY_ATOL``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ PARITY_ATOL = 1e-4  # max abs difference of probabilities, ONNX against torch fp
 
 
 # Fitted detectors the graph computes (beside max_softmax and energy, which need no state). The
-# others (vim, scale, knn_mahalanobis_pp: src/ood_scores.py) are evaluated in the pipeline only.
-EXPORTED_FITTED = ("mahalanobis", "mahalanobis_pp", "knn")
+# others (scale, knn_mahalanobis_pp: src/ood_scores.py) are evaluated in the pipeline only. fusion
+# (the default unknown.method) is its stored components' scores, standardised and summed in the
+# graph, and is exported when every one of them is.
+EXPORTED_FITTED = ("mahalanobis", "mahalanobis_pp", "knn", "vim", "fusion")
 
 
 class InferenceGraph(nn.Module):
@@ -45,7 +48,7 @@ class InferenceGraph(nn.Module):
         self.model = loaded.model.float().eval()
         self.temperature = float(loaded.extra.get("temperature", 1.0))
         fitted = _fitted(loaded)
-        self.methods = ["max_softmax", "energy", *(m for m in EXPORTED_FITTED if m in fitted)]
+        self.methods = exported_methods(fitted)
         for name in ("mahalanobis", "mahalanobis_pp"):
             if name in fitted:
                 self.register_buffer(f"{name}_means", fitted[name]["state"]["means"].float())
@@ -53,12 +56,25 @@ class InferenceGraph(nn.Module):
         if "knn" in fitted:
             self.register_buffer("bank", fitted["knn"]["state"]["bank"].float())
             self.k = int(fitted["knn"]["state"]["k"])
+        if "vim" in fitted:
+            self.register_buffer("vim_origin", fitted["vim"]["state"]["origin"].float())
+            self.register_buffer("vim_basis", fitted["vim"]["state"]["basis"].float())
+            self.vim_alpha = float(fitted["vim"]["state"]["alpha"])
+        if "fusion" in self.methods:
+            state = fitted["fusion"]["state"]
+            self.fusion_parts = list(state)
+            moments = torch.stack([state[p].double() for p in self.fusion_parts])
+            self.register_buffer("fusion_mean", moments[:, 0].float())
+            self.register_buffer("fusion_std", moments[:, 1].float())
         # Eval mode for the whole tree, this module included: torch.onnx.export restores the mode it
         # found, and a module left in training mode would switch the head's dropout back on afterwards.
         self.eval()
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        feats = self.model.backbone(image).float()
+        return self.from_features(self.model.backbone(image).float())
+
+    def from_features(self, feats: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(probabilities, every method's score) from the backbone's (N, D) fp32 features."""
         logits = self.model.head(feats)
         probs = torch.softmax(logits / self.temperature, dim=1)
         scores = {"max_softmax": 1.0 - probs.max(dim=1).values, "energy": -torch.logsumexp(logits, dim=1)}
@@ -72,7 +88,25 @@ class InferenceGraph(nn.Module):
             d = 2.0 - 2.0 * q @ self.bank.T
             kth = torch.topk(d, self.k, dim=1, largest=False).values[:, -1]
             scores["knn"] = kth.clamp_min(0).sqrt()
+        if "vim" in self.methods:
+            centred = feats - self.vim_origin
+            residual = (centred - (centred @ self.vim_basis) @ self.vim_basis.T).norm(dim=1)
+            scores["vim"] = self.vim_alpha * residual + scores["energy"]
+        if "fusion" in self.methods:
+            parts = torch.stack([scores[p] for p in self.fusion_parts], dim=1)
+            scores["fusion"] = ((parts - self.fusion_mean) / self.fusion_std).sum(dim=1)
         return (probs, *(scores[m] for m in self.methods))
+
+
+def exported_methods(fitted: Mapping[str, Any]) -> list[str]:
+    """The methods the graph computes for a checkpoint's fitted detectors, in output order.
+
+    fusion only when the graph computes each component its stored state names.
+    """
+    singles = ["max_softmax", "energy", *(m for m in EXPORTED_FITTED if m in fitted and m != "fusion")]
+    if "fusion" in fitted and all(p in singles for p in fitted["fusion"]["state"]):
+        return [*singles, "fusion"]
+    return singles
 
 
 def _fitted(loaded: LoadedModel) -> Mapping[str, Any]:
@@ -81,7 +115,8 @@ def _fitted(loaded: LoadedModel) -> Mapping[str, Any]:
 
 def export_metadata(loaded: LoadedModel, checkpoint: Path, method: str, max_softmax_threshold: float) -> dict:
     """What predict and serve need beside the graph (JSON-able)."""
-    fitted = {k: v for k, v in _fitted(loaded).items() if k in ("max_softmax", "energy", *EXPORTED_FITTED)}
+    exported = exported_methods(_fitted(loaded))
+    fitted = {k: v for k, v in _fitted(loaded).items() if k in exported}
     if method != "max_softmax" and method not in fitted:
         raise InvalidFileError(
             f"{checkpoint}: unknown.method is {method!r}, which the export does not compute (it exports: "

@@ -10,8 +10,8 @@ Inputs are files, directories (searched recursively for images) or glob patterns
 read; the run goes on past them and exits 1 if any failed, 0 otherwise.
 
 ``unknown.method`` in params (or --method) picks the detector stored in the checkpoint:
-``max_softmax`` is the original rule (max probability below ``predict.threshold``);
-``energy``, ``mahalanobis`` and ``knn`` use the threshold fitted on validation data.
+``max_softmax`` is the original rule (max probability below ``predict.threshold``); the
+others (``fusion``, the default, ``knn``, ...) use the threshold fitted on validation data.
 
 Settings come from flags first, then from params.yaml (``--params``, or ./params.yaml when
 it exists, as inside the repo), else from the model file, which stores the values it was

@@ -93,6 +93,8 @@ UNKNOWN_METHODS = Registry(
         "vim": "src.ood_scores:VIM",
         "scale": "src.ood_scores:SCALE",
         "knn_mahalanobis_pp": "src.ood_scores:KNN_MAHALANOBIS_PP",
+        # Fitted after the single methods, from their val scores (src.unknown.Fusion).
+        "fusion": "src.ood_scores:FUSION",
     },
 )
 # Not a params field: a backbone's (or checkpoint's) preprocessing names its resize interpolation.

@@ -33,7 +33,9 @@ def score_images(head, feats: np.ndarray, extra: Mapping[str, Any]) -> tuple[np.
     """Class probabilities (softmax of logits / the checkpoint's T) and every fitted detector's score."""
     logits = head_logits(head, feats)
     probs = calibrated_probs(logits, float(extra.get("temperature", 1.0)))
-    scores = {name: detector_from_extra(extra, name, None).score(feats, logits) for name in extra.get("unknown", {})}
+    scores: dict[str, np.ndarray] = {}
+    for name in extra.get("unknown", {}):  # train stores a fusion after its components: it reuses their scores
+        scores[name] = detector_from_extra(extra, name, None).score(feats, logits, scores)
     return probs, scores
 
 

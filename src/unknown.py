@@ -4,6 +4,8 @@ Every score is "higher = more likely unknown". Each method is fitted from the TR
 features (all augmented views; kNN's bank also holds each training image's eval view) and
 stored in the checkpoint as plain tensors, so ``weights_only`` loading works; its rejection
 threshold is set on the validation split for a target false-reject rate of known images.
+A :class:`Fusion` (``fusion``) sums other methods' scores, each standardised on val; it
+stores only those standardisations and is built from its components' stored states.
 """
 
 from __future__ import annotations
@@ -38,6 +40,39 @@ class Method:
     doc: str
     uses_head: bool = False
     eval_view_bank: bool = False
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """The sum of other registered methods' scores, each standardised on val: sum of (s - mean) / std.
+
+    Fitted after the single methods, from their val scores (:meth:`fit`). Its stored state is
+    ``{component name: tensor([mean, std])}`` (float64; numpy's mean and std, ddof 0) and nothing
+    else: the components' own states (kNN's bank, ...) stay under their own names in the
+    checkpoint, and :func:`detector_from_extra` builds the fusion from them, so nothing is
+    stored twice. The stored names, not :attr:`components`, say what a checkpoint's fusion sums.
+    """
+
+    components: tuple[str, ...]
+    doc: str
+
+    def fit(self, val_scores: Mapping[str, np.ndarray]) -> State:
+        state = {}
+        for name in self.components:
+            v = np.asarray(val_scores[name], np.float64)
+            # A constant component (never on real features) would divide by 0: it then adds nothing.
+            std = float(v.std()) or 1.0
+            state[name] = torch.tensor([float(v.mean()), std], dtype=torch.float64)
+        return state
+
+    @staticmethod
+    def combine(state: Mapping[str, torch.Tensor], part_scores: Mapping[str, np.ndarray]) -> np.ndarray:
+        """sum over the stored components of (score - mean) / std, float64."""
+        z = []
+        for name, moments in state.items():
+            mean, std = moments.double().tolist()
+            z.append((np.asarray(part_scores[name], np.float64) - mean) / std)
+        return np.sum(np.stack(z), axis=0)
 
 
 def _no_state(x: np.ndarray, y: np.ndarray, k: int) -> State:
@@ -222,12 +257,21 @@ def fit_inference_extras(
     fitted = fit_temperature(logits, val_y)
     temperature = fitted if calibrate else 1.0
     unknown: dict[str, Any] = {}
+    val_scores: dict[str, np.ndarray] = {}
     linear = head[-1]
-    for name, method in UNKNOWN_METHODS.items():
+    methods = dict(UNKNOWN_METHODS.items())
+    for name, method in methods.items():
+        if isinstance(method, Fusion):
+            continue  # below, from the single methods' val scores
         extra = {"linear": (linear.weight.detach(), linear.bias.detach())} if method.uses_head else {}
         state = method.fit(*(bank if method.eval_view_bank else (train_x, train_y)), knn_k, **extra)
-        val_scores = method.score(state, val_x, logits, temperature)
-        unknown[name] = {"state": state, "threshold": threshold_for_false_reject(val_scores, false_reject)}
+        val_scores[name] = method.score(state, val_x, logits, temperature)
+        unknown[name] = {"state": state, "threshold": threshold_for_false_reject(val_scores[name], false_reject)}
+    for name, method in methods.items():
+        if isinstance(method, Fusion):
+            state = method.fit(val_scores)
+            fused = method.combine(state, val_scores)
+            unknown[name] = {"state": state, "threshold": threshold_for_false_reject(fused, false_reject)}
     return {
         "temperature": temperature,
         "calibration": {
@@ -244,15 +288,27 @@ def fit_inference_extras(
 
 @dataclass(frozen=True)
 class Detector:
-    """One fitted method with its threshold: ``reject`` where ``score > threshold``."""
+    """One fitted method with its threshold: ``reject`` where ``score > threshold``.
+
+    A :class:`Fusion`'s ``parts`` are its components' detectors, built from their own stored states.
+    """
 
     name: str
-    method: Method
+    method: Method | Fusion
     state: Mapping[str, torch.Tensor]
     threshold: float
     temperature: float
+    parts: tuple[Detector, ...] = ()
 
-    def score(self, feats: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    def score(
+        self, feats: np.ndarray, logits: np.ndarray, computed: Mapping[str, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """The scores of (N, D) features with their (N, C) logits. ``computed``: scores of other
+        detectors of the same checkpoint on the same rows, which a fusion reuses instead of recomputing."""
+        if isinstance(self.method, Fusion):
+            computed = computed or {}
+            parts = {p.name: computed[p.name] if p.name in computed else p.score(feats, logits) for p in self.parts}
+            return self.method.combine(self.state, parts)
         return self.method.score(self.state, feats, logits, self.temperature)
 
 
@@ -274,7 +330,18 @@ def detector_from_extra(extra: Mapping[str, Any], name: str, max_softmax_thresho
             f"the checkpoint has no fitted unknown detector {name!r} (it has: {', '.join(fitted) or 'none'}); "
             "retrain it (dvc repro train) or choose unknown.method max_softmax"
         )
-    return Detector(name, method, fitted[name]["state"], float(fitted[name]["threshold"]), temperature)
+    state, threshold = fitted[name]["state"], float(fitted[name]["threshold"])
+    if not isinstance(method, Fusion):
+        return Detector(name, method, state, threshold, temperature)
+    missing = [part for part in state if part not in fitted]
+    if missing or not state:
+        raise InvalidFileError(
+            f"the checkpoint's unknown detector {name!r} sums {', '.join(state) or 'no detector'}, but it has no "
+            f"fitted {', '.join(repr(m) for m in missing) or 'component'} (it has: {', '.join(fitted)}); "
+            "retrain it (dvc repro train)"
+        )
+    parts = tuple(detector_from_extra(extra, part, None) for part in state)
+    return Detector(name, method, state, threshold, temperature, parts)
 
 
 # UNKNOWN_METHODS.get above may name a detector of src/ood_scores.py, which builds on this

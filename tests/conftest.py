@@ -111,5 +111,5 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         extra=extras,
     )
     loaded = load_checkpoint(checkpoint)
-    export_onnx(loaded, onnx, export_metadata(loaded, checkpoint, "knn", 0.6))
+    export_onnx(loaded, onnx, export_metadata(loaded, checkpoint, "fusion", 0.6))
     return {"checkpoint": checkpoint, "onnx": onnx}

@@ -20,7 +20,7 @@ from src.transforms import eval_transform
 from src.unknown import detector_from_extra
 from tests.conftest import CLASSES, REPO, make_image
 
-METHODS = ("max_softmax", "energy", "mahalanobis", "mahalanobis_pp", "knn")
+METHODS = ("max_softmax", "energy", "mahalanobis", "mahalanobis_pp", "knn", "vim", "fusion")
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
@@ -71,11 +71,11 @@ def test_metadata_holds_what_predict_needs(exported) -> None:
     model = OnnxClassifier(exported["onnx"])
     extra = load_checkpoint(exported["checkpoint"], lazy=True).extra
     assert model.classes == CLASSES and model.meta["backbone"] == "efficientnet_lite0"
-    assert model.meta["preprocess"]["input_size"] == 224 and model.meta["method"] == "knn"
-    # Every detector the graph computes has its threshold; the pipeline-only ones (vim, scale, ...) are left out.
+    assert model.meta["preprocess"]["input_size"] == 224 and model.meta["method"] == "fusion"
+    # Every detector the graph computes has its threshold; the pipeline-only ones (scale, ...) are left out.
     exported_thresholds = {m: pytest.approx(float(extra["unknown"][m]["threshold"])) for m in METHODS}
     assert model.meta["thresholds"] == exported_thresholds
-    assert model.detector().name == "knn" and model.detector("max_softmax").threshold == pytest.approx(0.4)
+    assert model.detector().name == "fusion" and model.detector("max_softmax").threshold == pytest.approx(0.4)
     assert model.exported_from(exported["checkpoint"]) and not model.exported_from(exported["onnx"])
 
 
@@ -84,9 +84,16 @@ def test_export_refuses_a_method_the_checkpoint_lacks(exported, tmp_path: Path) 
     loaded.extra = {"temperature": 1.0, "unknown": {}}
     with pytest.raises(ValueError, match=r"unknown\.method is 'knn', which the export does not compute"):
         export_metadata(loaded, exported["checkpoint"], "knn", 0.6)
-    loaded.extra = load_checkpoint(exported["checkpoint"], lazy=True).extra  # vim is fitted, but not exported
-    with pytest.raises(ValueError, match=r"'vim', which the export does not compute \(it exports: max_softmax, "):
-        export_metadata(loaded, exported["checkpoint"], "vim", 0.6)
+    loaded.extra = load_checkpoint(exported["checkpoint"], lazy=True).extra  # scale is fitted, but not exported
+    with pytest.raises(ValueError, match=r"'scale', which the export does not compute \(it exports: max_softmax, "):
+        export_metadata(loaded, exported["checkpoint"], "scale", 0.6)
+    # fusion is exported only with every component it sums: without vim's state, neither is.
+    extra = load_checkpoint(exported["checkpoint"], lazy=True).extra
+    loaded.extra = {**extra, "unknown": {k: v for k, v in extra["unknown"].items() if k != "vim"}}
+    msg = r"'fusion', which the export does not compute "
+    msg += r"\(it exports: max_softmax, energy, mahalanobis, knn, mahalanobis_pp\)"
+    with pytest.raises(ValueError, match=msg):
+        export_metadata(loaded, exported["checkpoint"], "fusion", 0.6)
 
 
 def test_predict_with_onnx_runtime_never_imports_torch(exported, tmp_path: Path) -> None:
@@ -95,7 +102,7 @@ def test_predict_with_onnx_runtime_never_imports_torch(exported, tmp_path: Path)
     code = (
         "import sys, json; from src.predict import main\n"
         f"status = main([{str(tmp_path)!r}, '--runtime', 'onnx', '--onnx', {str(exported['onnx'])!r},"
-        f" '--method', 'knn', '--params', {str(REPO / 'params.yaml')!r}, '--format', 'json'])\n"
+        f" '--method', 'fusion', '--params', {str(REPO / 'params.yaml')!r}, '--format', 'json'])\n"
         "print(json.dumps({'status': status, 'torch': sorted(m for m in sys.modules if m.split('.')[0] == 'torch')}))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -107,7 +114,7 @@ def test_predict_with_onnx_runtime_never_imports_torch(exported, tmp_path: Path)
     by_name = {Path(r["path"]).name: r for r in doc["results"]}
     assert "cannot decode" in by_name["bad.jpg"]["error"]
     probs, scores = torch_fp32(exported["checkpoint"], [load_rgb(p) for p in images])
-    for image, p, s in zip(images, probs, scores["knn"]):
+    for image, p, s in zip(images, probs, scores["fusion"]):
         row = by_name[image.name]
         assert [row["probabilities"][c] for c in CLASSES] == pytest.approx(list(p), abs=1e-4)
         assert row["unknown_score"] == pytest.approx(s, abs=1e-4)

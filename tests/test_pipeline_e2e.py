@@ -53,7 +53,10 @@ def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None
 
     with (repo / "data/predictions/test.csv").open() as f:
         rows = list(csv.DictReader(f))
-    methods = ("max_softmax", "energy", "mahalanobis", "knn", "mahalanobis_pp", "vim", "scale", "knn_mahalanobis_pp")
+    methods = (
+        *("max_softmax", "energy", "mahalanobis", "knn", "mahalanobis_pp", "vim", "scale", "knn_mahalanobis_pp"),
+        "fusion",
+    )
     scores = [f"score_{m}" for m in methods]
     assert list(rows[0]) == ["image", "label", "prediction", *(f"prob_{c}" for c in CLASSES), *scores]
     assert len(rows) == 4 and {r["label"] for r in rows} == set(CLASSES)
@@ -429,7 +432,7 @@ def test_predict_command_uses_the_trained_checkpoint(reproduced) -> None:
     probs = [float(row[f"prob_{c}"]) for c in CLASSES]
     np.testing.assert_allclose(probs, [float(expected[f"prob_{c}"]) for c in CLASSES], atol=1e-4)
     assert float(row["probability"]) == pytest.approx(max(probs), abs=1e-6)
-    # The score is the test stage's for unknown.method (knn by default), judged at its threshold.
+    # The score is the test stage's for unknown.method (fusion by default), judged at its threshold.
     assert float(row["unknown_score"]) == pytest.approx(float(expected[f"score_{method}"]), rel=1e-4, abs=1e-4)
     known = float(expected[f"score_{method}"]) <= threshold
     assert row["prediction"] == (expected["prediction"] if known else "unknown")
@@ -451,7 +454,7 @@ def test_onnx_export_matches_torch_fp32_on_the_test_split_and_ood_set(reproduced
     probs, scores = torch_fp32(repo / "models/model.pt", images)
     model = OnnxClassifier(repo / "models/model.onnx")
     default = yaml.safe_load((repo / "params.yaml").read_text())["unknown"]["method"]
-    assert model.exported_from(repo / "models/model.pt") and model.meta["method"] == default == "knn"
+    assert model.exported_from(repo / "models/model.pt") and model.meta["method"] == default == "fusion"
     batch = np.stack([model.preprocess(im) for im in images])
     for method in METHODS:
         onnx_probs, onnx_scores = model.run(batch, method)
@@ -510,8 +513,8 @@ def test_model_artifact_from_a_local_clone_predicts_on_its_own(reproduced, tmp_p
     alone = json.loads(run(argv, empty, {**env, "PYTHONPATH": str(repo)}, stdout_only=True))
     assert sorted(p.name for p in empty.iterdir()) == ["model.pt", "photo.jpg"]
     stored = torch.load(empty / "model.pt", weights_only=True)["extra"]
-    assert alone["method"] == stored["predict"]["method"] == "knn"  # unknown.method, stored by train
-    assert alone["threshold"] == pytest.approx(stored["unknown"]["knn"]["threshold"])
+    assert alone["method"] == stored["predict"]["method"] == "fusion"  # unknown.method, stored by train
+    assert alone["threshold"] == pytest.approx(stored["unknown"]["fusion"]["threshold"])
     # The same file inside the repo (params.yaml sets the same defaults there) gives the same answer.
     in_repo = json.loads(run(argv, repo, env, stdout_only=True))
     assert (alone["method"], alone["threshold"]) == (in_repo["method"], in_repo["threshold"])

@@ -48,7 +48,7 @@ def test_health_names_the_model(client: TestClient, exported) -> None:
     doc = client.get("/health").json()
     assert doc["classes"] == CLASSES and doc["backbone"] == "efficientnet_lite0" and doc["model"] == "model.onnx"
     assert doc["checkpoint"]["sha256"] == OnnxClassifier(exported["onnx"]).meta["checkpoint"]["sha256"]
-    assert doc["method"] == "knn"
+    assert doc["method"] == "fusion"
 
 
 def test_page_is_served_with_no_external_resource(client: TestClient) -> None:

@@ -1,5 +1,6 @@
 """Temperature scaling, the unknown-score registry, val thresholds, and their checkpoint round trip."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -74,12 +75,14 @@ def test_threshold_holds_the_false_reject_rate_on_new_images() -> None:
 
 def test_unknown_method_name_lists_the_registry() -> None:
     msg = r"'unknown.method': unknown detector 'mahalonobis'; choose one of max_softmax, energy, mahalanobis, knn, "
-    msg += "mahalanobis_pp, vim, scale, knn_mahalanobis_pp"
+    msg += "mahalanobis_pp, vim, scale, knn_mahalanobis_pp, fusion"
     with pytest.raises(ValueError, match=msg + r" \(did you mean 'mahalanobis'\?\)"):
         UNKNOWN_METHODS.get("mahalonobis", "unknown.method")
 
 
-@pytest.mark.parametrize("name", ["energy", "mahalanobis", "knn", "mahalanobis_pp", "vim", "knn_mahalanobis_pp"])
+@pytest.mark.parametrize(
+    "name", ["energy", "mahalanobis", "knn", "mahalanobis_pp", "vim", "knn_mahalanobis_pp", "fusion"]
+)
 def test_feature_methods_score_far_points_higher(name: str) -> None:
     train_x, train_y = _clusters(400, 0)
     val_x, val_y = _clusters(200, 1)
@@ -99,7 +102,7 @@ def test_feature_methods_score_far_points_higher(name: str) -> None:
     known_x, _ = _clusters(200, 2)
     # Energy only sees the logits, so its outliers must have small logits; the others see every axis.
     far_x = known_x * 0.1 if name == "energy" else _clusters(200, 3, shift=3.0)[0]
-    if name == "mahalanobis_pp":  # normalised features: far in direction, not in length
+    if name in ("mahalanobis_pp", "fusion"):  # normalised features: far in direction, not in length
         far_x = _clusters(200, 3, shift=3.0)[0] * 0.5
     head = _head().eval()
     with torch.no_grad():
@@ -249,6 +252,9 @@ def test_knn_bank_holds_the_views_and_each_training_images_eval_view() -> None:
         a, b = extra["unknown"][name], views_only["unknown"][name]
         assert a["threshold"] == b["threshold"]
         assert all(torch.equal(a["state"][key], b["state"][key]) for key in a["state"])
+    # The fusion's knn term is the one with the eval views: its val standardisation differs.
+    a, b = extra["unknown"]["fusion"]["state"], views_only["unknown"]["fusion"]["state"]
+    assert torch.equal(a["vim"], b["vim"]) and not torch.equal(a["knn"], b["knn"])
     with pytest.raises(ValueError, match=r"one eval view per training image"):
         fit_inference_extras(_head(), views, train_y, val_x, val_y, train_eval_x=eval_x[:-1], **kw)
 
@@ -384,3 +390,101 @@ def test_mahalanobis_pp_ignores_the_feature_norm() -> None:
     x = _clusters(20, 1)[0]
     np.testing.assert_allclose(MAHALANOBIS_PP.score(state, 3 * x, None, 1.0), MAHALANOBIS_PP.score(state, x, None, 1.0),
                                rtol=1e-4)  # fmt: skip
+
+
+FUSED = ("knn", "energy", "mahalanobis_pp", "vim")
+
+
+def _fitted_extra(false_reject: float = 0.05) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Extras fitted on the clusters (views + eval views, as train), and val's features and logits."""
+    train_x, train_y = _clusters(100, 0)
+    val_x, val_y = _clusters(200, 1)
+    extra = fit_inference_extras(
+        _head(),
+        np.stack([train_x, train_x + 0.01], axis=1),
+        train_y,
+        val_x,
+        val_y,
+        train_eval_x=train_x - 0.01,
+        false_reject=false_reject,
+        knn_k=1,
+        ece_bins=10,
+        calibrate=False,
+    )
+    return extra, val_x, _head()(torch.from_numpy(val_x)).detach().numpy().astype(np.float64)
+
+
+def test_fusion_is_the_sum_of_its_components_z_scores_on_val() -> None:
+    extra, val_x, val_logits = _fitted_extra()
+    fusion = detector_from_extra(extra, "fusion", None)
+    assert [p.name for p in fusion.parts] == list(FUSED) == list(extra["unknown"]["fusion"]["state"])
+    far_x = _clusters(50, 3, shift=3.0)[0] * 0.5
+    far_logits = _head()(torch.from_numpy(far_x)).detach().numpy().astype(np.float64)
+    expected = np.zeros(len(far_x))
+    for name in FUSED:
+        single = detector_from_extra(extra, name, None)
+        on_val = single.score(val_x, val_logits)
+        mean, std = on_val.mean(), on_val.std()  # ddof 0, as benchmarks/ood_candidates.py's normalise("z")
+        assert extra["unknown"]["fusion"]["state"][name].tolist() == [mean, std]
+        expected += (single.score(far_x, far_logits) - mean) / std
+    np.testing.assert_allclose(fusion.score(far_x, far_logits), expected, rtol=1e-12, atol=1e-12)
+    # Scores of the components already computed on the same rows (the test stage's) are reused, not recomputed.
+    computed = {name: detector_from_extra(extra, name, None).score(far_x, far_logits) for name in FUSED}
+    np.testing.assert_array_equal(fusion.score(far_x, far_logits, computed), fusion.score(far_x, far_logits))
+    # The val standardisation centres the fused val scores: their mean is 0.
+    assert abs(fusion.score(val_x, val_logits).mean()) < 1e-9
+
+
+def test_fusion_threshold_rejects_the_configured_fraction_of_val() -> None:
+    for false_reject in (0.02, 0.05, 0.1):
+        extra, val_x, val_logits = _fitted_extra(false_reject)
+        fusion = detector_from_extra(extra, "fusion", None)
+        fused = fusion.score(val_x, val_logits)
+        assert fusion.threshold == threshold_for_false_reject(fused, false_reject)
+        # Split conformal (no ties here): all but the ceil((n + 1)(1 - alpha)) lowest, at most the target.
+        n = len(fused)
+        assert np.sum(fused > fusion.threshold) == n - math.ceil((n + 1) * (1 - false_reject))
+        assert np.mean(fused > fusion.threshold) <= false_reject
+
+
+def _save(path: Path, extra: dict, monkeypatch) -> None:
+    model = Classifier(torch.nn.Identity(), D, C, 0.0)
+    model.head = _head()
+    monkeypatch.setattr(
+        "src.checkpoint.build_backbone", lambda name, pretrained: Backbone(torch.nn.Identity(), D, None)
+    )
+    save_checkpoint(
+        path,
+        model.state_dict(),
+        dropout=0.0,
+        classes=list("abcd"),
+        backbone="identity_test",
+        preprocess=Preprocess(8, 8, (0.5,) * 3, (0.5,) * 3, "bilinear"),
+        params={},
+        extra=extra,
+    )
+
+
+def test_fusion_checkpoint_round_trip_stores_no_component_state_twice(tmp_path: Path, monkeypatch) -> None:
+    from src.errors import InvalidFileError
+
+    extra, val_x, val_logits = _fitted_extra()
+    _save(tmp_path / "m.pt", extra, monkeypatch)
+    loaded = load_checkpoint(tmp_path / "m.pt").extra
+    state = loaded["unknown"]["fusion"]["state"]
+    # Only each component's val mean and std: no bank, precision or basis of its own.
+    assert list(state) == list(FUSED)
+    assert all(t.shape == (2,) and t.dtype == torch.float64 for t in state.values())
+    fusion = detector_from_extra(loaded, "fusion", None)
+    assert fusion.parts[0].state["bank"] is loaded["unknown"]["knn"]["state"]["bank"]  # the knn entry's own tensor
+    before = detector_from_extra(extra, "fusion", None)
+    np.testing.assert_array_equal(fusion.score(val_x, val_logits), before.score(val_x, val_logits))
+    assert fusion.threshold == before.threshold
+    # A checkpoint whose fusion names a detector it does not hold fails clearly, not with a KeyError.
+    del extra["unknown"]["vim"]
+    _save(tmp_path / "no_vim.pt", extra, monkeypatch)
+    lacking = load_checkpoint(tmp_path / "no_vim.pt").extra
+    msg = r"'fusion' sums knn, energy, mahalanobis_pp, vim, but it has no fitted 'vim'.*dvc repro train"
+    with pytest.raises(InvalidFileError, match=msg):
+        detector_from_extra(lacking, "fusion", None)
+    assert detector_from_extra(lacking, "knn", None).threshold == before.parts[0].threshold  # the others still load
