@@ -21,6 +21,17 @@ from src.sources import SourceError, load_sources
 from tests.conftest import CLASSES, make_image
 from tests.pipeline_utils import photo_source, write_sources
 
+PREPARE_ARGS = ["--params", "params.yaml", "--sources", "sources.yaml", "--out", "prep", "--report", "r.json"]
+
+
+def prepare_in(tmp_path: Path, params: dict, sets: dict[str, list[dict]], monkeypatch) -> dict:
+    """Write params.yaml and sources.yaml in ``tmp_path``, run prepare there; its data report."""
+    write_sources(tmp_path / "sources.yaml", sets)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    main(PREPARE_ARGS)
+    return json.loads(Path("r.json").read_text())
+
 
 def _png_declaring(width: int, height: int) -> bytes:
     """A PNG whose header declares ``width`` x ``height`` and carries no pixel data."""
@@ -168,23 +179,7 @@ def test_no_picture_leaks_across_splits(shared_photos: Path, repo: Path, tmp_pat
     shutil.copyfile(cat, source / "dogs" / "really-a-cat.jpg")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["prepare"]["use"] = "photos"
-    write_sources(tmp_path / "sources.yaml", {"photos": [photo_source(source)]})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    monkeypatch.chdir(tmp_path)
-    main(
-        [
-            "--params",
-            "params.yaml",
-            "--sources",
-            "sources.yaml",
-            "--out",
-            "prep",
-            "--report",
-            "r.json",
-        ]
-    )
-
-    report = json.loads(Path("r.json").read_text())
+    report = prepare_in(tmp_path, params, {"photos": [photo_source(source)]}, monkeypatch)
     assert report["per_class"]["bees"]["skipped_by_reason"] == {"exact_duplicate": 4, "near_duplicate": 4}
     assert report["per_class"]["cats"]["skipped_by_reason"] == {"conflicting_classes": 1}
     assert report["per_class"]["dogs"]["skipped_by_reason"] == {"conflicting_classes": 1}
@@ -340,12 +335,11 @@ def test_prepare_use_must_name_a_set_of_the_sources_file(image_tree: Path, repo:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ABCD_DATA", raising=False)
-    args = ["--params", "params.yaml", "--sources", "sources.yaml", "--out", "prep", "--report", "m.json"]
     with pytest.raises(SourceError, match=r"'sets.q' must be a non-empty list"):
-        main(args)
+        main(PREPARE_ARGS)
     write_sources(tmp_path / "sources.yaml", {"p": [photo_source(image_tree, name="p")]})
     with pytest.raises(SourceError, match=r"prepare.use is 'nope'; choose one of auto, p"):
-        main(args)
+        main(PREPARE_ARGS)
     assert not Path("prep").exists()
 
 
@@ -368,22 +362,7 @@ def test_every_found_file_is_kept_or_skipped_with_a_reason(image_tree: Path, rep
     """Counts per class that leave images over are reported as not_in_split, not dropped silently."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["prepare"].update(use="p", split={"train": 4, "val": 2, "test": 2})
-    write_sources(tmp_path / "sources.yaml", {"p": [photo_source(image_tree, name="p")]})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    monkeypatch.chdir(tmp_path)
-    main(
-        [
-            "--params",
-            "params.yaml",
-            "--sources",
-            "sources.yaml",
-            "--out",
-            "prep",
-            "--report",
-            "r.json",
-        ]
-    )
-    report = json.loads(Path("r.json").read_text())
+    report = prepare_in(tmp_path, params, {"p": [photo_source(image_tree, name="p")]}, monkeypatch)
     for label, counts in report["per_class"].items():
         assert counts["found"] == counts["kept"] + counts["skipped"] == 10, label
         assert counts["skipped_by_reason"] == {"not_in_split": 2}
