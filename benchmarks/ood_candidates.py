@@ -46,16 +46,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import log_softmax, logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.ood_detectors import selection_numbers
 from src.checkpoint import load_checkpoint
 from src.feature_store import load_split
-from src.metrics import roc_auc
 from src.ood_data import read_ood_manifest
 from src.params import load_params
 from src.registry import UNKNOWN_METHODS
-from src.unknown import _fit_knn, _knn_score, head_logits, threshold_for_false_reject
+from src.unknown import KNN, head_logits
 
 SPLITS = ("val", "test", "ood")
 Scores = dict[str, np.ndarray]  # split -> (N,) score, higher = more likely unknown
@@ -126,16 +127,9 @@ def known_imagenet_classes() -> dict[str, list[int]]:
     return {"ants": [ant], "bees": [bee], "cats": cats, "dogs": dogs}
 
 
-def log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
 def mass_score(logp: np.ndarray, classes: list[int]) -> np.ndarray:
     """-log P(classes): higher = less of the known kinds."""
-    sub = logp[:, classes]
-    m = sub.max(axis=1)
-    return -(m + np.log(np.exp(sub - m[:, None]).sum(axis=1)))
+    return -logsumexp(logp[:, classes], axis=1)
 
 
 def check_imagenet(data: Data) -> None:
@@ -231,8 +225,8 @@ def registered(data: Data, name: str, bank: str, **kw) -> Scores:
 
 
 def knn_scores(bank: np.ndarray, queries: dict[str, np.ndarray], k: int = 1) -> Scores:
-    state = _fit_knn(bank, np.zeros(len(bank), int), k)
-    return {s: _knn_score(state, q, None, 1.0) for s, q in queries.items()}
+    state = KNN.fit(bank, np.zeros(len(bank), int), k)
+    return {s: KNN.score(state, q, None, 1.0) for s, q in queries.items()}
 
 
 def normalise(scores: Scores, how: str) -> Scores:
@@ -276,21 +270,20 @@ class Row:
 
 def evaluate(data: Data, label: str, bank: str, scores: Scores) -> Row:
     alpha = data.params.unknown.false_reject
-    thr = threshold_for_false_reject(scores["val"], alpha)
+    n = selection_numbers(scores, data.ood_full, alpha)  # the same numbers as reports/ood_selection.md
+    thr = n["threshold"]
     known, photos = scores["test"], scores["ood"][data.ood_full]
-    auroc = roc_auc(np.r_[np.zeros(len(known)), np.ones(len(photos))], np.r_[known, photos])
-    fpr95 = float(np.mean(photos <= np.quantile(known, 0.95)))
     missed = sorted(data.ood_photo[data.ood_full][photos <= thr].tolist())
     # Diagnostic, never a selection input: the threshold that rejects floor(2% n) known test images.
     oracle_thr = np.sort(known)[::-1][int(np.floor(alpha * len(known)))]
     return Row(
         label,
         bank,
-        auroc,
-        fpr95,
-        float(np.mean(photos > thr)),
-        float(np.mean(scores["ood"] > thr)),
-        float(np.mean(known > thr)),
+        n["auroc"],
+        n["fpr95"],
+        n["photos"],
+        n["images"],
+        n["known"],
         missed,
         len(photos),
         len(known),
@@ -329,13 +322,13 @@ def main() -> None:
     # 1. lite2's ImageNet head on the cached features.
     w, b = imagenet_classifier()
     z = {s: data.feats[s].astype(np.float64) @ w.T + b for s in SPLITS}
-    logp = {s: log_softmax(v) for s, v in z.items()}
+    logp = {s: log_softmax(v, axis=1) for s, v in z.items()}
     strict = sorted(c for cs in known_imagenet_classes().values() for c in cs)
-    bank_logp = log_softmax(data.bank_x.astype(np.float64) @ w.T + b)
+    bank_logp = log_softmax(data.bank_x.astype(np.float64) @ w.T + b, axis=1)
     top1 = bank_logp.argmax(axis=1)
     mass = add("imagenet mass", "strict", {s: mass_score(logp[s], strict) for s in SPLITS})
     for t in (0.5, 2.0, 4.0):
-        add(f"imagenet mass T={t:g}", "strict", {s: mass_score(log_softmax(z[s] / t), strict) for s in SPLITS})
+        add(f"imagenet mass T={t:g}", "strict", {s: mass_score(log_softmax(z[s] / t, axis=1), strict) for s in SPLITS})
     for least in (1, 0.005, 0.01, args.top1_min, 0.05):
         classes = set(strict)
         for kind in np.unique(data.bank_y):
@@ -415,7 +408,7 @@ def main() -> None:
     bg, names = background_features(args.bg_cache, args.features)
     bg_x = bg.reshape(-1, bg.shape[-1])
     bg_kind = np.tile(np.array([n[0] for n in names]), len(bg))  # q: quadrant, c: corner
-    bg_known = np.exp(-mass_score(log_softmax(bg_x.astype(np.float64) @ w.T + b), strict))
+    bg_known = np.exp(-mass_score(log_softmax(bg_x.astype(np.float64) @ w.T + b, axis=1), strict))
     for most in (0.05, args.bg_max_known):
         for crops in ("q+c", "q", "c"):
             keep = (bg_known < most) & np.isin(bg_kind, list(crops.replace("+", "")))

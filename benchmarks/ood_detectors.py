@@ -39,6 +39,25 @@ from src.registry import UNKNOWN_METHODS
 from src.unknown import detector_from_extra, fit_inference_extras, head_logits, threshold_for_false_reject
 
 
+def selection_numbers(scores: dict[str, np.ndarray], ood_full: np.ndarray, alpha: float) -> dict[str, float]:
+    """One table row's numbers from val, test (known) and OOD scores (higher = more unknown).
+
+    AUROC of known test images against the distinct OOD photos; FPR@95 (the photos accepted at the
+    threshold that keeps 95% of known test images); at the val-calibrated split-conformal threshold
+    for ``alpha``: the fractions of photos, of OOD images (crops included) and of known images rejected.
+    """
+    thr = threshold_for_false_reject(scores["val"], alpha)
+    known, photos = scores["test"], scores["ood"][ood_full]
+    return {
+        "threshold": thr,
+        "auroc": roc_auc(np.r_[np.zeros(len(known)), np.ones(len(photos))], np.r_[known, photos]),
+        "fpr95": float(np.mean(photos <= np.quantile(known, 0.95))),
+        "photos": float(np.mean(photos > thr)),
+        "images": float(np.mean(scores["ood"] > thr)),
+        "known": float(np.mean(known > thr)),
+    }
+
+
 def candidates(knn_ks: list[int]) -> list[tuple[str, str, dict]]:
     """(label, registered method, extra fit keywords)."""
     out = [("max_softmax", "max_softmax", {}), ("energy", "energy", {}), ("mahalanobis", "mahalanobis", {})]
@@ -91,13 +110,10 @@ def main() -> None:
     feats = {"val": val["features"], "test": test["features"], "ood": ood_x}
 
     def row(label: str, bank_name: str, score: dict[str, np.ndarray]) -> None:
-        thr = threshold_for_false_reject(score["val"], alpha)
-        known, photos = score["test"], score["ood"][ood_full]
-        auroc = roc_auc(np.r_[np.zeros(len(known)), np.ones(len(photos))], np.r_[known, photos])
-        fpr95 = float(np.mean(photos <= np.quantile(known, 0.95)))
+        n = selection_numbers(score, ood_full, alpha)
         print(
-            f"| {label} | {bank_name} | {auroc:.3f} | {fpr95:.3f} | {np.mean(photos > thr):.3f} "
-            f"| {np.mean(score['ood'] > thr):.3f} | {np.mean(known > thr):.3f} |",
+            f"| {label} | {bank_name} | {n['auroc']:.3f} | {n['fpr95']:.3f} | {n['photos']:.3f} "
+            f"| {n['images']:.3f} | {n['known']:.3f} |",
             flush=True,
         )
 
