@@ -53,7 +53,6 @@ class PrepareParams:
     grid_samples: int  # pictures per class and split in plots/data/samples.png
 
     def __post_init__(self) -> None:
-        check(bool(self.use), "prepare.use", "'auto' or the name of a set in the sources file")
         check(self.max_pixels >= 1, "prepare.max_pixels", "an integer >= 1")
         check(0 <= self.near_duplicate_bits < 64, "prepare.near_duplicate_bits", "an integer in [0, 63]")
         check(self.grid_samples >= 0, "prepare.grid_samples", "an integer >= 0")
