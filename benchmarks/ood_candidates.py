@@ -38,7 +38,8 @@ scales of ``knn k=1 / val median of its class``. No OOD photo fits anything. The
 
 The second table gives counts, the photos each candidate accepts, and, as a diagnostic only (it
 reads the test scores, so it is no selection input), the photos rejected at the threshold that
-rejects 2% of the known test images: whether a shortfall is the val threshold's or the score's.
+rejects 2% of the known test images: whether a shortfall is the val threshold's or the score's. It
+ends with the rule's choice and every row within the known limit that rejects as many photos.
 
     python benchmarks/ood_candidates.py > reports/ood_candidates.md
 """
@@ -516,6 +517,12 @@ def main() -> None:
 
     alpha = data.params.unknown.false_reject
     n, n_known = rows[0].n_photos, rows[0].n_known
+    print("# Unknown-detector candidates on the OOD set's selection half (issue 20)\n")
+    print(
+        "`python benchmarks/ood_candidates.py` (after `dvc repro`; it featurizes the training images' background "
+        "crops once into runs/ood_candidates/), default params. Rows and columns as in `reports/ood_selection.md`; "
+        "the selection rule is `benchmarks/ood_detectors.py`'s. The report half is not read.\n"
+    )
     print(
         f"Candidates on the selection half: {n} distinct OOD photos ({len(data.feats['ood'])} images with crops), "
         f"{n_known} known test images; threshold: val, false_reject {alpha}.\n"
@@ -543,6 +550,15 @@ def main() -> None:
         f"FPR@95, then the simpler): {best.label} ({best.bank}): {n - len(best.missed)}/{n} photos at "
         f"{best.known:.3f} known rejected."
     )
+    top = [r for r in ok if len(r.missed) == len(best.missed)]
+    print(
+        f"\n{len(rows)} rows, {len(ok)} within the known limit; {len(top)} of those reach {n - len(best.missed)}/{n}:\n"
+    )
+    for r in top:
+        print(
+            f"- {r.label} ({r.bank}): FPR@95 {r.fpr95:.3f}, {round(r.known * n_known)}/{n_known} known rejected, "
+            f"accepts {', '.join(r.missed)}"
+        )
 
 
 if __name__ == "__main__":
