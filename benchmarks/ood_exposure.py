@@ -21,6 +21,14 @@ rows are those components and the default fusion itself. Only the OOD set's sele
 scored (benchmarks/ood_candidates.py's ``load_data``); val sets only the thresholds and z-scales;
 no OOD photo fits anything. Tables and selection rule as in benchmarks/ood_candidates.py.
 
+Result (reports/ood_exposure.md): no candidate beats the default fusion (42/46 at 3/184, FPR@95
+0.043). Default four + logreg C=1 and default four + knn ratio 1 tie at 42/46, 3/184 with FPR@95
+0.065; the same four photos (anemones, dragonfly, marigold, scarce_swallowtail) pass every fusion
+with the four. Each is nearer (1 - cos) a training image, a bee or an ant, than any exposure row:
+marigold 0.41 to a bee against 0.49 to tuxpaint's own marigold cut-out; the cut-outs on white are
+not the in-situ flower photos the bees are shot in. Rows move by a photo or a known image when
+one exposure photo is dropped (a near-duplicate apricot): within noise.
+
 The exposure files are read from their installed places, or with ``--root`` from an unpacked
 tree of the Debian packages (``apt-get download`` + ``dpkg -x``) and with ``--pip-root`` from
 unpacked wheels (``pip download --no-deps`` + ``unzip``):
