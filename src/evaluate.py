@@ -26,6 +26,7 @@ from src.errors import InvalidFileError, MissingFileError
 from src.fileio import atomic_dir, atomic_write_text
 from src.metrics import calibration_bins, classification_report, confusion, precision_recall_curve, roc_curve
 from src.ood_data import read_ood_manifest
+from src.ood_photos import PHOTOS
 from src.params import load_params
 from src.predictions import Predictions, read_predictions
 from src.unknown_metrics import deciding_unknown_metrics, unknown_report, write_unknown_plots
@@ -207,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         params.predict.threshold,
         cfg.ece_bins,
         np.array(manifest.halves),
+        np.array(manifest.photos),
+        {p.name: p.category for p in PHOTOS},
     )
     atomic_write_text(args.unknown_report, json.dumps(unknown, indent=2) + "\n")
     chosen = deciding_unknown_metrics(unknown, params.unknown.method)

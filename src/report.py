@@ -111,6 +111,14 @@ def render(
             f"| {shown} | {_fmt(m['auroc'])} | {m['ood_rejected']:.1%} | {m['ood_photos_rejected']:.1%} "
             f"| {m['known_rejected']:.1%} | {m['threshold']:.4g} |"
         )
+    chosen = unknown["methods"].get(params.unknown.method, {})
+    if "photos_by_category" in chosen:  # which kinds of photo get through, not only how many
+        counts = ", ".join(f"{c} {v['rejected']}/{v['photos']}" for c, v in chosen["photos_by_category"].items())
+        accepted = ", ".join(chosen["accepted_photos"]) or "none"
+        lines += [
+            "",
+            f"`{params.unknown.method}` rejects, by photo category: {counts}. The photos it accepts: {accepted}.",
+        ]
     lines += [
         "",
         "## Plots",

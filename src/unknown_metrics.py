@@ -6,7 +6,9 @@ predict.threshold) with and without the temperature. Per method: AUROC known-vs-
 FPR at 95% known kept (fraction of distinct OOD photos accepted at the threshold that keeps
 95% of known test images), fraction of OOD images rejected (and of distinct OOD photos whose
 whole image is rejected), fraction of known test images wrongly rejected, and a
-risk-coverage curve over test + OOD (an accepted OOD image counts as an error).
+risk-coverage curve over test + OOD (an accepted OOD image counts as an error). Per fitted
+detector also the distinct photos it accepts and, per photo category (src/ood_photos.py:
+people, food, animal, nature, ...), how many it rejects: where it fails, not only how often.
 
 The OOD set has two halves (src/ood_data.py): ``methods`` and the curves are the report
 half's, the numbers to quote; ``selection.methods`` are the selection half's, the ones a
@@ -71,9 +73,14 @@ def unknown_report(
     rule_threshold: float,
     ece_bins: int,
     ood_halves: np.ndarray,
+    ood_photos: np.ndarray,
+    categories: Mapping[str, str],
 ) -> tuple[dict[str, Any], dict[str, Curve]]:
     """Metrics per method on the report half (``metrics/unknown.json``) and the selection half's
-    beside them, and the report half's risk-coverage curves per fitted detector."""
+    beside them, and the report half's risk-coverage curves per fitted detector.
+
+    ``ood_photos`` names each OOD row's source photo; ``categories`` maps a photo to its category.
+    """
     temperature = float(detectors["temperature"])
     raw = {"test": uncalibrated(test.probs, temperature), "ood": uncalibrated(ood.probs, temperature)}
     halves = {}
@@ -82,7 +89,13 @@ def unknown_report(
         if not keep.any():
             raise InvalidFileError(f"the OOD set has no image in its {half} half (run: dvc repro ood_data)")
         half_raw = {"test": raw["test"], "ood": raw["ood"][keep]}
-        halves[half] = _half_report(test, _subset(ood, keep), ood_full_image[keep], detectors, rule_threshold, half_raw)
+        whole = ood_full_image[keep]
+        names = np.asarray(ood_photos)[keep][whole]
+        half_ood = _subset(ood, keep)
+        halves[half] = _half_report(test, half_ood, whole, detectors, rule_threshold, half_raw)
+        for name in detectors["thresholds"]:
+            rejected = half_ood.scores[name][whole] > detectors["thresholds"][name]
+            halves[half][0][name].update(photo_breakdown(names, rejected, categories))
     methods, curves, n_images, n_photos = halves["report"]
     sel_methods, _, sel_images, sel_photos = halves["selection"]
     report = {
@@ -144,6 +157,19 @@ def _half_report(
             )
         curves[name] = risk_coverage(np.r_[known, unknown], np.r_[wrong, np.ones(len(unknown), bool)])
     return methods, curves, len(ood.images), int(ood_full_image.sum())
+
+
+def photo_breakdown(names: np.ndarray, rejected: np.ndarray, categories: Mapping[str, str]) -> dict[str, Any]:
+    """The whole photos a detector accepts, and per category ``{"photos": n, "rejected": k}``."""
+    missing = sorted(set(names) - set(categories))
+    if missing:
+        raise InvalidFileError(f"OOD photos without a category in src/ood_photos.py: {', '.join(missing)}")
+    by_category: dict[str, dict[str, int]] = {}
+    for name, rej in sorted(zip(names.tolist(), rejected.tolist()), key=lambda t: (categories[t[0]], t[0])):
+        counts = by_category.setdefault(categories[name], {"photos": 0, "rejected": 0})
+        counts["photos"] += 1
+        counts["rejected"] += int(rej)
+    return {"accepted_photos": sorted(names[~rejected].tolist()), "photos_by_category": by_category}
 
 
 def deciding_unknown_metrics(report: Mapping[str, Any], method: str) -> dict[str, float]:

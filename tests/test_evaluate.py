@@ -10,9 +10,11 @@ import yaml
 from sklearn import metrics as skm
 
 from src import metrics
+from src.errors import InvalidFileError
 from src.evaluate import main, worst_mistakes
 from src.metrics import bootstrap_ci, calibration_bins, classification_report, expected_calibration_error, log_loss
 from src.predictions import Predictions, columns, read_predictions, write_predictions
+from src.unknown_metrics import photo_breakdown
 
 # A case worked by hand: two classes, four images.
 #   label  p(a)  p(b)  predicted
@@ -184,7 +186,7 @@ def _stage_inputs(tmp_path: Path) -> list[str]:
     """Predictions for HAND and two OOD images, as the test stage writes them."""
     scores = {"knn": np.array([0.1, 0.5, 0.2, 0.3])}
     write_predictions(tmp_path / "test.csv", HAND.images, ["a", "a", "b", "b"], HAND.probs, HAND.classes, scores)
-    # o1 and its crop o2 are the report half; o3, another photo, the selection half.
+    # o1 and its crop o2 (photo "coffee", food) are the report half; o3 ("astronaut", people) the selection half.
     ood_probs = np.array([[0.5, 0.5], [0.7, 0.3], [0.6, 0.4]])
     write_predictions(tmp_path / "ood.csv", ["o1.jpg", "o2.jpg", "o3.jpg"], [None] * 3, ood_probs, HAND.classes,
                       {"knn": np.array([0.9, 0.25, 0.35])})  # fmt: skip
@@ -192,8 +194,8 @@ def _stage_inputs(tmp_path: Path) -> list[str]:
     for name in ("o1", "o2", "o3"):
         (tmp_path / f"{name}.jpg").write_bytes(b"x")
     (tmp_path / "ood" / "manifest.csv").write_text(
-        "path,photo,package,region,half\no1.jpg,o,t,full,report\no2.jpg,o,t,top_left,report\n"
-        "o3.jpg,p,t,full,selection\n"
+        "path,photo,package,region,half\no1.jpg,coffee,t,full,report\no2.jpg,coffee,t,top_left,report\n"
+        "o3.jpg,astronaut,t,full,selection\n"
     )
     detectors = {"temperature": 0.5, "false_reject": 0.25, "thresholds": {"knn": 0.4}}
     (tmp_path / "d.json").write_text(json.dumps(detectors))
@@ -233,6 +235,10 @@ def test_evaluate_stage_writes_unknown_metrics(tmp_path: Path, repo: Path, monke
     assert selection["methods"]["knn"]["ood_rejected"] == 0.0 and selection["methods"]["knn"]["fpr_at_95"] == 1.0
     assert selection["methods"]["knn"]["auroc"] == pytest.approx(3 / 4)
     assert selection["methods"]["knn"]["meets_target"] is False
+    # Where it fails: the whole photos accepted, and rejected / photos per category (src/ood_photos.py).
+    assert knn["accepted_photos"] == [] and knn["photos_by_category"] == {"food": {"photos": 1, "rejected": 1}}
+    assert selection["methods"]["knn"]["accepted_photos"] == ["astronaut"]
+    assert selection["methods"]["knn"]["photos_by_category"] == {"people": {"photos": 1, "rejected": 0}}
     # The uncalibrated rule sees softmax(T log p): with T = 0.5, (.7, .3) -> sqrt, renormalised -> (.604, .396),
     # which the rule (max p < .6) keeps; (.5, .5) stays and is rejected. Calibrated, (.7, .3) is kept too.
     assert (np.sqrt([0.7, 0.3]) / np.sqrt([0.7, 0.3]).sum())[0] == pytest.approx(0.604, abs=1e-3)
@@ -284,3 +290,12 @@ def test_image_grid_takes_uint8_and_float_images() -> None:
     assert grid.dtype == np.uint8 and grid.shape[1] == 2 * (32 + 6) + 6  # columns shrink to the images
     assert tuple(grid[6 + 16, 6 + 16]) == (255, 0, 0)
     assert abs(int(grid[6 + 16, 6 + 38 + 16, 1]) - 128) <= 1
+
+
+def test_photo_breakdown_counts_by_category_and_names_an_uncategorised_photo() -> None:
+    names, rejected = np.array(["b", "a", "c"]), np.array([True, False, False])
+    got = photo_breakdown(names, rejected, {"a": "food", "b": "animal", "c": "animal"})
+    assert got["accepted_photos"] == ["a", "c"]
+    assert got["photos_by_category"] == {"animal": {"photos": 2, "rejected": 1}, "food": {"photos": 1, "rejected": 0}}
+    with pytest.raises(InvalidFileError, match=r"without a category in src/ood_photos.py: c$"):
+        photo_breakdown(names, rejected, {"a": "food", "b": "animal"})

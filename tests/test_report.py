@@ -53,6 +53,8 @@ UNKNOWN = {
             "ood_photos_rejected": 1.0,
             "known_rejected": 0.0,
             "threshold": 1.25,
+            "accepted_photos": [],
+            "photos_by_category": {"food": {"photos": 1, "rejected": 1}, "people": {"photos": 1, "rejected": 1}},
         },
     },
 }
@@ -70,6 +72,7 @@ def test_report_has_metrics_with_intervals_data_and_plots(repo: Path) -> None:
     assert "10 images kept, 1 skipped; split train 6 / val 2 / test 2." in text
     assert "best epoch 3" in text
     assert "| **knn** (predict) | 0.9900 | 80.0% | 100.0% | 0.0% | 1.25 |" in text  # unknown.method: knn
+    assert "`knn` rejects, by photo category: food 1/1, people 1/1. The photos it accepts: none." in text
     assert "lr 0.0001," in text  # the top-level lr
     assert "Temperature 0.900: test ECE 0.0500 before, 0.0400 after" in text
     assert "![ROC curves](../plots/test/roc.png)" in text
