@@ -129,9 +129,7 @@ def main() -> None:
             photos, known = round(nums["photos"] * row.n_photos), round(nums["known"] * n_known)
             if known <= limit and (photos, -row.fpr95) > best[:2]:  # the rule; ties: FPR@95, then the earlier row
                 best = (photos, -row.fpr95, f"{label} at {a:g}")
-            cells.append(
-                f"{round(nums['photos'] * row.n_photos)}/{row.n_photos}, {round(nums['known'] * n_known)}/{n_known}"
-            )
+            cells.append(f"{photos}/{row.n_photos}, {known}/{n_known}")
         print(f"| {label} | {row.auroc:.3f} | {row.fpr95:.3f} | {' | '.join(cells)} | {', '.join(row.missed)} |")
     print(f"\nThe rule's choice (most photos with at most {limit}/{n_known} known rejected): {best[2]}, {best[0]}/46.")
 
