@@ -9,6 +9,13 @@ exported detector's threshold, the method chosen in params (``unknown.method``),
 original rule's threshold (``predict.threshold``) and the checkpoint's sha256. Before
 writing, the stage runs the file on onnxruntime and fails if its output differs from the
 torch model's in fp32 by more than ``PARITY_ATOL``.
+
+The thresholds are calibrated again, on the validation images run through this graph: train
+set them on featurize's features, which are bf16 on a CPU with AMX, while the graph computes in
+fp32, and the summed fusion score moves by up to about 1.4 between the two (its threshold is
+about 9). The same split-conformal rule at the checkpoint's ``unknown.false_reject``, on the
+scores this route computes, keeps the bound for this route (``threshold_calibration`` in the
+metadata records the images, the rate and the checkpoint's thresholds).
 """
 
 from __future__ import annotations
@@ -24,10 +31,12 @@ from torch import nn
 
 from src.checkpoint import CHECKPOINT_FORMAT, LoadedModel, load_checkpoint
 from src.cli import run, stage_args
+from src.data import load_rgb, read_manifest
 from src.errors import InvalidFileError
 from src.fileio import atomic_file
 from src.onnx_model import META_KEY, ONNX_FORMAT, PROBABILITIES, OnnxClassifier, file_sha256, score_output
 from src.params import load_params
+from src.unknown import threshold_for_false_reject
 
 OPSET = 18
 PARITY_ATOL = 1e-4  # max abs difference of probabilities, ONNX against torch fp32 (README: Deploy)
@@ -145,8 +154,11 @@ def _predict_defaults(loaded: LoadedModel, method: str, max_softmax_threshold: f
     return {**stored, "method": method, "rule_threshold": float(max_softmax_threshold), "runtime": None}
 
 
-def export_onnx(loaded: LoadedModel, out: Path, metadata: Mapping[str, Any]) -> None:
-    """Trace the graph with a dynamic batch axis and write it, metadata included, atomically."""
+def export_onnx(loaded: LoadedModel, out: Path, metadata: Mapping[str, Any], val_images: Sequence[Path] = ()) -> None:
+    """Trace the graph with a dynamic batch axis and write it, metadata included, atomically.
+
+    With ``val_images``, the thresholds are calibrated on this graph's own scores of them (:func:`calibrate`).
+    """
     import onnx
 
     graph = InferenceGraph(loaded)
@@ -165,11 +177,45 @@ def export_onnx(loaded: LoadedModel, out: Path, metadata: Mapping[str, Any]) -> 
             opset_version=OPSET,
             dynamo=False,
         )
-        proto = onnx.load(str(tmp))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = META_KEY, json.dumps(dict(metadata))
-        onnx.save(proto, str(tmp))
+        _write_metadata(onnx, tmp, metadata)
         check_parity(graph, OnnxClassifier(tmp), size)
+        if val_images:
+            false_reject = loaded.extra.get("unknown_false_reject")
+            if false_reject is None:
+                raise InvalidFileError("the checkpoint has no unknown_false_reject: retrain it (dvc repro train)")
+            _write_metadata(onnx, tmp, calibrate(OnnxClassifier(tmp), val_images, float(false_reject)))
+
+
+def _write_metadata(onnx: Any, path: Path, metadata: Mapping[str, Any]) -> None:
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(dict(metadata))
+    onnx.save(proto, str(path))
+
+
+def calibrate(model: OnnxClassifier, images: Sequence[Path], false_reject: float, batch_size: int = 16) -> dict:
+    """``model``'s metadata with every threshold set on its own scores of ``images`` (the val split).
+
+    The split-conformal rank train uses (:func:`src.unknown.threshold_for_false_reject`), applied
+    to the scores this graph computes from the images as predict decodes them (``load_rgb``,
+    ``model.preprocess``): a known image is rejected on this route with probability at most
+    ``false_reject``, whatever precision train's features had.
+    """
+    names = list(model.meta["thresholds"])
+    scores: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for i in range(0, len(images), batch_size):
+        batch = np.stack([model.preprocess(load_rgb(p)) for p in images[i : i + batch_size]])
+        for name, s in zip(names, model.session.run([score_output(n) for n in names], {model.input_name: batch})):
+            scores[name].append(s.astype(np.float64))
+    thresholds = {n: threshold_for_false_reject(np.concatenate(scores[n]), false_reject) for n in names}
+    calibration = {
+        "on": "validation images through this graph",
+        "images": len(images),
+        "false_reject": false_reject,
+        "checkpoint_thresholds": model.meta["thresholds"],
+    }
+    return {**model.meta, "thresholds": thresholds, "threshold_calibration": calibration}
 
 
 def check_parity(graph: InferenceGraph, exported: OnnxClassifier, size: int, n: int = 3) -> float:
@@ -186,12 +232,23 @@ def check_parity(graph: InferenceGraph, exported: OnnxClassifier, size: int, n: 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = stage_args(__doc__, argv, reads={"model": "checkpoint"}, writes={"out": "ONNX model"})
+    args = stage_args(
+        __doc__,
+        argv,
+        reads={"model": "checkpoint", "data": "prepared dataset (the val images the thresholds are calibrated on)"},
+        writes={"out": "ONNX model"},
+    )
     params = load_params(args.params)
     loaded = load_checkpoint(args.model, expected_classes=params.classes)
     metadata = export_metadata(loaded, args.model, params.unknown.method, params.predict.threshold)
-    export_onnx(loaded, args.out, metadata)
-    print(f"export: {args.model} -> {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB)")
+    val = [s.path for s in read_manifest(args.data / "val.csv", params.classes)]
+    export_onnx(loaded, args.out, metadata, val)
+    meta = OnnxClassifier(args.out).meta
+    cal, method, moved = meta["threshold_calibration"], params.unknown.method, ""
+    if method in cal["checkpoint_thresholds"]:
+        before, after = cal["checkpoint_thresholds"][method], meta["thresholds"][method]
+        moved = f"; {method} threshold {before:.4g} -> {after:.4g} on {cal['images']} val images through the graph"
+    print(f"export: {args.model} -> {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB{moved})")
 
 
 if __name__ == "__main__":

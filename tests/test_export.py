@@ -14,10 +14,10 @@ import torch
 from src.calibration import calibrated_probs
 from src.checkpoint import load_checkpoint
 from src.data import load_rgb
-from src.export import export_metadata
+from src.export import calibrate, export_metadata, export_onnx
 from src.onnx_model import OnnxClassifier, classify_arrays, preprocess
 from src.transforms import eval_transform
-from src.unknown import detector_from_extra
+from src.unknown import detector_from_extra, threshold_for_false_reject
 from tests.conftest import CLASSES, REPO, make_image
 
 METHODS = ("max_softmax", "energy", "mahalanobis", "mahalanobis_pp", "knn", "vim", "fusion")
@@ -77,6 +77,34 @@ def test_metadata_holds_what_predict_needs(exported) -> None:
     assert model.meta["thresholds"] == exported_thresholds
     assert model.detector().name == "fusion" and model.detector("max_softmax").threshold == pytest.approx(0.4)
     assert model.exported_from(exported["checkpoint"]) and not model.exported_from(exported["onnx"])
+
+
+def test_thresholds_are_calibrated_on_the_graphs_own_val_scores(exported, tmp_path: Path) -> None:
+    # Train calibrated on featurize's features (bf16 on an AMX CPU); the graph runs fp32. The export
+    # recalibrates on val images through the graph itself, with train's split-conformal rank.
+    val = [make_image(tmp_path / f"v{i}.png", seed=50 + i, size=(80 + 5 * i, 90)) for i in range(9)]
+    loaded = load_checkpoint(exported["checkpoint"])
+    loaded.extra = {**loaded.extra, "unknown_false_reject": 0.2}  # rank ceil(10 * 0.8) = 8 of 9: one rejected
+    out = tmp_path / "calibrated.onnx"
+    export_onnx(loaded, out, export_metadata(loaded, exported["checkpoint"], "fusion", 0.6), val)
+    model = OnnxClassifier(out)
+    batch = np.stack([model.preprocess(load_rgb(p)) for p in val])
+    checkpoint_thresholds = OnnxClassifier(exported["onnx"]).meta["thresholds"]
+    assert set(model.meta["thresholds"]) == set(checkpoint_thresholds) == set(METHODS)
+    for method in METHODS:
+        _, scores = model.run(batch, method)
+        threshold = model.meta["thresholds"][method]
+        assert threshold == pytest.approx(threshold_for_false_reject(scores, 0.2), rel=1e-6)
+        assert (scores > threshold).sum() == 1, method  # exactly n - ceil((n + 1)(1 - alpha)) val images
+    cal = model.meta["threshold_calibration"]
+    assert cal["images"] == 9 and cal["false_reject"] == 0.2
+    assert cal["checkpoint_thresholds"] == pytest.approx(checkpoint_thresholds)
+    # calibrate() on its own gives the same metadata; without the rate a checkpoint cannot be calibrated.
+    assert calibrate(model, val, 0.2)["thresholds"] == pytest.approx(model.meta["thresholds"])
+    del loaded.extra["unknown_false_reject"]
+    with pytest.raises(ValueError, match="no unknown_false_reject"):
+        export_onnx(loaded, tmp_path / "x.onnx", export_metadata(loaded, exported["checkpoint"], "fusion", 0.6), val)
+    assert not (tmp_path / "x.onnx").exists()  # nothing half-written
 
 
 def test_export_refuses_a_method_the_checkpoint_lacks(exported, tmp_path: Path) -> None:
