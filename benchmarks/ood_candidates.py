@@ -299,6 +299,40 @@ def evaluate(data: Data, label: str, bank: str, scores: Scores) -> Row:
     )
 
 
+def print_tables(data: Data, rows: list[Row], heading: str, note: str = "") -> Row:
+    """The two tables (numbers; counts and accepted photos) and the selection rule's choice, which it returns."""
+    alpha = data.params.unknown.false_reject
+    n, n_known = rows[0].n_photos, rows[0].n_known
+    print(
+        f"{heading}: {n} distinct OOD photos ({len(data.feats['ood'])} images with crops), "
+        f"{n_known} known test images; threshold: val, false_reject {alpha}.{' ' + note if note else ''}\n"
+    )
+    print("| detector | bank | AUROC | FPR@95 | OOD photos rejected | OOD images rejected | known rejected |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(r.line())
+    print(
+        "\nPer candidate: selection photos rejected and known test images rejected (counts) at the val threshold, "
+        f"the photos it accepts there, and (diagnostic only, not a selection input) the photos rejected at the "
+        f"threshold that rejects {int(np.floor(alpha * n_known))} of the {n_known} known test images.\n"
+    )
+    print("| detector | bank | photos rejected | known rejected | accepted photos | photos at test's 2% |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(
+            f"| {r.label} | {r.bank} | {n - len(r.missed)}/{n} | {round(r.known * n_known)}/{n_known} "
+            f"| {', '.join(r.missed)} | {r.oracle}/{n} |"
+        )
+    ok = [r for r in rows if r.known <= alpha]
+    best = max(ok, key=lambda r: (n - len(r.missed), -r.fpr95))  # the first (simplest) among equals
+    print(
+        f"\nBest by the rule (most selection photos rejected with known test rejected <= {alpha}, then the lower "
+        f"FPR@95, then the simpler): {best.label} ({best.bank}): {n - len(best.missed)}/{n} photos at "
+        f"{best.known:.3f} known rejected."
+    )
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--features", type=Path, default=Path("data/features"))
@@ -515,41 +549,15 @@ def main() -> None:
     for label, bank, scores in relative:  # relative Mahalanobis in place of mahalanobis_pp
         add(f"fusion sum(z): knn + energy + {label} + vim", bank, fuse([knn, energy, scores, vim], "z", "sum"))
 
-    alpha = data.params.unknown.false_reject
-    n, n_known = rows[0].n_photos, rows[0].n_known
     print("# Unknown-detector candidates on the OOD set's selection half (issue 20)\n")
     print(
         "`python benchmarks/ood_candidates.py` (after `dvc repro`; it featurizes the training images' background "
         "crops once into runs/ood_candidates/), default params. Rows and columns as in `reports/ood_selection.md`; "
         "the selection rule is `benchmarks/ood_detectors.py`'s. The report half is not read.\n"
     )
-    print(
-        f"Candidates on the selection half: {n} distinct OOD photos ({len(data.feats['ood'])} images with crops), "
-        f"{n_known} known test images; threshold: val, false_reject {alpha}.\n"
-    )
-    print("| detector | bank | AUROC | FPR@95 | OOD photos rejected | OOD images rejected | known rejected |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(r.line())
-    print(
-        "\nPer candidate: selection photos rejected and known test images rejected (counts) at the val threshold, "
-        f"the photos it accepts there, and (diagnostic only, not a selection input) the photos rejected at the "
-        f"threshold that rejects {int(np.floor(alpha * n_known))} of the {n_known} known test images.\n"
-    )
-    print("| detector | bank | photos rejected | known rejected | accepted photos | photos at test's 2% |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(
-            f"| {r.label} | {r.bank} | {n - len(r.missed)}/{n} | {round(r.known * n_known)}/{n_known} "
-            f"| {', '.join(r.missed)} | {r.oracle}/{n} |"
-        )
-    ok = [r for r in rows if r.known <= alpha]
-    best = max(ok, key=lambda r: (n - len(r.missed), -r.fpr95))  # the first (simplest) among equals
-    print(
-        f"\nBest by the rule (most selection photos rejected with known test rejected <= {alpha}, then the lower "
-        f"FPR@95, then the simpler): {best.label} ({best.bank}): {n - len(best.missed)}/{n} photos at "
-        f"{best.known:.3f} known rejected."
-    )
+    best = print_tables(data, rows, "Candidates on the selection half")
+    n, n_known = rows[0].n_photos, rows[0].n_known
+    ok = [r for r in rows if r.known <= data.params.unknown.false_reject]
     top = [r for r in ok if len(r.missed) == len(best.missed)]
     print(
         f"\n{len(rows)} rows, {len(ok)} within the known limit; {len(top)} of those reach {n - len(best.missed)}/{n}:\n"

@@ -49,7 +49,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ood_candidates import Data, Row, Scores, evaluate, fuse, knn_scores, load_data, registered
+from benchmarks.ood_candidates import Row, Scores, evaluate, fuse, knn_scores, load_data, print_tables, registered
 from benchmarks.ood_exposure_photos import EXPOSURE_PHOTOS
 from src.ood_data import MAX_SIDE, regions
 from src.ood_photos import DEB, MIN_SIDE, OodPhoto
@@ -140,39 +140,6 @@ def exposure_features(
     return out
 
 
-def print_tables(data: Data, rows: list[Row], note: str) -> None:
-    """benchmarks/ood_candidates.py's two tables and its selection rule."""
-    alpha = data.params.unknown.false_reject
-    n, n_known = rows[0].n_photos, rows[0].n_known
-    print(
-        f"Outlier exposure on the selection half: {n} distinct OOD photos ({len(data.feats['ood'])} images with "
-        f"crops), {n_known} known test images; threshold: val, false_reject {alpha}. {note}\n"
-    )
-    print("| detector | bank | AUROC | FPR@95 | OOD photos rejected | OOD images rejected | known rejected |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(r.line())
-    print(
-        "\nPer candidate: selection photos rejected and known test images rejected (counts) at the val threshold, "
-        f"the photos it accepts there, and (diagnostic only, not a selection input) the photos rejected at the "
-        f"threshold that rejects {int(np.floor(alpha * n_known))} of the {n_known} known test images.\n"
-    )
-    print("| detector | bank | photos rejected | known rejected | accepted photos | photos at test's 2% |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(
-            f"| {r.label} | {r.bank} | {n - len(r.missed)}/{n} | {round(r.known * n_known)}/{n_known} "
-            f"| {', '.join(r.missed)} | {r.oracle}/{n} |"
-        )
-    ok = [r for r in rows if r.known <= alpha]
-    best = max(ok, key=lambda r: (n - len(r.missed), -r.fpr95))  # the first (simplest) among equals
-    print(
-        f"\nBest by the rule (most selection photos rejected with known test rejected <= {alpha}, then the lower "
-        f"FPR@95, then the simpler): {best.label} ({best.bank}): {n - len(best.missed)}/{n} photos at "
-        f"{best.known:.3f} known rejected."
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--features", type=Path, default=Path("data/features"))
@@ -221,7 +188,7 @@ def main() -> None:
         add(f"exposure: fusion sum(z) default four + {label}", bank, fuse([*four, scores], "z", "sum"))
 
     counts = ", ".join(f"{r}: {int(np.sum(exp_region == r))}" for r in dict.fromkeys(exp_region.tolist()))
-    print_tables(data, rows, f"Exposure bank: {bank} ({counts}).")
+    print_tables(data, rows, "Outlier exposure on the selection half", f"Exposure bank: {bank} ({counts}).")
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.compare_backbones import _scores, _tuned_module
-from benchmarks.ood_candidates import Data, Row, Scores, evaluate, fuse, knn_scores, load_data, registered
-from benchmarks.ood_exposure import CROP_SEED, crop_boxes, load_photo, photo_file, print_tables
+from benchmarks.ood_candidates import Data, Row, Scores, evaluate, fuse, knn_scores, load_data, print_tables, registered
+from benchmarks.ood_exposure import CROP_SEED, crop_boxes, load_photo, photo_file
 from benchmarks.ood_exposure_photos import EXPOSURE_PHOTOS
 from src.backbones import build_backbone, set_trainable_blocks
 from src.data import ImageDataset, load_rgb, read_manifest
@@ -300,9 +300,8 @@ def main() -> None:
     for note in notes:
         print(f"- {note}")
     print("- for context, the pipeline's frozen head: test F1 0.980, log loss 0.042\n")
-    print_tables(
-        frozen, rows, f"Exposure rows (OE mode only): {len(acts['exposure'])} crops of {len(EXPOSURE_PHOTOS)} photos."
-    )
+    note = f"Exposure rows (OE mode only): {len(acts['exposure'])} crops of {len(EXPOSURE_PHOTOS)} photos."
+    print_tables(frozen, rows, "Fine-tuned features on the selection half", note)
 
 
 if __name__ == "__main__":
