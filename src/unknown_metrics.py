@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from src import figures
 from src.calibration import calibrated_probs
@@ -164,11 +165,9 @@ def photo_breakdown(names: np.ndarray, rejected: np.ndarray, categories: Mapping
     missing = sorted(set(names) - set(categories))
     if missing:
         raise InvalidFileError(f"OOD photos without a category in src/ood_photos.py: {', '.join(missing)}")
-    by_category: dict[str, dict[str, int]] = {}
-    for name, rej in sorted(zip(names.tolist(), rejected.tolist()), key=lambda t: (categories[t[0]], t[0])):
-        counts = by_category.setdefault(categories[name], {"photos": 0, "rejected": 0})
-        counts["photos"] += 1
-        counts["rejected"] += int(rej)
+    frame = pd.DataFrame({"category": [categories[n] for n in names.tolist()], "rejected": rejected.astype(int)})
+    counts = frame.groupby("category")["rejected"].agg(photos="size", rejected="sum")
+    by_category = {c: {"photos": int(r.photos), "rejected": int(r.rejected)} for c, r in counts.iterrows()}
     return {"accepted_photos": sorted(names[~rejected].tolist()), "photos_by_category": by_category}
 
 
