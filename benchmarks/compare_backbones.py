@@ -52,6 +52,23 @@ def _scores(labels: torch.Tensor | np.ndarray, probs: torch.Tensor | np.ndarray)
     return {"f1_macro": f1_macro(y, p.argmax(1), p.shape[1]), "log_loss": log_loss(y, p)}
 
 
+def split_activations(prefix, pre, samples: dict, params, runtime, views: int) -> dict[str, tuple]:
+    """The frozen prefix over ``views`` seeded augmented views of train (``train_views``) and the eval
+    view of train, val and test: ``{key: (activations, labels)}``, as src.train_inputs makes them."""
+    jobs = {
+        "train_views": ("train", train_transform(pre, params.augment), views),
+        "train": ("train", eval_transform(pre), 1),
+        "val": ("val", eval_transform(pre), 1),
+        "test": ("test", eval_transform(pre), 1),
+    }
+    acts = {}
+    for key, (split, transform, n_views) in jobs.items():
+        dataset = ImageDataset(samples[split], params.classes, transform, views=n_views, seed=params.seed)
+        loader = make_loader(dataset, max(1, params.featurize.batch_size // n_views), runtime)
+        acts[key] = prefix_activations(prefix, loader, runtime)
+    return acts
+
+
 @torch.no_grad()
 def _apply(module: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
     module.eval()
@@ -129,17 +146,7 @@ def main() -> None:
         prefix, suffix = backbone.split(args.blocks)
         pre = backbone.preprocess
         views = args.views or params.featurize.views
-        jobs = {
-            "train_views": ("train", train_transform(pre, params.augment), views),
-            "train": ("train", eval_transform(pre), 1),
-            "val": ("val", eval_transform(pre), 1),
-            "test": ("test", eval_transform(pre), 1),
-        }
-        acts = {}
-        for key, (split, transform, n_views) in jobs.items():
-            dataset = ImageDataset(samples[split], params.classes, transform, views=n_views, seed=params.seed)
-            loader = make_loader(dataset, max(1, params.featurize.batch_size // n_views), runtime)
-            acts[key] = prefix_activations(prefix, loader, runtime)
+        acts = split_activations(prefix, pre, samples, params, runtime, views)
         prefix_s = time.perf_counter() - start
         feats = {key: (_apply(suffix, x), y) for key, (x, y) in acts.items()}
         row = {"backbone": name, "input_size": pre.input_size, "views": views, "prefix_seconds": round(prefix_s, 1)}

@@ -49,12 +49,23 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ood_candidates import Row, Scores, evaluate, fuse, knn_scores, load_data, print_tables, registered
+from benchmarks.ood_candidates import (
+    SPLITS,
+    Row,
+    Scores,
+    evaluate,
+    fuse,
+    fusion_parts,
+    knn_scores,
+    load_data,
+    print_tables,
+)
 from benchmarks.ood_exposure_photos import EXPOSURE_PHOTOS
 from src.ood_data import MAX_SIDE, regions
 from src.ood_photos import DEB, MIN_SIDE, OodPhoto
 
-SPLITS = ("val", "test", "ood")
+# Labels and banks of the default fusion's four components (fusion_parts' order) in the tables.
+REFERENCE_ROWS = (("knn k=1", "views+eval"), ("energy", "-"), ("mahalanobis_pp", "views"), ("vim dim=256", "views"))
 RANDOM_CROPS = 2  # per photo, besides the whole photo and its quadrants
 CROP_SEED = 20
 
@@ -164,11 +175,10 @@ def main() -> None:
         return scores
 
     # The reference rows: the default fusion's components and the default fusion itself.
-    knn = add("knn k=1", "views+eval", registered(data, "knn", "views+eval", k=1))
-    energy = add("energy", "-", registered(data, "energy", "views"))
-    maha = add("mahalanobis_pp", "views", registered(data, "mahalanobis_pp", "views"))
-    vim = add("vim dim=256", "views", registered(data, "vim", "views"))
-    four = [knn, energy, maha, vim]
+    four = fusion_parts(data)
+    knn = four[0]
+    for (label, where), scores in zip(REFERENCE_ROWS, four):
+        add(label, where, scores)
     add("fusion (default): knn + energy + mahalanobis_pp + vim", "-", fuse(four, "z", "sum"))
 
     candidates: list[tuple[str, Scores]] = []

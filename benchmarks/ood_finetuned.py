@@ -43,13 +43,22 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.compare_backbones import _scores, _tuned_module
-from benchmarks.ood_candidates import Data, Row, Scores, evaluate, fuse, knn_scores, load_data, print_tables, registered
-from benchmarks.ood_exposure import CROP_SEED, crop_boxes, load_photo, photo_file
+from benchmarks.compare_backbones import _scores, _tuned_module, split_activations
+from benchmarks.ood_candidates import (
+    Data,
+    Row,
+    Scores,
+    evaluate,
+    fuse,
+    fusion_parts,
+    knn_scores,
+    load_data,
+    print_tables,
+)
+from benchmarks.ood_exposure import CROP_SEED, REFERENCE_ROWS, crop_boxes, load_photo, photo_file
 from benchmarks.ood_exposure_photos import EXPOSURE_PHOTOS
 from src.backbones import build_backbone, set_trainable_blocks
-from src.data import ImageDataset, load_rgb, read_manifest
-from src.engine import make_loader
+from src.data import load_rgb, read_manifest
 from src.fit import FitResult, fit
 from src.fit import evaluate as eval_epoch
 from src.head_init import init_head
@@ -57,8 +66,7 @@ from src.ood_data import read_ood_manifest
 from src.optim import build_optimizer, lr_factor
 from src.params import load_params
 from src.runtime import resolve_runtime, seed_everything
-from src.train_inputs import prefix_activations
-from src.transforms import eval_transform, train_transform
+from src.transforms import eval_transform
 
 BACKBONE = "efficientnet_lite2"
 
@@ -80,22 +88,12 @@ def prefix_cache(cache: Path, params, ood: Path, root: Path, pip_root: Path | No
         return torch.load(cache, weights_only=False)
     runtime = resolve_runtime(params.runtime)
     backbone = build_backbone(BACKBONE, pretrained=True)
-    prefix, _ = backbone.split(params_blocks(params))
+    prefix, _ = backbone.split(params.train.trainable_blocks)
     pre = backbone.preprocess
-    views = params.featurize.views
-    jobs = {
-        "train_views": ("train", train_transform(pre, params.augment), views),
-        "train": ("train", eval_transform(pre), 1),
-        "val": ("val", eval_transform(pre), 1),
-        "test": ("test", eval_transform(pre), 1),
-    }
-    acts = {}
-    for key, (split, transform, n_views) in jobs.items():
-        samples = read_manifest(Path("data/prepared") / f"{split}.csv", params.classes)
-        dataset = ImageDataset(samples, params.classes, transform, views=n_views, seed=params.seed)
-        loader = make_loader(dataset, max(1, params.featurize.batch_size // n_views), runtime)
-        acts[key] = prefix_activations(prefix, loader, runtime)
-        acts[f"{key}_paths"] = [s.path for s in samples]
+    samples = {s: read_manifest(Path("data/prepared") / f"{s}.csv", params.classes) for s in ("train", "val", "test")}
+    acts = split_activations(prefix, pre, samples, params, runtime, params.featurize.views)
+    for key, split in (("train_views", "train"), ("train", "train"), ("val", "val"), ("test", "test")):
+        acts[f"{key}_paths"] = [s.path for s in samples[split]]
         print(f"prefix: {key} {tuple(acts[key][0].shape)}", file=sys.stderr, flush=True)
     manifest = read_ood_manifest(ood / "manifest.csv")
     rows = [i for i, h in enumerate(manifest.halves) if h == "selection"]  # the report half is never read
@@ -112,10 +110,6 @@ def prefix_cache(cache: Path, params, ood: Path, root: Path, pip_root: Path | No
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save(acts, cache)
     return acts
-
-
-def params_blocks(params) -> int:
-    return params.train.trainable_blocks
 
 
 def fit_oe(
@@ -222,10 +216,9 @@ def main() -> None:
         print(rows[-1].line(), file=sys.stderr, flush=True)
         return scores
 
-    fk = add(frozen, "frozen: knn k=1", "views+eval", registered(frozen, "knn", "views+eval", k=1))
-    fe = add(frozen, "frozen: energy", "-", registered(frozen, "energy", "views"))
-    fm = add(frozen, "frozen: mahalanobis_pp", "views", registered(frozen, "mahalanobis_pp", "views"))
-    fv = add(frozen, "frozen: vim dim=256", "views", registered(frozen, "vim", "views"))
+    fk, fe, fm, fv = fusion_parts(frozen)
+    for (label, bank), scores in zip(REFERENCE_ROWS, (fk, fe, fm, fv)):
+        add(frozen, f"frozen: {label}", bank, scores)
     add(frozen, "frozen: fusion (default)", "-", fuse([fk, fe, fm, fv], "z", "sum"))
 
     backbone = build_backbone(BACKBONE, pretrained=True)
@@ -273,10 +266,9 @@ def main() -> None:
         )
         print(notes[-1], file=sys.stderr, flush=True)
         data = tuned_data(tuned, acts, frozen)
-        tk = add(data, f"{name}: knn k=1", "views+eval", registered(data, "knn", "views+eval", k=1))
-        te = add(data, f"{name}: energy", "-", registered(data, "energy", "views"))
-        tm = add(data, f"{name}: mahalanobis_pp", "views", registered(data, "mahalanobis_pp", "views"))
-        tv = add(data, f"{name}: vim dim=256", "views", registered(data, "vim", "views"))
+        tk, te, tm, tv = fusion_parts(data)
+        for (label, bank), scores in zip(REFERENCE_ROWS, (tk, te, tm, tv)):
+            add(data, f"{name}: {label}", bank, scores)
         add(data, f"{name}: knn k=1", "eval views", knn_scores(data.bank_x[len(data.views_x) :], data.feats))
         add(data, f"{name}: fusion knn + energy + mahalanobis_pp + vim", "-", fuse([tk, te, tm, tv], "z", "sum"))
         add(data, f"{name}: fusion knn + mahalanobis_pp", "-", fuse([tk, tm], "z", "sum"))

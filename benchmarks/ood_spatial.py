@@ -43,10 +43,10 @@ from benchmarks.ood_candidates import (
     Scores,
     evaluate,
     fuse,
+    fusion_parts,
     imagenet_classifier,
     known_imagenet_classes,
     load_data,
-    registered,
 )
 from benchmarks.ood_detectors import selection_numbers
 from src.backbones import build_backbone
@@ -97,8 +97,7 @@ def main() -> None:
     pooled = {
         s: -logsumexp(log_softmax(z[s].astype(np.float64).mean(axis=1), axis=1)[:, strict], axis=1) for s in SPLITS
     }
-    four = [registered(data, "knn", "views+eval", k=1), registered(data, "energy", "views")]
-    four += [registered(data, "mahalanobis_pp", "views"), registered(data, "vim", "views")]
+    four = fusion_parts(data)
     rows: dict[str, Scores] = {"default fusion (knn + energy + mahalanobis_pp + vim)": fuse(four, "z", "sum")}
     rows["pooled mass (fp32 features)"] = pooled
     rows["spatial max"] = {s: -known_loc[s].max(axis=1) for s in SPLITS}
