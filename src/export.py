@@ -154,8 +154,10 @@ def _predict_defaults(loaded: LoadedModel, method: str, max_softmax_threshold: f
     return {**stored, "method": method, "rule_threshold": float(max_softmax_threshold), "runtime": None}
 
 
-def export_onnx(loaded: LoadedModel, out: Path, metadata: Mapping[str, Any], val_images: Sequence[Path] = ()) -> None:
-    """Trace the graph with a dynamic batch axis and write it, metadata included, atomically.
+def export_onnx(
+    loaded: LoadedModel, out: Path, metadata: Mapping[str, Any], val_images: Sequence[Path] = ()
+) -> Mapping[str, Any]:
+    """Trace the graph with a dynamic batch axis and write it, metadata included, atomically; return the metadata.
 
     With ``val_images``, the thresholds are calibrated on this graph's own scores of them (:func:`calibrate`).
     """
@@ -178,12 +180,15 @@ def export_onnx(loaded: LoadedModel, out: Path, metadata: Mapping[str, Any], val
             dynamo=False,
         )
         _write_metadata(onnx, tmp, metadata)
-        check_parity(graph, OnnxClassifier(tmp), size)
+        written = OnnxClassifier(tmp)
+        check_parity(graph, written, size)
         if val_images:
             false_reject = loaded.extra.get("unknown_false_reject")
             if false_reject is None:
                 raise InvalidFileError("the checkpoint has no unknown_false_reject: retrain it (dvc repro train)")
-            _write_metadata(onnx, tmp, calibrate(OnnxClassifier(tmp), val_images, float(false_reject)))
+            metadata = calibrate(written, val_images, float(false_reject))
+            _write_metadata(onnx, tmp, metadata)
+    return metadata
 
 
 def _write_metadata(onnx: Any, path: Path, metadata: Mapping[str, Any]) -> None:
@@ -242,8 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     loaded = load_checkpoint(args.model, expected_classes=params.classes)
     metadata = export_metadata(loaded, args.model, params.unknown.method, params.predict.threshold)
     val = [s.path for s in read_manifest(args.data / "val.csv", params.classes)]
-    export_onnx(loaded, args.out, metadata, val)
-    meta = OnnxClassifier(args.out).meta
+    meta = export_onnx(loaded, args.out, metadata, val)
     cal, method, moved = meta["threshold_calibration"], params.unknown.method, ""
     if method in cal["checkpoint_thresholds"]:
         before, after = cal["checkpoint_thresholds"][method], meta["thresholds"][method]
