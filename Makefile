@@ -8,7 +8,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: install system-deps repro exps serve test test-fast lint format plots-template
 
-# Debian packages whose sample photos the OOD set uses (src/ood_photos.py: DEB_PACKAGES).
+# Debian packages whose sample photos the OOD set uses (src/abcd/oodset/photos.py: DEB_PACKAGES).
 DEB_PACKAGES := opencv-doc lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds lxqt-themes libvips-doc imagemagick-6-doc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -35,7 +35,7 @@ exps: install  ## the readable `dvc exp show`: make exps [ARGS="-A --sort-by tes
 	dvc exp show --only-changed --keep '$(DECIDING)' --drop '^(src|data|models|plots|reports)/' $(ARGS)
 
 serve: install  ## the exported model (dvc repro makes it) behind HTTP: http://127.0.0.1:8000/
-	python -m src.serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+	python -m abcd.serving.app $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 test: install system-deps  ## lint, then the whole test suite (unit + end-to-end)
 	ruff check .

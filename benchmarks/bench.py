@@ -49,14 +49,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from src.backbones import BackboneUnavailableError, build_backbone  # noqa: E402
-from src.data import ImageDataset, read_manifest  # noqa: E402
-from src.engine import extract_features, make_loader, prepare_model  # noqa: E402
-from src.head import build_head  # noqa: E402
-from src.metrics import f1_macro  # noqa: E402
-from src.params import load_params  # noqa: E402
-from src.runtime import cpu_has_fast_bf16, resolve_runtime, seed_everything  # noqa: E402
-from src.transforms import eval_transform, train_transform  # noqa: E402
+from abcd.core.params import load_params  # noqa: E402
+from abcd.data.images import ImageDataset, read_manifest  # noqa: E402
+from abcd.evaluation.metrics import f1_macro  # noqa: E402
+from abcd.features.engine import extract_features, make_loader, prepare_model  # noqa: E402
+from abcd.features.runtime import cpu_has_fast_bf16, resolve_runtime, seed_everything  # noqa: E402
+from abcd.features.transforms import eval_transform, train_transform  # noqa: E402
+from abcd.models.backbones import BackboneUnavailableError, build_backbone  # noqa: E402
+from abcd.models.head import build_head  # noqa: E402
 from tests.pipeline_utils import copy_repo, pipeline_env, run  # noqa: E402
 
 

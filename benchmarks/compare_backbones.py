@@ -6,11 +6,11 @@
 Per backbone, the frozen prefix (all but the last ``--blocks`` blocks) runs once over the
 training views (``featurize.views`` seeded augmented views per image, as in the pipeline)
 and the eval view of train/val/test; then, with params.yaml's train/model settings:
- - linear probe: src/linear_probe.py's multinomial logistic regression (scikit-learn, lbfgs) on
+ - linear probe: src/abcd/training/probe.py's multinomial logistic regression (scikit-learn, lbfgs) on
    standardised eval-view features of the training images, its C chosen from train.probe_c on val log loss;
  - frozen: the pipeline's head training (``train.trainable_blocks: 0``) on the views' features,
    from the pipeline's start (``train.init``: with ``probe``, the probe above, fitted by
-   src/linear_probe.py, the same scikit-learn model; it stays if no epoch beats it on val);
+   src/abcd/training/probe.py, the same scikit-learn model; it stays if no epoch beats it on val);
  - fine-tuned: the pipeline's fine-tuning of the last ``--blocks`` blocks + head, from the same start.
 Features of the frozen modes come from the same prefix outputs through the pretrained
 last blocks, so the three modes see identical inputs. Val metrics are for choosing
@@ -33,18 +33,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.backbones import build_backbone, set_trainable_blocks
-from src.data import ImageDataset, read_manifest
-from src.engine import make_loader
-from src.fit import evaluate, fit
-from src.head import Classifier, build_head
-from src.head_init import init_head
-from src.linear_probe import fit_probe
-from src.metrics import f1_macro, log_loss
-from src.params import load_params
-from src.runtime import resolve_runtime, seed_everything
-from src.train_inputs import prefix_activations
-from src.transforms import eval_transform, train_transform
+from abcd.core.params import load_params
+from abcd.data.images import ImageDataset, read_manifest
+from abcd.evaluation.metrics import f1_macro, log_loss
+from abcd.features.engine import make_loader
+from abcd.features.runtime import resolve_runtime, seed_everything
+from abcd.features.transforms import eval_transform, train_transform
+from abcd.models.backbones import build_backbone, set_trainable_blocks
+from abcd.models.head import Classifier, build_head
+from abcd.training.fit import evaluate, fit
+from abcd.training.init import init_head
+from abcd.training.inputs import prefix_activations
+from abcd.training.probe import fit_probe
 
 
 def _scores(labels: torch.Tensor | np.ndarray, probs: torch.Tensor | np.ndarray) -> dict[str, float]:
@@ -54,7 +54,7 @@ def _scores(labels: torch.Tensor | np.ndarray, probs: torch.Tensor | np.ndarray)
 
 def split_activations(prefix, pre, samples: dict, params, runtime, views: int) -> dict[str, tuple]:
     """The frozen prefix over ``views`` seeded augmented views of train (``train_views``) and the eval
-    view of train, val and test: ``{key: (activations, labels)}``, as src.train_inputs makes them."""
+    view of train, val and test: ``{key: (activations, labels)}``, as abcd.training.inputs makes them."""
     jobs = {
         "train_views": ("train", train_transform(pre, params.augment), views),
         "train": ("train", eval_transform(pre), 1),
@@ -78,7 +78,7 @@ def _apply(module: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> torch.
 
 
 def linear_probe(train, val, test, num_classes: int, grid) -> dict:
-    """The pipeline's linear probe (src/linear_probe.py: C chosen by val log loss), scored on val and test."""
+    """The pipeline's linear probe (src/abcd/training/probe.py: C chosen by val log loss), scored on val and test."""
     probe = fit_probe(train, val, num_classes, grid)
 
     def probs(x: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
     python benchmarks/dedupe_search.py [--n 1000000] [--sample 20000] [--max-bits 4]
 
-Times src.dedupe._near_pairs on --n random hashes (plus 1% planted near copies, so that
+Times abcd.data.dedupe._near_pairs on --n random hashes (plus 1% planted near copies, so that
 groups exist), and checks on --sample other hashes (also 1% near copies) that it finds exactly the pairs,
 and so the groups, of the quadratic search. A benchmark, not a test: tests/test_dedupe.py
 checks correctness on every run.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from src.dedupe import _near_pairs, _quadratic_pairs
+from abcd.data.dedupe import _near_pairs, _quadratic_pairs
 
 
 def planted(n: int, seed: int = 0) -> np.ndarray:

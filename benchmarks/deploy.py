@@ -4,11 +4,11 @@
 
  1. parity on the test split: ONNX (onnxruntime, CPU) against the torch model in fp32: max abs
     difference of the probabilities, same predictions, same unknown decisions (every method);
- 2. cold start: `python -m src.predict ONE_PHOTO --runtime onnx|torch`, fresh processes,
+ 2. cold start: `python -m abcd.serving.predict ONE_PHOTO --runtime onnx|torch`, fresh processes,
     alternating, median of --repeats (start to exit: imports, model load, decode, forward);
  3. per-image latency of the forward pass at batch 1 and 12: onnxruntime, and torch as predict
     runs it (runtime.precision from params: bf16 where the CPU has it) and in fp32;
- 4. the service: `python -m src.serve` in its own process, --requests concurrent POST /predict
+ 4. the service: `python -m abcd.serving.app` in its own process, --requests concurrent POST /predict
     of mixed files (a good photo; a photo and a non-image; a non-image alone); requests/s,
     p50/p95 latency, status codes, and whether each answer is the expected one.
 Needs the pipeline's outputs (models/model.pt, models/model.onnx, data/prepared): `dvc repro`.
@@ -42,13 +42,13 @@ def parity(split_csv: Path, batch_size: int = 12) -> dict:
 
     import torch
 
-    from src.calibration import calibrated_probs
-    from src.checkpoint import load_checkpoint
-    from src.data import load_rgb
-    from src.onnx_model import OnnxClassifier
-    from src.params import load_params
-    from src.transforms import eval_transform
-    from src.unknown import detector_from_extra
+    from abcd.core.params import load_params
+    from abcd.data.images import load_rgb
+    from abcd.evaluation.calibration import calibrated_probs
+    from abcd.features.transforms import eval_transform
+    from abcd.models.checkpoint import load_checkpoint
+    from abcd.ood.detectors import detector_from_extra
+    from abcd.serving.onnx_model import OnnxClassifier
 
     params = load_params(REPO / "params.yaml")
     with split_csv.open() as f:
@@ -84,7 +84,7 @@ def cold_start(photo: Path, repeats: int) -> dict:
         for runtime in times:
             start = time.perf_counter()
             proc = subprocess.run(
-                [sys.executable, "-m", "src.predict", str(photo), "--runtime", runtime],
+                [sys.executable, "-m", "abcd.serving.predict", str(photo), "--runtime", runtime],
                 cwd=REPO,
                 capture_output=True,
                 text=True,
@@ -99,12 +99,12 @@ def latency(photo: Path, repeats: int) -> dict:
     """Forward-only seconds per image at batch 1 and 12 (median of ``repeats`` after a warm-up)."""
     import torch
 
-    from src.checkpoint import load_checkpoint
-    from src.data import load_rgb
-    from src.engine import prepare_model
-    from src.onnx_model import OnnxClassifier
-    from src.params import load_params
-    from src.runtime import inference, resolve_runtime
+    from abcd.core.params import load_params
+    from abcd.data.images import load_rgb
+    from abcd.features.engine import prepare_model
+    from abcd.features.runtime import inference, resolve_runtime
+    from abcd.models.checkpoint import load_checkpoint
+    from abcd.serving.onnx_model import OnnxClassifier
 
     onnx = OnnxClassifier(REPO / "models/model.onnx")
     one = onnx.preprocess(load_rgb(photo))
@@ -187,7 +187,7 @@ def serve_and_load(photo: Path, requests: int) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "src.serve", "--port", str(port)],
+        [sys.executable, "-m", "abcd.serving.app", "--port", str(port)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

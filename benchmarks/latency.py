@@ -4,9 +4,9 @@
 
 Every number is a wall-clock time of a fresh process, from start to exit, so it includes
 Python and torch start-up, reading the checkpoint and the backbone's first call:
- 1. one image end to end: `python -m src.predict IMAGE` (median of --repeats runs);
- 2. throughput: `python -m src.predict` on --images distinct prepared photos at once;
- 3. the test stage (`python -m src.test`) on the test split and the OOD set, the same way: as the
+ 1. one image end to end: `python -m abcd.serving.predict IMAGE` (median of --repeats runs);
+ 2. throughput: `python -m abcd.serving.predict` on --images distinct prepared photos at once;
+ 3. the test stage (`python -m abcd.stages.test`) on the test split and the OOD set, the same way: as the
     pipeline runs it (cached features) and forced through the images.
 Needs the pipeline's outputs (models/model.pt, data/prepared): run `dvc repro` first.
 The method and batch size are those of params.yaml (unknown.method, predict.batch_size).
@@ -59,9 +59,9 @@ def main() -> None:
             n_test += sum(1 for _ in f) - 1
     images = prepared_images(args.images)
 
-    one = [timed([py, "-m", "src.predict", images[0], "--format", "json"]) for _ in range(args.repeats)]
-    many = timed([py, "-m", "src.predict", *images, "--format", "csv"])
-    stage = [py, "-m", "src.test", "--model", "models/model.pt", "--data", "data/prepared", "--ood", "data/ood"]
+    one = [timed([py, "-m", "abcd.serving.predict", images[0], "--format", "json"]) for _ in range(args.repeats)]
+    many = timed([py, "-m", "abcd.serving.predict", *images, "--format", "csv"])
+    stage = [py, "-m", "abcd.stages.test", "--model", "models/model.pt", "--data", "data/prepared", "--ood", "data/ood"]
     with tempfile.TemporaryDirectory() as tmp:
         outs = ["--out", f"{tmp}/t.csv", "--ood-out", f"{tmp}/o.csv", "--detectors", f"{tmp}/d.json"]
         # As the pipeline runs it (head on featurize's cached features), and forced through the

@@ -3,7 +3,7 @@
 Are the four near-OOD photos the default ``fusion`` lets through (anemones, marigold, dragonfly,
 scarce_swallowtail) a limit of lite2's representation, or of frozen ImageNet features in general?
 Every backbone this environment has offline weights for (efficientnet_lite0/1/2) is run through
-the pipeline's own featurize stage (``python -m src.featurize`` with params.yaml's
+the pipeline's own featurize stage (``python -m abcd.stages.featurize`` with params.yaml's
 ``model.backbone`` swapped: same views, eval transform and precision; cached under ``--cache``),
 and scored with the feature-only detectors, alone and summed (val z-scores, as ``fusion``):
 
@@ -35,9 +35,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from abcd.data.ood_manifest import read_ood_manifest
+from abcd.features.store import load_split
 from benchmarks.ood_candidates import Data, Row, Scores, evaluate, fuse, load_data, registered
-from src.feature_store import load_split
-from src.ood_data import read_ood_manifest
 
 OTHERS = ("efficientnet_lite0", "efficientnet_lite1")
 
@@ -51,7 +51,7 @@ def other_features(name: str, cache: Path, ood: Path) -> Path:
         cache.mkdir(parents=True, exist_ok=True)
         path = cache / f"params_{name}.yaml"
         path.write_text(yaml.safe_dump(params, sort_keys=False))
-        cmd = [sys.executable, "-m", "src.featurize", "--params", str(path), "--data", "data/prepared"]
+        cmd = [sys.executable, "-m", "abcd.stages.featurize", "--params", str(path), "--data", "data/prepared"]
         subprocess.run([*cmd, "--ood", str(ood), "--out", str(out)], check=True, stdout=sys.stderr)
     return out
 

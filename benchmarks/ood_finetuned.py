@@ -5,7 +5,7 @@ efficientnet_lite2's frozen prefix runs once over the training views (``featuriz
 augmented views), the eval views of train/val/test and the OOD set's SELECTION half (the report
 half is never read), cached in ``--cache``; the last ``--blocks`` blocks + a new head, started from
 the linear probe (``train.init``), are fine-tuned with params.yaml's train settings by
-src/fit.py's ``fit`` (plain cross-entropy, best epoch by val loss). Mode ``oe`` trains the same
+src/abcd/training/fit.py's ``fit`` (plain cross-entropy, best epoch by val loss). Mode ``oe`` trains the same
 network with outlier exposure (Hendrycks et al. 2019, "Deep Anomaly Detection with Outlier
 Exposure"): per step, besides the 64 training views, 64 rows of the exposure photos
 (benchmarks/ood_exposure_photos.py, the 595 eval-transform crops of benchmarks/ood_exposure.py) and
@@ -43,6 +43,16 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from abcd.core.params import load_params
+from abcd.data.images import load_rgb, read_manifest
+from abcd.data.ood_manifest import read_ood_manifest
+from abcd.features.runtime import resolve_runtime, seed_everything
+from abcd.features.transforms import eval_transform
+from abcd.models.backbones import build_backbone, set_trainable_blocks
+from abcd.training.fit import FitResult, fit
+from abcd.training.fit import evaluate as eval_epoch
+from abcd.training.init import init_head
+from abcd.training.optim import build_optimizer, lr_factor
 from benchmarks.compare_backbones import _scores, _tuned_module, split_activations
 from benchmarks.ood_candidates import (
     Data,
@@ -57,16 +67,6 @@ from benchmarks.ood_candidates import (
 )
 from benchmarks.ood_exposure import CROP_SEED, REFERENCE_ROWS, crop_boxes, load_photo, photo_file
 from benchmarks.ood_exposure_photos import EXPOSURE_PHOTOS
-from src.backbones import build_backbone, set_trainable_blocks
-from src.data import load_rgb, read_manifest
-from src.fit import FitResult, fit
-from src.fit import evaluate as eval_epoch
-from src.head_init import init_head
-from src.ood_data import read_ood_manifest
-from src.optim import build_optimizer, lr_factor
-from src.params import load_params
-from src.runtime import resolve_runtime, seed_everything
-from src.transforms import eval_transform
 
 BACKBONE = "efficientnet_lite2"
 
@@ -123,7 +123,7 @@ def fit_oe(
     weight: float,
     last: bool = False,
 ):
-    """src/fit.py's fit (no class weights or label smoothing, as params has them) plus the OE term."""
+    """src/abcd/training/fit.py's fit (no class weights or label smoothing, as params has them) plus the OE term."""
     optimizer = build_optimizer(module, params, lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, params))
     generator = torch.Generator().manual_seed(seed)

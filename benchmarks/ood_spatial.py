@@ -38,6 +38,11 @@ from scipy.special import log_softmax, logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from abcd.core.params import load_params
+from abcd.data.images import ImageDataset, Sample, read_manifest
+from abcd.data.ood_manifest import read_ood_manifest
+from abcd.features.transforms import eval_transform
+from abcd.models.backbones import build_backbone
 from benchmarks.ood_candidates import (
     SPLITS,
     Scores,
@@ -49,11 +54,6 @@ from benchmarks.ood_candidates import (
     load_data,
 )
 from benchmarks.ood_detectors import selection_numbers
-from src.backbones import build_backbone
-from src.data import ImageDataset, Sample, read_manifest
-from src.ood_data import read_ood_manifest
-from src.params import load_params
-from src.transforms import eval_transform
 
 
 def spatial_logits(data_dir: Path, ood: Path, cache: Path, classes: list[str]) -> dict[str, np.ndarray]:

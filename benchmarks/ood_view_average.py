@@ -19,15 +19,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.checkpoint import load_checkpoint
-from src.data import load_rgb
-from src.feature_store import load_split
-from src.metrics import roc_auc
-from src.ood_data import read_ood_manifest
-from src.params import load_params
-from src.runtime import resolve_runtime
-from src.transforms import eval_transform
-from src.unknown import detector_from_extra, head_logits, threshold_for_false_reject
+from abcd.core.params import load_params
+from abcd.data.images import load_rgb
+from abcd.data.ood_manifest import read_ood_manifest
+from abcd.evaluation.metrics import roc_auc
+from abcd.features.runtime import resolve_runtime
+from abcd.features.store import load_split
+from abcd.features.transforms import eval_transform
+from abcd.models.checkpoint import load_checkpoint
+from abcd.ood.detectors import detector_from_extra, head_logits, threshold_for_false_reject
 
 
 def flipped_features(model, preprocess, paths, precision: str, batch: int = 12) -> tuple[np.ndarray, float]:

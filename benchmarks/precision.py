@@ -27,9 +27,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from abcd.core.params import load_params  # noqa: E402
+from abcd.evaluation.metrics import f1_macro  # noqa: E402
 from benchmarks.bench import bench_project  # noqa: E402
-from src.metrics import f1_macro  # noqa: E402
-from src.params import load_params  # noqa: E402
 from tests.pipeline_utils import pipeline_env, run  # noqa: E402
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from src.dedupe import dhash
+from abcd.data.dedupe import dhash
 
 SOURCE_SIDE = 480  # mirror photos are cut down to this short side once: crops then stay fast
 

@@ -72,11 +72,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A random-weight lite0 checkpoint with fitted unknown detectors, and its ONNX export (stage `export`)."""
     import torch
 
-    from src.backbones import build_backbone
-    from src.checkpoint import load_checkpoint, save_checkpoint
-    from src.export import export_metadata, export_onnx
-    from src.head import Classifier
-    from src.unknown import fit_inference_extras
+    from abcd.models.backbones import build_backbone
+    from abcd.models.checkpoint import load_checkpoint, save_checkpoint
+    from abcd.models.head import Classifier
+    from abcd.ood.detectors import fit_inference_extras
+    from abcd.serving.export import export_metadata, export_onnx
 
     tmp = tmp_path_factory.mktemp("exported")
     torch.manual_seed(0)

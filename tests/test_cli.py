@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.cli import run, stage_args
-from src.errors import InvalidFileError, MissingFileError, UserError
+from abcd.core.cli import run, stage_args
+from abcd.core.errors import InvalidFileError, MissingFileError, UserError
 from tests.conftest import REPO
 
 
@@ -79,7 +79,7 @@ def test_a_stage_refuses_a_bad_choice_before_any_work(tmp_path: Path) -> None:
     data["model"]["backbone"] = "resnet-18"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "src.evaluate", "--params", str(tmp_path / "params.yaml")]
+    cmd = [sys.executable, "-m", "abcd.stages.evaluate", "--params", str(tmp_path / "params.yaml")]
     reads = ("predictions", "ood-predictions", "detectors", "ood")
     for flag in (*reads, "metrics", "report", "unknown-metrics", "unknown-report", "plots"):
         cmd += [f"--{flag}", str(out / flag)]

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.data import ImageError, Sample, load_rgb, read_manifest, stratified_split, write_manifest
+from abcd.data.images import ImageError, Sample, load_rgb, read_manifest, stratified_split, write_manifest
 from tests.conftest import CLASSES, make_image
 
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.dedupe import _near_pairs, _quadratic_pairs, band_masks, dhash
+from abcd.data.dedupe import _near_pairs, _quadratic_pairs, band_masks, dhash
 from tests.conftest import CLASSES
 
 

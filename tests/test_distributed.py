@@ -1,4 +1,4 @@
-"""Several ranks (src/distributed.py): sharding, featurize and fine-tuning on 2 CPU ranks (gloo) against one
+"""Several ranks (abcd.features.distributed): sharding, featurize and fine-tuning on 2 CPU ranks (gloo) against one
 process, the two-machine rendezvous on localhost, and a failing rank.
 
 The slow tests run the stage commands on a few real photos per class with EfficientNet-Lite0.
@@ -20,9 +20,9 @@ import pytest
 import torch
 import yaml
 
-from src import distributed
-from src.data import Sample, write_manifest
-from src.distributed import SINGLE, World, gather_batches, resolve_processes, shard, should_launch
+from abcd.data.images import Sample, write_manifest
+from abcd.features import distributed
+from abcd.features.distributed import SINGLE, World, gather_batches, resolve_processes, shard, should_launch
 from tests.conftest import CLASSES, REPO
 from tests.pipeline_utils import pipeline_env
 
@@ -75,7 +75,7 @@ def _fit_worker(rank: int, size: int, init: str, out: str, resume_at: int) -> No
     """One rank: fit a small 2-layer head on blobs; rank 0 saves the result (and a resumed run's) to ``out``."""
     import torch.distributed as dist
 
-    from src.fit import fit
+    from abcd.training.fit import fit
     from tests.test_train import PARAMS, _blobs
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=size)
@@ -106,7 +106,7 @@ def _fit_worker(rank: int, size: int, init: str, out: str, resume_at: int) -> No
 
 @pytest.mark.slow  # two spawned processes importing torch: about 15 s
 def test_fit_on_two_ranks_equals_one_process_and_resumes_exactly(tmp_path: Path) -> None:
-    from src.fit import fit
+    from abcd.training.fit import fit
     from tests.test_train import PARAMS, _blobs
 
     out = tmp_path / "ranks.pt"
@@ -207,7 +207,9 @@ def _stage(module: str, root: Path, args: list[str], check: bool = True, timeout
 
 
 def _featurize(root: Path, out: str, params: Path, **env: str) -> Path:
-    _stage("src.featurize", root, ["--params", str(params), "--data", "data", "--ood", "ood", "--out", out], **env)
+    _stage(
+        "abcd.stages.featurize", root, ["--params", str(params), "--data", "data", "--ood", "ood", "--out", out], **env
+    )
     return root / out
 
 
@@ -253,7 +255,7 @@ def test_two_machines_joined_by_a_c10d_rendezvous_on_localhost(small_set: Path, 
         subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
              "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", run_id,
-             "--node-rank", str(node), "-m", "src.featurize", "--params", str(params),
+             "--node-rank", str(node), "-m", "abcd.stages.featurize", "--params", str(params),
              "--data", "data", "--ood", "ood", "--out", "features-nodes"],
             cwd=small_set, env=_env(OMP_NUM_THREADS=THREADS), text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -283,7 +285,7 @@ def test_a_failing_rank_ends_the_stage_with_its_error(small_set: Path, tmp_path:
     params = _params(small_set, "fail", processes=2)
     start = time.monotonic()
     proc = _stage(
-        "src.featurize",
+        "abcd.stages.featurize",
         small_set,
         ["--params", str(params), "--data", str(data), "--ood", "ood", "--out", str(tmp_path / "features")],
         check=False,
@@ -309,12 +311,12 @@ def test_fine_tuning_on_two_ranks_equals_one_process(small_set: Path, one_proces
         args = ["--params", str(params), "--features", str(one_process_features), "--data", "data"]
         args += ["--model", f"{out}/model.pt", "--last", f"{out}/last.pt", "--logdir", f"{out}/runs"]
         args += ["--metrics", f"{out}/train.json", "--report", f"{out}/report.json", "--history", f"{out}/history.csv"]
-        _stage("src.train", small_set, args)
+        _stage("abcd.stages.train", small_set, args)
         results[n] = out
         test_args = ["--params", str(params), "--model", f"{out}/model.pt", "--data", "data", "--ood", "ood"]
         test_args += ["--features", str(one_process_features), "--out", f"{out}/test.csv"]
         test_args += ["--ood-out", f"{out}/ood.csv", "--detectors", f"{out}/detectors.json"]
-        _stage("src.test", small_set, test_args)
+        _stage("abcd.stages.test", small_set, test_args)
     import pandas as pd
 
     one, two = (json.loads((results[n] / "report.json").read_text()) for n in (1, 2))
@@ -338,7 +340,7 @@ def test_fine_tuning_on_two_ranks_equals_one_process(small_set: Path, one_proces
     args = ["--params", "params-resume.yaml", "--features", str(one_process_features), "--data", "data"]
     args += ["--model", f"{out}/model.pt", "--last", f"{out}/last.pt", "--logdir", f"{out}/runs"]
     args += ["--metrics", f"{out}/train.json", "--report", f"{out}/report.json", "--history", f"{out}/history.csv"]
-    proc = _stage("src.train", small_set, args)
+    proc = _stage("abcd.stages.train", small_set, args)
     assert "resuming after epoch 2" in proc.stdout
     assert json.loads((out / "report.json").read_text()) == two
     assert len(before) > 0 and os.path.getsize(out / "model.pt") > 0

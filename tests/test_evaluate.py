@@ -9,12 +9,19 @@ import pytest
 import yaml
 from sklearn import metrics as skm
 
-from src import metrics
-from src.errors import InvalidFileError
-from src.evaluate import main, worst_mistakes
-from src.metrics import bootstrap_ci, calibration_bins, classification_report, expected_calibration_error, log_loss
-from src.predictions import Predictions, columns, read_predictions, write_predictions
-from src.unknown_metrics import photo_breakdown
+from abcd.core.errors import InvalidFileError
+from abcd.evaluation import metrics
+from abcd.evaluation.metrics import (
+    bootstrap_ci,
+    calibration_bins,
+    classification_report,
+    expected_calibration_error,
+    log_loss,
+)
+from abcd.evaluation.plots import worst_mistakes
+from abcd.evaluation.predictions import Predictions, columns, read_predictions, write_predictions
+from abcd.evaluation.unknown import photo_breakdown
+from abcd.stages.evaluate import main
 
 # A case worked by hand: two classes, four images.
 #   label  p(a)  p(b)  predicted
@@ -235,7 +242,7 @@ def test_evaluate_stage_writes_unknown_metrics(tmp_path: Path, repo: Path, monke
     assert selection["methods"]["knn"]["ood_rejected"] == 0.0 and selection["methods"]["knn"]["fpr_at_95"] == 1.0
     assert selection["methods"]["knn"]["auroc"] == pytest.approx(3 / 4)
     assert selection["methods"]["knn"]["meets_target"] is False
-    # Where it fails: the whole photos accepted, and rejected / photos per category (src/ood_photos.py).
+    # Where it fails: the whole photos accepted, and rejected / photos per category (src/abcd/oodset/photos.py).
     assert knn["accepted_photos"] == [] and knn["photos_by_category"] == {"food": {"photos": 1, "rejected": 1}}
     assert selection["methods"]["knn"]["accepted_photos"] == ["astronaut"]
     assert selection["methods"]["knn"]["photos_by_category"] == {"people": {"photos": 1, "rejected": 0}}
@@ -281,7 +288,7 @@ def test_evaluate_stage_writes_metrics_and_plots(tmp_path: Path, repo: Path, mon
 
 
 def test_image_grid_takes_uint8_and_float_images() -> None:
-    from src.figures import image_grid
+    from abcd.evaluation.figures import image_grid
 
     red = np.zeros((20, 30, 3), np.uint8)
     red[..., 0] = 255
@@ -297,5 +304,5 @@ def test_photo_breakdown_counts_by_category_and_names_an_uncategorised_photo() -
     got = photo_breakdown(names, rejected, {"a": "food", "b": "animal", "c": "animal"})
     assert got["accepted_photos"] == ["a", "c"]
     assert got["photos_by_category"] == {"animal": {"photos": 2, "rejected": 1}, "food": {"photos": 1, "rejected": 0}}
-    with pytest.raises(InvalidFileError, match=r"without a category in src/ood_photos.py: c$"):
+    with pytest.raises(InvalidFileError, match=r"without a category in src/abcd/oodset/photos.py: c$"):
         photo_breakdown(names, rejected, {"a": "food", "b": "animal"})

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from src.calibration import calibrated_probs
-from src.checkpoint import load_checkpoint
-from src.data import load_rgb
-from src.export import calibrate, export_metadata, export_onnx
-from src.onnx_model import OnnxClassifier, classify_arrays, preprocess
-from src.transforms import eval_transform
-from src.unknown import detector_from_extra, threshold_for_false_reject
+from abcd.data.images import load_rgb
+from abcd.evaluation.calibration import calibrated_probs
+from abcd.features.transforms import eval_transform
+from abcd.models.checkpoint import load_checkpoint
+from abcd.ood.detectors import detector_from_extra, threshold_for_false_reject
+from abcd.serving.export import calibrate, export_metadata, export_onnx
+from abcd.serving.onnx_model import OnnxClassifier, classify_arrays, preprocess
 from tests.conftest import CLASSES, REPO, make_image
 
 METHODS = ("max_softmax", "energy", "mahalanobis", "mahalanobis_pp", "knn", "vim", "fusion")
@@ -29,7 +29,7 @@ def test_preprocess_is_the_eval_transform(interpolation: str, size: tuple[int, i
     pre = {"input_size": 224, "resize_size": 256, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
     pre["interpolation"] = interpolation
     rgb = np.random.default_rng(sum(size)).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    from src.backbones import Preprocess
+    from abcd.models.backbones import Preprocess
 
     expected = eval_transform(Preprocess.from_dict(pre))(rgb).numpy()
     got = preprocess(rgb, pre)
@@ -128,7 +128,7 @@ def test_predict_with_onnx_runtime_never_imports_torch(exported, tmp_path: Path)
     images = [make_image(tmp_path / f"{i}.jpg", seed=i, size=(120, 90)) for i in range(3)]
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     code = (
-        "import sys, json; from src.predict import main\n"
+        "import sys, json; from abcd.serving.predict import main\n"
         f"status = main([{str(tmp_path)!r}, '--runtime', 'onnx', '--onnx', {str(exported['onnx'])!r},"
         f" '--method', 'fusion', '--params', {str(REPO / 'params.yaml')!r}, '--format', 'json'])\n"
         "print(json.dumps({'status': status, 'torch': sorted(m for m in sys.modules if m.split('.')[0] == 'torch')}))"
@@ -154,7 +154,7 @@ def test_predict_defaults_to_the_export_only_when_it_is_the_default_checkpoints(
 ) -> None:
     import shutil
 
-    from src.predict import onnx_model_to_use
+    from abcd.serving.predict import onnx_model_to_use
 
     monkeypatch.chdir(tmp_path)
     onnx = Path("models/model.onnx")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from src.errors import InvalidFileError, MissingFileError
-from src.feature_store import SplitWriter, load_split, open_array, read_paths, write_split
-from src.train_inputs import load_features
+from abcd.core.errors import InvalidFileError, MissingFileError
+from abcd.features.store import SplitWriter, load_split, open_array, read_paths, write_split
+from abcd.training.inputs import load_features
 
 
 def test_writer_fills_views_and_eval_view_in_order_and_readers_memory_map(tmp_path) -> None:

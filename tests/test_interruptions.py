@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from src.checkpoint import load_checkpoint
-from src.predictions import read_predictions
+from abcd.evaluation.predictions import read_predictions
+from abcd.models.checkpoint import load_checkpoint
 from tests.conftest import CLASSES, require_shared_photos
 from tests.pipeline_utils import make_project, run
 

@@ -6,7 +6,7 @@ from sklearn.metrics import log_loss
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from src.linear_probe import fit_probe
+from abcd.training.probe import fit_probe
 
 
 def _data(n: int, seed: int, d: int = 12) -> tuple[torch.Tensor, torch.Tensor]:

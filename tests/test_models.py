@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from src.backbones import Backbone, BackboneUnavailableError, build_backbone, convert_lukemelas_state_dict
-from src.checkpoint import load_checkpoint, save_checkpoint
-from src.data import load_rgb
-from src.head import Classifier
-from src.transforms import eval_transform
+from abcd.data.images import load_rgb
+from abcd.features.transforms import eval_transform
+from abcd.models.backbones import Backbone, BackboneUnavailableError, build_backbone, convert_lukemelas_state_dict
+from abcd.models.checkpoint import load_checkpoint, save_checkpoint
+from abcd.models.head import Classifier
 from tests.conftest import CLASSES
 
 IMAGENET_ANT = 310
@@ -248,7 +248,7 @@ def test_missing_checkpoint_names_the_file(tmp_path: Path) -> None:
 
 
 def test_head_dropout_is_inverted_dropout_and_identity_in_eval() -> None:
-    from src.head import Dropout
+    from abcd.models.head import Dropout
 
     torch.manual_seed(0)
     drop = Dropout(0.25)

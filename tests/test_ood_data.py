@@ -5,24 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.backbones import build_backbone, convert_lukemelas_state_dict
-from src.data import load_rgb
-from src.errors import UserError
-from src.ood_data import (
-    HALVES,
-    MIN_CROP_SIDE,
-    PHOTOS,
-    SPLIT_SEEDS,
-    OodPhoto,
-    main,
-    package_file,
-    read_ood_manifest,
-    regions,
-    split_batches,
-    split_halves,
-)
-from src.ood_photos import DEB, DEB_PACKAGES, MIN_SIDE
-from src.transforms import eval_transform
+from abcd.core.errors import UserError
+from abcd.data.images import load_rgb
+from abcd.data.ood_manifest import HALVES, read_ood_manifest
+from abcd.features.transforms import eval_transform
+from abcd.models.backbones import build_backbone, convert_lukemelas_state_dict
+from abcd.oodset.assemble import MIN_CROP_SIDE, SPLIT_SEEDS, package_file, regions, split_batches, split_halves
+from abcd.oodset.photos import DEB, DEB_PACKAGES, MIN_SIDE, PHOTOS, OodPhoto
+from abcd.stages.ood_data import main
 
 
 def test_regions_are_whole_image_then_quadrants_when_large_enough() -> None:

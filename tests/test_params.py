@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.params import ParamsError, load_params, parse_params
+from abcd.core.params import ParamsError, load_params, parse_params
 
 
 @pytest.fixture

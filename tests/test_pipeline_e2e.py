@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from src.ood_photos import PHOTOS
+from abcd.oodset.photos import PHOTOS
 from tests.conftest import CLASSES, require_shared_photos
 from tests.pipeline_utils import make_project, run
 
@@ -133,7 +133,7 @@ def _check_pngs_history_and_model(repo: Path, rows: list) -> None:
     epoch; model.pt loads for these classes and its head gives the test CSV's probabilities."""
     from PIL import Image
 
-    from src.checkpoint import load_checkpoint
+    from abcd.models.checkpoint import load_checkpoint
 
     for png, size in (("confusion", (572, 505)), ("roc", (605, 550))):
         with Image.open(repo / f"plots/test/{png}.png") as img:
@@ -151,7 +151,7 @@ def _check_pngs_history_and_model(repo: Path, rows: list) -> None:
 
     loaded = load_checkpoint(repo / "models/model.pt", expected_classes=CLASSES)  # builds the backbone, strict
     assert loaded.classes == CLASSES and loaded.backbone == "efficientnet_lite2"
-    from src.feature_store import read_paths
+    from abcd.features.store import read_paths
 
     feats, paths = np.load(repo / "data/features/test/features.npy"), read_paths(repo / "data/features", "test")
     assert sorted(paths) == sorted(r["image"] for r in rows)
@@ -425,7 +425,7 @@ def test_predict_command_uses_the_trained_checkpoint(reproduced) -> None:
     method = yaml.safe_load((repo / "params.yaml").read_text())["unknown"]["method"]
     threshold = json.loads((repo / "data/predictions/detectors.json").read_text())["thresholds"][method]
     image = repo / expected["image"]
-    cmd = [sys.executable, "-m", "src.predict", str(image), "--format", "csv", "--runtime", "torch"]
+    cmd = [sys.executable, "-m", "abcd.serving.predict", str(image), "--format", "csv", "--runtime", "torch"]
     out = run(cmd, repo, env, stdout_only=True)
     (row,) = csv.DictReader(out.strip().splitlines())
     assert row["path"] == str(image) and row["error"] == ""
@@ -440,9 +440,9 @@ def test_predict_command_uses_the_trained_checkpoint(reproduced) -> None:
 
 def test_onnx_export_matches_torch_fp32_on_the_test_split_and_ood_set(reproduced, monkeypatch) -> None:
     """The exported model against the checkpoint in fp32: probabilities, classes and every unknown decision."""
-    from src.data import load_rgb
-    from src.onnx_model import OnnxClassifier
-    from src.ood_data import read_ood_manifest
+    from abcd.data.images import load_rgb
+    from abcd.data.ood_manifest import read_ood_manifest
+    from abcd.serving.onnx_model import OnnxClassifier
     from tests.test_export import METHODS, torch_fp32
 
     repo, env, _ = reproduced
@@ -464,7 +464,9 @@ def test_onnx_export_matches_torch_fp32_on_the_test_split_and_ood_set(reproduced
         assert ((onnx_scores > threshold) == (scores[method] > threshold)).all(), method
 
     # predict's default runtime is the export (it was made from models/model.pt): the same answer.
-    out = run([sys.executable, "-m", "src.predict", str(paths[0]), "--format", "json"], repo, env, stdout_only=True)
+    out = run(
+        [sys.executable, "-m", "abcd.serving.predict", str(paths[0]), "--format", "json"], repo, env, stdout_only=True
+    )
     (row,) = json.loads(out)["results"]
     assert [row["probabilities"][c] for c in CLASSES] == pytest.approx(list(probs[0]), abs=1e-4)
 
@@ -499,11 +501,11 @@ def test_model_artifact_from_a_local_clone_predicts_on_its_own(reproduced, tmp_p
         dog = next(r for r in csv.DictReader(f) if r["label"] == "dogs")
     image = empty / "photo.jpg"
     image.write_bytes((repo / dog["image"]).read_bytes())
-    # `python -m src.predict` with only the code on PYTHONPATH: no params.yaml, nothing else of the repo.
+    # `python -m abcd.serving.predict` with only the code on PYTHONPATH: no params.yaml, nothing else of the repo.
     argv = [
         sys.executable,
         "-m",
-        "src.predict",
+        "abcd.serving.predict",
         str(image),
         "--checkpoint",
         str(empty / "model.pt"),

@@ -9,12 +9,12 @@ import torch
 import yaml
 from PIL import Image
 
-from src.backbones import build_backbone
-from src.checkpoint import save_checkpoint
-from src.errors import InvalidFileError
-from src.head import Classifier
-from src.predict import UNKNOWN, decide, expand_inputs, main
-from src.unknown import fit_inference_extras
+from abcd.core.errors import InvalidFileError
+from abcd.models.backbones import build_backbone
+from abcd.models.checkpoint import save_checkpoint
+from abcd.models.head import Classifier
+from abcd.ood.detectors import fit_inference_extras
+from abcd.serving.predict import UNKNOWN, decide, expand_inputs, main
 from tests.conftest import CLASSES, make_image
 
 

@@ -5,9 +5,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from src.data import read_manifest
-from src.prepare import main
-from src.sources import resolve_path as resolve_source
+from abcd.data.images import read_manifest
+from abcd.data.sources import resolve_path as resolve_source
+from abcd.stages.prepare import main
 from tests.conftest import CLASSES
 from tests.pipeline_utils import photo_source, write_sources
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src import params as params_module
-from src.registry import BACKBONES, OPTIMIZERS, ChoiceError, Registry
-from src.schema import ParamsError
+from abcd.core import params as params_module
+from abcd.core.registry import BACKBONES, OPTIMIZERS, ChoiceError, Registry
+from abcd.core.schema import ParamsError
 from tests.conftest import REPO
 
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -59,10 +59,10 @@ def test_a_bad_choice_fails_at_load_with_the_choices_and_the_closest(key: str, r
 
 
 def test_registry_get_imports_the_implementation_lazily_and_checks_names() -> None:
-    import src.optim
+    import abcd.training.optim
 
-    assert OPTIMIZERS.get("adamw") is src.optim.adamw
-    assert BACKBONES.target("resnet18") == "src.backbones:resnet18"
+    assert OPTIMIZERS.get("adamw") is abcd.training.optim.adamw
+    assert BACKBONES.target("resnet18") == "abcd.models.backbones:resnet18"
     with pytest.raises(ChoiceError, match=r"^unknown optimizer 'lion'; choose one of sgd, adam, adamw$"):
         OPTIMIZERS.get("lion")
     # A choice error is a user error and a ValueError, like every params error.

@@ -1,8 +1,8 @@
 import dataclasses
 from pathlib import Path
 
-from src.params import load_params
-from src.report import render
+from abcd.core.params import load_params
+from abcd.evaluation.report import render
 
 TEST = {
     "test": {

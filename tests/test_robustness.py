@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from src import evaluate, featurize, ood_data, prepare, report, test, train
-from src.cli import run
-from src.data import ImageError, load_rgb
+from abcd.core.cli import run
+from abcd.data.images import ImageError, load_rgb
+from abcd.stages import evaluate, featurize, ood_data, prepare, report, test, train
 
 # Each example must finish well inside this (ms): a hang or a runaway decode fails the test.
 DEADLINE_MS = 2000

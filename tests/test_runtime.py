@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-from src.params import ParamsError, RuntimeParams
-from src.runtime import auto_num_workers, cpu_has_fast_bf16, resolve_runtime, seed_everything
+from abcd.core.params import ParamsError, RuntimeParams
+from abcd.features.runtime import auto_num_workers, cpu_has_fast_bf16, resolve_runtime, seed_everything
 
 AMX = "processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n"
 OLD = "processor\t: 0\nflags\t\t: fpu sse avx2\n"
@@ -61,7 +61,7 @@ def test_seed_everything_repeats_draws() -> None:
 
 
 def test_release_freed_memory_calls_malloc_trim_and_is_a_no_op_without_glibc(monkeypatch) -> None:
-    from src import runtime
+    from abcd.features import runtime
 
     calls = []
     monkeypatch.setattr(runtime, "_malloc_trim", lambda: calls.append)
@@ -75,7 +75,7 @@ def test_release_freed_memory_calls_malloc_trim_and_is_a_no_op_without_glibc(mon
 def test_malloc_trim_lookup_tolerates_a_missing_libc(monkeypatch) -> None:
     import ctypes
 
-    from src import runtime
+    from abcd.features import runtime
 
     runtime._malloc_trim.cache_clear()
 
@@ -88,7 +88,7 @@ def test_malloc_trim_lookup_tolerates_a_missing_libc(monkeypatch) -> None:
 
 
 def test_extract_features_trims_the_heap_every_few_batches(monkeypatch) -> None:
-    from src import engine
+    from abcd.features import engine
 
     trims = []
     monkeypatch.setattr(engine, "release_freed_memory", lambda: trims.append(1))

@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from src.onnx_model import OnnxClassifier
-from src.params import ServeParams
-from src.serve import create_app
+from abcd.core.params import ServeParams
+from abcd.serving.app import create_app
+from abcd.serving.onnx_model import OnnxClassifier
 from tests.conftest import CLASSES, make_image
 
 LIMITS = ServeParams(max_file_mb=0.05, max_files=4)  # 50 kB: a small test image fits, a big one does not
@@ -79,7 +79,7 @@ def test_batch_with_good_and_bad_files_is_200_with_per_file_answers(client: Test
         best = max(r["probabilities"], key=r["probabilities"].get)
         assert r["prediction"] == ("unknown" if r["unknown_score"] > detector.threshold else best)
     # The same answer as the model gives for the decoded image directly.
-    from src.onnx_model import classify_arrays, decode_upload
+    from abcd.serving.onnx_model import classify_arrays, decode_upload
 
     ((label, _, score),) = classify_arrays(model, [decode_upload(image_bytes(seed=1), None)], detector, 1)
     assert results[0]["prediction"] == label and results[0]["unknown_score"] == pytest.approx(score, abs=1e-6)
@@ -161,7 +161,7 @@ def test_concurrent_mixed_requests_get_their_own_answers_and_no_5xx(client: Test
 def test_serve_command_reads_its_limits_from_params(tmp_path: Path, repo: Path) -> None:
     import yaml
 
-    from src.params import ParamsError, load_params
+    from abcd.core.params import ParamsError, load_params
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert load_params(repo / "params.yaml").serve == ServeParams(max_file_mb=20, max_files=32)

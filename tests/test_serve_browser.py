@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from src.data import load_rgb
-from src.onnx_model import OnnxClassifier, classify_arrays
-from src.params import ServeParams
-from src.serve import create_app
+from abcd.core.params import ServeParams
+from abcd.data.images import load_rgb
+from abcd.serving.app import create_app
+from abcd.serving.onnx_model import OnnxClassifier, classify_arrays
 from tests.browser_utils import chromium, headless_chromium, live_server, upload_and_wait
 from tests.conftest import CLASSES
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.prepare import main as prepare_main
-from src.sources import SourceError, choose_set, download, list_files, open_source
+from abcd.data.sources import SourceError, choose_set, download, list_files, open_source
+from abcd.stages.prepare import main as prepare_main
 from tests.conftest import CLASSES, make_image
 from tests.pipeline_utils import photo_source, write_sources
 
@@ -119,7 +119,7 @@ def _sha(data: bytes) -> str:
 
 
 def _source(url: str, sha256: str | None = None, name: str = "pets"):
-    from src.sources import SourceParams
+    from abcd.data.sources import SourceParams
 
     return SourceParams(name, url, sha256, {c: [f"pets/{c}"] for c in CLASSES}, "all")
 
@@ -207,7 +207,7 @@ def test_local_archive_source_and_unsafe_members(archives: dict[str, bytes], tmp
 def test_missing_folder_names_the_source_and_what_is_there(archives: dict[str, bytes], tmp_path: Path) -> None:
     local = tmp_path / "pets.zip"
     local.write_bytes(archives["/pets.zip"])
-    from src.sources import SourceParams
+    from abcd.data.sources import SourceParams
 
     source = SourceParams("pets", str(local), None, {"ants": ["hymenoptera_data/train/ants"]}, "all")
     opened = open_source(source, tmp_path, tmp_path / "cache")

@@ -10,17 +10,17 @@ import pytest
 import torch
 import yaml
 
-from src import test as test_stage
-from src.backbones import build_backbone
-from src.checkpoint import save_checkpoint
-from src.data import ImageDataset, Sample, write_manifest
-from src.engine import extract_features, make_loader, prepare_model, weights_fingerprint
-from src.feature_store import write_split
-from src.head import Classifier
-from src.params import load_params
-from src.predictions import read_predictions
-from src.runtime import resolve_runtime
-from src.transforms import eval_transform
+from abcd.core.params import load_params
+from abcd.data.images import ImageDataset, Sample, write_manifest
+from abcd.evaluation.predictions import read_predictions
+from abcd.features.engine import extract_features, make_loader, prepare_model, weights_fingerprint
+from abcd.features.runtime import resolve_runtime
+from abcd.features.store import write_split
+from abcd.features.transforms import eval_transform
+from abcd.models.backbones import build_backbone
+from abcd.models.checkpoint import save_checkpoint
+from abcd.models.head import Classifier
+from abcd.stages import test as test_stage
 from tests.conftest import CLASSES, make_image
 
 

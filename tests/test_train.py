@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.backbones import build_backbone, set_trainable_blocks
-from src.feature_store import write_split
-from src.fit import fit
-from src.head import Classifier, build_head
-from src.optim import lr_factor, param_groups
-from src.params import TrainParams
-from src.registry import CLASS_WEIGHTS
-from src.schema import ParamsError, build
+from abcd.core.params import TrainParams
+from abcd.core.registry import CLASS_WEIGHTS
+from abcd.core.schema import ParamsError, build
+from abcd.features.store import write_split
+from abcd.models.backbones import build_backbone, set_trainable_blocks
+from abcd.models.head import Classifier, build_head
+from abcd.training.fit import fit
+from abcd.training.optim import lr_factor, param_groups
 
 LR = 0.01  # the head's lr: the top-level param, passed to fit beside train's
 PARAMS = TrainParams(
@@ -218,9 +218,9 @@ def test_fine_tuning_keeps_batchnorm_statistics_and_trains_bn_affine() -> None:
 
 
 def test_resume_refuses_a_last_checkpoint_made_with_other_params(tmp_path, repo) -> None:
-    from src.checkpoint import load_training_state
-    from src.errors import InvalidFileError
-    from src.params import load_params
+    from abcd.core.errors import InvalidFileError
+    from abcd.core.params import load_params
+    from abcd.models.checkpoint import load_training_state
 
     params = load_params(repo / "params.yaml")
     path = tmp_path / "last.pt"
@@ -240,7 +240,7 @@ def _features_dir(tmp_path: Path, repo: Path, monkeypatch) -> list[str]:
 
     import yaml
 
-    from src.data import Sample, write_manifest
+    from abcd.data.images import Sample, write_manifest
     from tests.conftest import CLASSES, make_image
 
     monkeypatch.chdir(tmp_path)
@@ -273,13 +273,13 @@ def _features_dir(tmp_path: Path, repo: Path, monkeypatch) -> list[str]:
 def test_train_stage_saves_featurizes_backbone_weights_without_building_the_backbone(tmp_path, repo, monkeypatch):
     import numpy as np
 
-    from src.calibration import fit_temperature, nll
-    from src.checkpoint import load_checkpoint
-    from src.train import main
-    from src.unknown import head_logits
+    from abcd.evaluation.calibration import fit_temperature, nll
+    from abcd.models.checkpoint import load_checkpoint
+    from abcd.ood.detectors import head_logits
+    from abcd.stages.train import main
 
     args = _features_dir(tmp_path, repo, monkeypatch)
-    monkeypatch.setattr("src.train_inputs.build_backbone", lambda *a, **k: pytest.fail("train built the backbone"))
+    monkeypatch.setattr("abcd.training.inputs.build_backbone", lambda *a, **k: pytest.fail("train built the backbone"))
     assert main(args) == 0
     loaded = load_checkpoint(tmp_path / "model.pt", lazy=True)
     assert torch.equal(loaded.state_dict["backbone.conv.weight"], torch.arange(6.0).reshape(2, 3))
@@ -298,7 +298,7 @@ def test_train_stage_saves_featurizes_backbone_weights_without_building_the_back
 
 
 def test_train_stage_without_the_backbone_weights_says_to_rerun_featurize(tmp_path, repo, monkeypatch) -> None:
-    from src.train import main
+    from abcd.stages.train import main
 
     args = _features_dir(tmp_path, repo, monkeypatch)
     (tmp_path / "features" / "backbone.pt").unlink()
@@ -309,9 +309,9 @@ def test_train_stage_without_the_backbone_weights_says_to_rerun_featurize(tmp_pa
 def test_train_stage_fine_tunes_the_last_block_and_saves_a_loadable_model(tmp_path, repo, monkeypatch) -> None:
     import yaml
 
-    from src.checkpoint import load_checkpoint
-    from src.data import Sample, write_manifest
-    from src.train import main
+    from abcd.data.images import Sample, write_manifest
+    from abcd.models.checkpoint import load_checkpoint
+    from abcd.stages.train import main
     from tests.conftest import CLASSES, make_image
 
     monkeypatch.chdir(tmp_path)
@@ -356,7 +356,7 @@ def test_train_stage_fine_tunes_the_last_block_and_saves_a_loadable_model(tmp_pa
 
 
 def test_fit_keeps_the_start_as_epoch_0_when_no_epoch_beats_it() -> None:
-    from src.linear_probe import fit_probe
+    from abcd.training.probe import fit_probe
 
     train, val = _blobs(64, 2, 0), _blobs(32, None, 1)
     head = build_head(8, 4, 0.0)
@@ -380,8 +380,8 @@ def test_fit_keeps_the_start_as_epoch_0_when_no_epoch_beats_it() -> None:
 
 
 def test_probe_init_puts_the_probe_fit_in_the_heads_linear_layer() -> None:
-    from src.head_init import init_head
-    from src.linear_probe import fit_probe
+    from abcd.training.init import init_head
+    from abcd.training.probe import fit_probe
 
     train, val = _blobs(64, None, 0), _blobs(32, None, 1)
     torch.manual_seed(0)
@@ -438,21 +438,21 @@ def test_train_stage_starts_the_head_from_the_probe(tmp_path, repo, monkeypatch)
     import numpy as np
     import yaml
 
-    import src.train
-    from src.checkpoint import load_checkpoint
-    from src.linear_probe import fit_probe
-    from src.train import main
+    import abcd.stages.train
+    from abcd.models.checkpoint import load_checkpoint
+    from abcd.stages.train import main
+    from abcd.training.probe import fit_probe
 
     args = _features_dir(tmp_path, repo, monkeypatch)
     started: dict[str, torch.Tensor] = {}
-    real_init_head = src.train.init_head
+    real_init_head = abcd.stages.train.init_head
 
     def init_head_and_record(linear, train, val, params):
         info = real_init_head(linear, train, val, params)
         started.update(weight=linear.weight.detach().clone(), bias=linear.bias.detach().clone(), train=train[0])
         return info
 
-    monkeypatch.setattr(src.train, "init_head", init_head_and_record)
+    monkeypatch.setattr(abcd.stages.train, "init_head", init_head_and_record)
     assert main(args) == 0
     metrics = json.loads((tmp_path / "train_report.json").read_text())
     # The DVC metric holds the deciding two only.
@@ -486,7 +486,7 @@ def test_train_stage_starts_the_head_from_the_probe(tmp_path, repo, monkeypatch)
 
 
 def test_train_stage_with_features_from_an_older_featurize_says_to_rerun_it(tmp_path, repo, monkeypatch) -> None:
-    from src.train import main
+    from abcd.stages.train import main
 
     args = _features_dir(tmp_path, repo, monkeypatch)
     (tmp_path / "features" / "train" / "eval_features.npy").unlink()

@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from src.backbones import Backbone, Preprocess
-from src.calibration import calibrated_probs, fit_temperature, nll
-from src.checkpoint import load_checkpoint, save_checkpoint
-from src.head import Classifier, build_head
-from src.registry import UNKNOWN_METHODS
-from src.unknown import (
+from abcd.core.registry import UNKNOWN_METHODS
+from abcd.evaluation.calibration import calibrated_probs, fit_temperature, nll
+from abcd.evaluation.unknown import detection_metrics, risk_coverage, uncalibrated
+from abcd.models.backbones import Backbone, Preprocess
+from abcd.models.checkpoint import load_checkpoint, save_checkpoint
+from abcd.models.head import Classifier, build_head
+from abcd.ood.detectors import (
     detector_from_extra,
     fit_inference_extras,
     ledoit_wolf_covariance,
     threshold_for_false_reject,
 )
-from src.unknown_metrics import detection_metrics, risk_coverage, uncalibrated
 
 D, C = 16, 4
 
@@ -139,7 +139,7 @@ def test_knn_score_is_the_cosine_distance_to_the_kth_nearest_training_feature() 
 
 
 def test_detectors_fit_on_a_seeded_sample_capped_at_fit_rows_max(monkeypatch) -> None:
-    import src.unknown as unknown
+    import abcd.ood.detectors as unknown
 
     train_x, train_y = _clusters(50, 0)
     val_x, val_y = _clusters(40, 1)
@@ -205,7 +205,7 @@ def test_extras_survive_a_weights_only_checkpoint_round_trip(tmp_path: Path, mon
     path = tmp_path / "m.pt"
     # Identity backbone is not a registered one: patch the loader's factory for this test.
     monkeypatch.setattr(
-        "src.checkpoint.build_backbone", lambda name, pretrained: Backbone(torch.nn.Identity(), D, None)
+        "abcd.models.checkpoint.build_backbone", lambda name, pretrained: Backbone(torch.nn.Identity(), D, None)
     )
     save_checkpoint(
         path,
@@ -344,13 +344,13 @@ def test_uncalibrated_probabilities_are_recovered_from_calibrated_ones() -> None
 
 def test_scoring_stages_do_not_import_scikit_learn(repo: Path) -> None:
     # test and predict score with fitted detectors; sklearn (fitting, metrics) would cost each ~0.5 s to import.
-    code = "import sys, src.test, src.predict; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    code = "import sys, abcd.stages.test, abcd.serving.predict; print(sorted({m.split('.')[0] for m in sys.modules}))"
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True).stdout
     assert "'torch'" in out and "'sklearn'" not in out
 
 
 def test_scale_multiplies_the_logits_without_the_bias_by_the_percentile_ratio() -> None:
-    from src.ood_scores import SCALE, scale_factor
+    from abcd.ood.methods import SCALE, scale_factor
 
     # 100 activations 1..100: above the 85th percentile (85.15) are 86..100, summing to 1395; all sum to 5050.
     a = np.arange(1.0, 101.0)[None]
@@ -367,7 +367,7 @@ def test_scale_multiplies_the_logits_without_the_bias_by_the_percentile_ratio() 
 
 
 def test_vim_residual_is_zero_inside_the_principal_subspace_and_grows_outside() -> None:
-    from src.ood_scores import VIM
+    from abcd.ood.methods import VIM
 
     rng = np.random.default_rng(0)
     x = rng.normal(0, 0.01, (300, D))
@@ -383,7 +383,7 @@ def test_vim_residual_is_zero_inside_the_principal_subspace_and_grows_outside() 
 
 
 def test_mahalanobis_pp_ignores_the_feature_norm() -> None:
-    from src.ood_scores import MAHALANOBIS_PP
+    from abcd.ood.methods import MAHALANOBIS_PP
 
     train_x, train_y = _clusters(400, 0)
     state = MAHALANOBIS_PP.fit(train_x, train_y, 1)
@@ -451,7 +451,7 @@ def _save(path: Path, extra: dict, monkeypatch) -> None:
     model = Classifier(torch.nn.Identity(), D, C, 0.0)
     model.head = _head()
     monkeypatch.setattr(
-        "src.checkpoint.build_backbone", lambda name, pretrained: Backbone(torch.nn.Identity(), D, None)
+        "abcd.models.checkpoint.build_backbone", lambda name, pretrained: Backbone(torch.nn.Identity(), D, None)
     )
     save_checkpoint(
         path,
@@ -466,7 +466,7 @@ def _save(path: Path, extra: dict, monkeypatch) -> None:
 
 
 def test_fusion_checkpoint_round_trip_stores_no_component_state_twice(tmp_path: Path, monkeypatch) -> None:
-    from src.errors import InvalidFileError
+    from abcd.core.errors import InvalidFileError
 
     extra, val_x, val_logits = _fitted_extra()
     _save(tmp_path / "m.pt", extra, monkeypatch)

@@ -13,11 +13,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from src.data import SplitError, load_rgb, stratified_split, to_rgb
-from src.dedupe import Item, dhash, find_duplicates
-from src.params import ParamsError, parse_params
-from src.prepare import File, inspect_files, layout, main, take_per_class
-from src.sources import SourceError, load_sources
+from abcd.core.params import ParamsError, parse_params
+from abcd.data.dedupe import Item, dhash, find_duplicates
+from abcd.data.images import SplitError, load_rgb, stratified_split, to_rgb
+from abcd.data.prepare import File, inspect_files, layout, take_per_class
+from abcd.data.sources import SourceError, load_sources
+from abcd.stages.prepare import main
 from tests.conftest import CLASSES, make_image
 from tests.pipeline_utils import photo_source, write_sources
 
@@ -195,7 +196,7 @@ def test_no_picture_leaks_across_splits(shared_photos: Path, repo: Path, tmp_pat
 
 
 def _samples(counts: dict[str, int]):
-    from src.data import Sample
+    from abcd.data.images import Sample
 
     return [Sample(f"{label}/{i:03d}.jpg", label) for label, n in counts.items() for i in range(n)]
 
@@ -222,7 +223,7 @@ def test_the_original_scale_does_not_fit_the_ants(params_file_for_split) -> None
 
 @pytest.fixture
 def params_file_for_split(shared_photos: Path, repo: Path, tmp_path: Path, monkeypatch, capsys):
-    from src.cli import run
+    from abcd.core.cli import run
 
     def go(split: dict) -> str:
         params = yaml.safe_load((repo / "params.yaml").read_text())

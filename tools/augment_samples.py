@@ -15,11 +15,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from src import figures
-from src.backbones import build_backbone
-from src.data import ImageDataset, read_manifest
-from src.params import load_params
-from src.transforms import denormalize, eval_transform, train_transform
+from abcd.core.params import load_params
+from abcd.data.images import ImageDataset, read_manifest
+from abcd.evaluation import figures
+from abcd.features.transforms import denormalize, eval_transform, train_transform
+from abcd.models.backbones import build_backbone
 
 
 def main() -> None:

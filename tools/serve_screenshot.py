@@ -2,7 +2,7 @@
 
     python tools/serve_screenshot.py [--out docs/serve_page.png]
 
-Serves models/model.onnx (run `dvc repro` first) with src/serve.py's app on a free local port,
+Serves models/model.onnx (run `dvc repro` first) with src/abcd/serving/app.py's app on a free local port,
 uploads one test photo per class, an OOD photo and README.md, and saves the window.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from src.onnx_model import OnnxClassifier  # noqa: E402
-from src.params import load_params  # noqa: E402
-from src.serve import create_app  # noqa: E402
+from abcd.core.params import load_params  # noqa: E402
+from abcd.serving.app import create_app  # noqa: E402
+from abcd.serving.onnx_model import OnnxClassifier  # noqa: E402
 from tests.browser_utils import headless_chromium, live_server, upload_and_wait  # noqa: E402
 
 

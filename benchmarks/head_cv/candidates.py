@@ -26,13 +26,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from abcd.core.params import load_params
+from abcd.evaluation.metrics import f1_macro, log_loss
+from abcd.features.runtime import seed_everything, use_deterministic_algorithms
+from abcd.models.head import build_head
+from abcd.training.fit import fit
+from abcd.training.init import init_head
 from benchmarks.compare_backbones import PROBE_C
-from src.fit import fit
-from src.head import build_head
-from src.head_init import init_head
-from src.metrics import f1_macro, log_loss
-from src.params import load_params
-from src.runtime import seed_everything, use_deterministic_algorithms
 
 torch.set_num_threads(1)
 PARAMS = load_params(Path("params.yaml"))
@@ -80,7 +80,7 @@ def _views(views: np.ndarray, k: int) -> np.ndarray:
 def head(
     views, eval_view, y, x_sel, y_sel, x_out, *, n_views=None, all_views=False, std=False, train=None, lr=None
 ) -> Fit:
-    """The pipeline's head: src.head_init.init_head + src.fit.fit with params.yaml's model/train settings
+    """The pipeline's head: abcd.training.init.init_head + abcd.training.fit.fit with params.yaml's model/train settings
     (or ``train``), best epoch by selection loss (epoch 0, the start, included unless train.init is random).
 
     n_views: augmented views per image (default featurize.views), one sampled per epoch as in the pipeline;

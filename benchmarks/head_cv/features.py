@@ -26,13 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from src.backbones import build_backbone
-from src.data import load_rgb, read_manifest
-from src.engine import extract_features, make_loader, prepare_model, weights_fingerprint
-from src.feature_store import load_split
-from src.params import load_params
-from src.runtime import resolve_runtime, seed_everything
-from src.transforms import eval_transform, train_transform
+from abcd.core.params import load_params
+from abcd.data.images import load_rgb, read_manifest
+from abcd.features.engine import extract_features, make_loader, prepare_model, weights_fingerprint
+from abcd.features.runtime import resolve_runtime, seed_everything
+from abcd.features.store import load_split
+from abcd.features.transforms import eval_transform, train_transform
+from abcd.models.backbones import build_backbone
 
 
 def view_seed(seed: int, i: int, v: int) -> int:
@@ -42,7 +42,7 @@ def view_seed(seed: int, i: int, v: int) -> int:
 
 
 class ViewsDataset:
-    """src.data.ImageDataset with chosen view indices: item i is the stacked views ``views`` of image i."""
+    """abcd.data.images.ImageDataset with chosen view indices: item i is the stacked views ``views`` of image i."""
 
     def __init__(self, samples, classes, transform, views, seed):
         self.samples, self.transform, self.views, self.seed = list(samples), transform, list(views), seed

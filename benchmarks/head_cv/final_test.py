@@ -21,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from abcd.evaluation.calibration import calibrated_probs, fit_temperature
+from abcd.features.store import load_split
 from benchmarks.head_cv import candidates
-from src.calibration import calibrated_probs, fit_temperature
-from src.feature_store import load_split
 
 
 def main() -> None:

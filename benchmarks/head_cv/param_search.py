@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from abcd.evaluation.calibration import calibrated_probs
 from benchmarks.head_cv import candidates, cv
-from src.calibration import calibrated_probs
 
 FULL = {"batch_size": 1024}
 # The 15-fold shortlist of a wider screen (README here); params.yaml's own values where not named.

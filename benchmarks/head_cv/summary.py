@@ -4,7 +4,7 @@
 
 Each candidate appears in three variants, from its logits on the selection and held-out folds:
   |raw  T = 1 (the pipeline's default: train.calibrate false);
-  |ts   the pipeline's temperature scaling fitted on the selection fold (src.calibration, log T in [-4, 4]);
+  |ts   the pipeline's temperature scaling fitted on the selection fold (abcd.evaluation.calibration, log T in [-4, 4]);
   |tsb  the same with log T bounded to [-1, 1] (diagnostic: an error-free selection fold drives T towards 0).
 Columns: mean ± sd over folds of held-out macro F1 and log loss; per-fold paired differences against
 --ref (wins/ties/losses on F1; folds with lower/higher log loss); median log loss; mean fit seconds.
@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from src.calibration import calibrated_probs, fit_temperature
-from src.feature_store import load_split
-from src.metrics import f1_macro, log_loss
+from abcd.evaluation.calibration import calibrated_probs, fit_temperature
+from abcd.evaluation.metrics import f1_macro, log_loss
+from abcd.features.store import load_split
 
 BOUNDS = {"raw": None, "ts": (-4.0, 4.0), "tsb": (-1.0, 1.0)}
 

@@ -1,0 +1,186 @@
+"""HTTP service: the exported model (models/model.onnx) behind FastAPI on uvicorn, and a page to try it.
+
+    abcd-serve [--host 127.0.0.1] [--port 8000] [--model models/model.onnx]   # or: make serve
+
+``POST /predict``: multipart upload, one or more images in the field ``files``. Per file: the
+class or ``unknown``, its probability, every class probability, the unknown score, or an
+error for a file that is not a usable image (prepare's decode rules: pixel limit, no animated
+files; CMYK, alpha and 16-bit converted to RGB). 200 when at least one file is an image,
+415 when none is (or the request is not multipart), 400 when it has no file, 413 for a file
+over ``serve.max_file_mb`` or more than ``serve.max_files`` files. ``GET /health``: model,
+classes, backbone, checkpoint version. ``GET /``: the page (no CDN: it is one file served here).
+The model is loaded once; no torch is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import threading
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+
+from abcd.core.cli import run
+from abcd.core.params import ServeParams, load_params
+from abcd.data.images import ImageError
+from abcd.serving.onnx_model import OnnxClassifier, OnnxDetector, classify_arrays, decode_upload
+
+FIELD = "files"
+# Multipart framing around each file (boundary, headers): slack on top of the file-size limit.
+PART_OVERHEAD = 64 * 1024
+
+
+def _error(status: int, detail: str, results: list[dict] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "results": results or []}, status_code=status)
+
+
+def _result(filename: str, label: str = "", probs: np.ndarray | None = None, score: float | None = None, **kw) -> dict:
+    return {
+        "filename": filename,
+        "prediction": label or None,
+        "probability": None if probs is None else float(probs.max()),
+        "probabilities": None if probs is None else dict(zip(kw["classes"], map(float, probs))),
+        "unknown_score": score,
+        "error": kw.get("error"),
+    }
+
+
+async def _read_files(form: FormData, limits: ServeParams) -> list[tuple[str, bytes]] | JSONResponse:
+    """(filename, bytes) of each upload in the field, or the 400/413 response that refuses them."""
+    uploads = [f for f in form.getlist(FIELD) if isinstance(f, UploadFile)]
+    if not uploads:
+        return _error(400, f"no file in the field '{FIELD}'")
+    files = []
+    for upload in uploads:
+        data = await upload.read(limits.max_file_bytes + 1)
+        if len(data) > limits.max_file_bytes:
+            return _error(413, f"{upload.filename}: over {limits.max_file_mb:g} MB per file (serve.max_file_mb)")
+        files.append((upload.filename or "", data))
+    return files
+
+
+class Classifier:
+    """The loaded model and its rule; one inference at a time (onnxruntime already uses every core)."""
+
+    def __init__(self, model: OnnxClassifier, detector: OnnxDetector, max_pixels: int | None, batch_size: int):
+        self.model, self.detector = model, detector
+        self.max_pixels, self.batch_size = max_pixels, batch_size
+        self._lock = threading.Lock()
+
+    def decode(self, data: bytes) -> np.ndarray | str:
+        """The RGB image, or why it cannot be used."""
+        if not data:
+            return "empty file"
+        try:
+            return decode_upload(data, self.max_pixels)
+        except ImageError as err:
+            # Pillow names the stream it was given (an object address): noise for the client.
+            return re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", err.reason)
+
+    def classify(self, images: Sequence[np.ndarray]) -> list[tuple[str, np.ndarray, float]]:
+        with self._lock:
+            return classify_arrays(self.model, images, self.detector, self.batch_size)
+
+
+def create_app(
+    model: OnnxClassifier,
+    limits: ServeParams,
+    *,
+    max_pixels: int | None,
+    batch_size: int = 12,
+    method: str | None = None,
+    threshold: float | None = None,
+) -> FastAPI:
+    """The app around a loaded model; ``method``/``threshold`` default to those recorded at export."""
+    clf = Classifier(model, model.detector(method, threshold), max_pixels, batch_size)
+    page = resources.files("abcd.serving").joinpath("static/index.html").read_text(encoding="utf-8")
+    app = FastAPI(title="ants, bees, cats, dogs", version=model.meta["checkpoint"]["sha256"][:12])
+    classes = model.classes
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": model.path.name,
+            "classes": classes,
+            "backbone": model.meta["backbone"],
+            "checkpoint": model.meta["checkpoint"],
+            "method": clf.detector.name,
+            "threshold": clf.detector.threshold,
+            "limits": {"max_file_mb": limits.max_file_mb, "max_files": limits.max_files, "max_pixels": max_pixels},
+        }
+
+    @app.post("/predict")
+    async def predict(request: Request) -> JSONResponse:
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return _error(415, f"send multipart/form-data with one or more images in the field '{FIELD}'")
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limits.max_files * (limits.max_file_bytes + PART_OVERHEAD):
+            return _error(
+                413,
+                f"request of {int(length)} bytes: over {limits.max_files} files x {limits.max_file_mb:g} MB",
+            )
+        try:
+            form = await request.form(max_files=limits.max_files)
+        except HTTPException as err:  # Starlette: malformed multipart, or more files than max_files
+            too_many = "Too many files" in str(err.detail)
+            detail = f"more than {limits.max_files} files per request (serve.max_files)" if too_many else err.detail
+            return _error(413 if too_many else 400, str(detail))
+        try:
+            files = await _read_files(form, limits)
+        finally:
+            await form.close()
+        if isinstance(files, JSONResponse):
+            return files
+        decoded = [await run_in_threadpool(clf.decode, data) for _, data in files]
+        images = [d for d in decoded if not isinstance(d, str)]
+        found = iter(await run_in_threadpool(clf.classify, images) if images else [])
+        results = []
+        for (name, _), d in zip(files, decoded):
+            if isinstance(d, str):
+                results.append(_result(name, error=d))
+            else:
+                label, probs, score = next(found)
+                results.append(_result(name, label, probs, score, classes=classes))
+        if not images:
+            return _error(415, "no file is a usable image", results)
+        doc = {"method": clf.detector.name, "threshold": clf.detector.threshold, "results": results}
+        return JSONResponse(doc)
+
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model", type=Path, default=Path("models/model.onnx"), help="exported by: dvc repro export")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="reads serve.*, prepare.max_pixels")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    model = OnnxClassifier(args.model)
+    app = create_app(model, params.serve, max_pixels=params.prepare.max_pixels, batch_size=params.predict.batch_size)
+    import uvicorn
+
+    uvicorn.run(app, host=args.host, port=args.port)
+
+
+def cli() -> None:
+    run(main, "serve")
+
+
+if __name__ == "__main__":
+    cli()
