@@ -1,6 +1,6 @@
 """The linear probe: L2-regularised multinomial logistic regression on frozen features.
 
-It is the baseline the trained head must match (benchmarks/compare_backbones.py) and, with
+It is the baseline the trained head must match (research/compare_backbones.py) and, with
 ``train.init: probe``, the head's starting point: the head then trains on the augmented
 views from the probe's solution, and epoch 0 (the probe itself) competes for the best
 epoch on val loss. Cross-validated, this start is what lets the head match the probe
