@@ -39,10 +39,6 @@ def render(
     data: dict, train: dict, test: dict, params: Params, plot_links: Sequence[tuple[str, str]], unknown: dict
 ) -> str:
     """The report as Markdown text; pure, so tests can check it without files."""
-    t = test["test"]
-    ci_key = next(k for k in t if k.startswith("ci"))
-    ci = t[ci_key]
-    level = ci_key[2:]
     lines = [
         "# Ants, bees, cats and dogs: evaluation report",
         "",
@@ -51,6 +47,23 @@ def render(
         f"{params.train.epochs} epochs, {params.featurize.views} augmented views per image; "
         f"best epoch {train['best_epoch']}{' (the start)' if train['best_epoch'] == 0 else ''}.",
         "",
+        *_test_section(test["test"]),
+        *_val_and_data_sections(train["val"], data["totals"]),
+        *_unknown_section(unknown, params.unknown.method),
+        "",
+        "## Plots",
+        "",
+    ]
+    for title, link in plot_links:
+        lines += [f"### {title}", "", f"![{title}]({link})", ""]
+    return "\n".join(lines)
+
+
+def _test_section(t: dict) -> list[str]:
+    ci_key = next(k for k in t if k.startswith("ci"))
+    ci = t[ci_key]
+    level = ci_key[2:]
+    lines = [
         f"## Test split (n = {t['n']})",
         "",
         f"| metric | value | {level}% CI (bootstrap) |",
@@ -72,9 +85,11 @@ def render(
             f"| {name} | {_fmt(c['precision'])} | {_fmt(c['recall'])} | {_fmt(c['f1'])} | {c['support']} "
             f"| {_fmt(c['roc_auc'])} | {_fmt(c['average_precision'])} |"
         )
-    v = train["val"]
-    d = data["totals"]
-    lines += [
+    return lines
+
+
+def _val_and_data_sections(v: dict, d: dict) -> list[str]:
+    return [
         "",
         "## Validation (best epoch)",
         "",
@@ -84,6 +99,11 @@ def render(
         "",
         f"{d['kept']} images kept, {d['skipped']} skipped; "
         f"split train {d['train']} / val {d['val']} / test {d['test']}.",
+    ]
+
+
+def _unknown_section(unknown: dict, method: str) -> list[str]:
+    lines = [
         "",
         "## Unknown detection",
         "",
@@ -91,33 +111,23 @@ def render(
         f"({unknown['n_ood_photos']} distinct photos, the OOD set's report half); thresholds fitted on val for "
         f"{unknown['target_false_reject']:.0%} false rejects, except the original rule (`predict.threshold`). "
         f"Temperature {unknown['temperature']:.3f}: test ECE {_fmt(unknown['ece_test_before'])} before, "
-        f"{_fmt(unknown['ece_test_after'])} after. `unknown.method` (`{params.unknown.method}`) is what predict uses.",
+        f"{_fmt(unknown['ece_test_after'])} after. `unknown.method` (`{method}`) is what predict uses.",
         "",
         "| method | AUROC | OOD rejected | OOD photos rejected | known test rejected | threshold |",
         "|---|---|---|---|---|---|",
     ]
     for name, m in unknown["methods"].items():
-        shown = f"**{name}** (predict)" if name == params.unknown.method else name
+        shown = f"**{name}** (predict)" if name == method else name
         lines.append(
             f"| {shown} | {_fmt(m['auroc'])} | {m['ood_rejected']:.1%} | {m['ood_photos_rejected']:.1%} "
             f"| {m['known_rejected']:.1%} | {m['threshold']:.4g} |"
         )
-    chosen = unknown["methods"].get(params.unknown.method, {})
+    chosen = unknown["methods"].get(method, {})
     if "photos_by_category" in chosen:  # which kinds of photo get through, not only how many
         counts = ", ".join(f"{c} {v['rejected']}/{v['photos']}" for c, v in chosen["photos_by_category"].items())
         accepted = ", ".join(chosen["accepted_photos"]) or "none"
-        lines += [
-            "",
-            f"`{params.unknown.method}` rejects, by photo category: {counts}. The photos it accepts: {accepted}.",
-        ]
-    lines += [
-        "",
-        "## Plots",
-        "",
-    ]
-    for title, link in plot_links:
-        lines += [f"### {title}", "", f"![{title}]({link})", ""]
-    return "\n".join(lines)
+        lines += ["", f"`{method}` rejects, by photo category: {counts}. The photos it accepts: {accepted}."]
+    return lines
 
 
 def _read(path: Path) -> dict:

@@ -155,25 +155,7 @@ def fit(
     history: list[dict[str, float]] = []
     stale = 0
     if resume is not None:
-        head.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        generator.set_state(resume["generator"])
-        torch.set_rng_state(resume["torch_rng"])
-        history = list(resume["history"])
-        best_head = copy.deepcopy(head)
-        best_head.load_state_dict(resume["best_model"])
-        best = FitResult(
-            best_head, resume["best_epoch"], EpochStats(*resume["best_val"]), history, resume["best_probs"]
-        )
-        stale = int(resume["stale"])
-        if world.distributed:
-            # Each rank's own dropout stream; a run resumed on another number of ranks re-seeds them.
-            ranks = resume.get("torch_rng_ranks") or []
-            if len(ranks) == world.size:
-                torch.set_rng_state(ranks[world.rank])
-            elif world.rank:
-                torch.manual_seed(seed + 1_000_003 * world.rank + len(history))
+        history, best, stale = _restore(resume, head, optimizer, scheduler, generator, seed, world)
     elif keep_start:
         # Train-set numbers of epoch 0 are measured like val's (eval mode, first view): no step was taken.
         tr, _ = evaluate(head, train[0][:, 0], train[1])
@@ -216,3 +198,32 @@ def fit(
     assert best is not None  # epochs >= 1 is validated in params
     best.history = history
     return best
+
+
+def _restore(
+    resume: Mapping[str, Any],
+    head: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    seed: int,
+    world: World,
+) -> tuple[list[dict[str, float]], FitResult, int]:
+    """Load a :func:`training_state` into the live objects; (history, best so far, stale epochs)."""
+    head.load_state_dict(resume["model"])
+    optimizer.load_state_dict(resume["optimizer"])
+    scheduler.load_state_dict(resume["scheduler"])
+    generator.set_state(resume["generator"])
+    torch.set_rng_state(resume["torch_rng"])
+    history = list(resume["history"])
+    best_head = copy.deepcopy(head)
+    best_head.load_state_dict(resume["best_model"])
+    best = FitResult(best_head, resume["best_epoch"], EpochStats(*resume["best_val"]), history, resume["best_probs"])
+    if world.distributed:
+        # Each rank's own dropout stream; a run resumed on another number of ranks re-seeds them.
+        ranks = resume.get("torch_rng_ranks") or []
+        if len(ranks) == world.size:
+            torch.set_rng_state(ranks[world.rank])
+        elif world.rank:
+            torch.manual_seed(seed + 1_000_003 * world.rank + len(history))
+    return history, best, int(resume["stale"])
