@@ -20,7 +20,7 @@ from abcd.evaluation.metrics import (
 )
 from abcd.evaluation.plots import worst_mistakes
 from abcd.evaluation.predictions import Predictions, columns, read_predictions, write_predictions
-from abcd.evaluation.unknown import photo_breakdown
+from abcd.evaluation.unknown_metrics import photo_breakdown
 from abcd.stages.evaluate import main
 
 # A case worked by hand: two classes, four images.

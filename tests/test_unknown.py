@@ -11,7 +11,7 @@ import torch
 
 from abcd.core.registry import UNKNOWN_METHODS
 from abcd.evaluation.calibration import calibrated_probs, fit_temperature, nll
-from abcd.evaluation.unknown import detection_metrics, risk_coverage, uncalibrated
+from abcd.evaluation.unknown_metrics import detection_metrics, risk_coverage, uncalibrated
 from abcd.models.backbones import Backbone, Preprocess
 from abcd.models.checkpoint import load_checkpoint, save_checkpoint
 from abcd.models.head import Classifier, build_head

@@ -3,10 +3,10 @@
 Classification (test split): the full report (bootstrap confidence intervals, per-class
 scores) as JSON, plot data files for `dvc plots` (confusion, ROC and precision-recall per
 class, calibration), the same plots as PNGs, and a grid of the most confident mistakes.
-Unknown detection (test split against the OOD set): see src/abcd/evaluation/unknown.py.
+Unknown detection (test split against the OOD set): see src/abcd/evaluation/unknown_metrics.py.
 
 The metrics files DVC compares hold only the numbers that decide between experiments
-(:func:`deciding_test_metrics`, :func:`abcd.evaluation.unknown.deciding_unknown_metrics`), so that
+(:func:`deciding_test_metrics`, :func:`abcd.evaluation.unknown_metrics.deciding_unknown_metrics`), so that
 `dvc exp show` and `dvc metrics diff` stay readable; everything else goes to the reports beside them.
 """
 
@@ -29,7 +29,7 @@ from abcd.evaluation.metrics import (
 from abcd.evaluation.plots import write_plots
 from abcd.evaluation.predictions import read_predictions
 from abcd.evaluation.summary import deciding_test_metrics
-from abcd.evaluation.unknown import deciding_unknown_metrics, unknown_report, write_unknown_plots
+from abcd.evaluation.unknown_metrics import deciding_unknown_metrics, unknown_report, write_unknown_plots
 from abcd.oodset.photos import PHOTOS
 
 
