@@ -1,6 +1,6 @@
 """Backbones frozen vs fine-tuned vs a linear probe, measured in one run on the prepared splits.
 
-    python benchmarks/compare_backbones.py --data data/prepared \
+    python research/compare_backbones.py --data data/prepared \
         --backbones efficientnet_lite0 efficientnet_lite1 efficientnet_lite2 --blocks 2 --out compare.json
 
 Per backbone, the frozen prefix (all but the last ``--blocks`` blocks) runs once over the

@@ -32,10 +32,10 @@ from abcd.features.runtime import seed_everything, use_deterministic_algorithms
 from abcd.models.head import build_head
 from abcd.training.fit import fit
 from abcd.training.init import init_head
-from benchmarks.compare_backbones import PROBE_C
 
 torch.set_num_threads(1)
 PARAMS = load_params(Path("params.yaml"))
+PROBE_C = tuple(PARAMS.train.probe_c)  # the probe's C grid, as the pipeline's (the study's: the same 8 values)
 NUM_CLASSES = len(PARAMS.classes)
 use_deterministic_algorithms(PARAMS.train.deterministic)
 
@@ -72,7 +72,7 @@ def _views(views: np.ndarray, k: int) -> np.ndarray:
     if views.shape[1] < k:
         raise SystemExit(
             f"candidate needs {k} augmented views, the features have {views.shape[1]}: "
-            f"run benchmarks/head_cv/features.py --views {k}"
+            f"run research/head_cv/features.py --views {k}"
         )
     return views[:, :k]
 
@@ -127,7 +127,7 @@ def _logreg(x, y, x_sel, y_sel, x_out, grid) -> Fit:
 
 
 def probe(views, eval_view, y, x_sel, y_sel, x_out, *, grid=PROBE_C) -> Fit:
-    """benchmarks/compare_backbones.linear_probe's model: logistic regression on the eval view (no augmentation)."""
+    """research/compare_backbones.linear_probe's model: logistic regression on the eval view (no augmentation)."""
     return _logreg(eval_view, y, x_sel, y_sel, x_out, grid)
 
 
@@ -140,7 +140,7 @@ def lr_views(views, eval_view, y, x_sel, y_sel, x_out, *, n_views=2, grid=PROBE_
 CANDIDATES: dict[str, Callable[..., Fit]] = {
     "a_head": head,  # the pipeline's default head (params.yaml)
     "a_head_random": lambda *a: head(*a, train=RANDOM_START, lr=RANDOM_LR),  # the previous default
-    "b_probe": probe,  # the linear probe of benchmarks/compare_backbones.py
+    "b_probe": probe,  # the linear probe of research/compare_backbones.py
     "c_head_std": lambda *a: head(*a, std=True),  # the head with standardised inputs
     "d_head_all": lambda *a: head(*a, all_views=True),  # the head on every view every epoch
     "e_lr_views": lr_views,  # the probe's model on the 2 augmented views

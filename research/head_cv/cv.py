@@ -1,6 +1,6 @@
 """Nested cross-validation of classifier heads on the pool train + val (never reads the test split).
 
-    python benchmarks/head_cv/cv.py --cands a_head b_probe ... [--seeds 0 1 2] [--out benchmarks/head_cv/out]
+    python research/head_cv/cv.py --cands a_head b_probe ... [--seeds 0 1 2] [--out research/head_cv/out]
 
 Pool = train + val images. Stratified 5 folds (sklearn StratifiedKFold, shuffled, random_state = repeat
 seed), one repeat per --seeds entry. For fold f: held-out = fold f; selection = fold (f + 1) % 5, used as
@@ -8,7 +8,7 @@ the pipeline uses val (best epoch / C; the temperature); training = the other 3 
 Training inputs of a pool image: its augmented views (train: data/features/train/ views 0..1
 [+ <out>/train_extra_views.npz]; val: <out>/val_views.npz) and its eval view (train: data/features/train/
 eval_features; val: data/features/val/). Selection and held-out images are scored on their eval view.
-Needs benchmarks/head_cv/features.py first. Per candidate writes <out>/cv/<cand>.json (per fold: raw
+Needs research/head_cv/features.py first. Per candidate writes <out>/cv/<cand>.json (per fold: raw
 macro F1 / log loss on the held-out fold, the same after the pipeline's temperature scaling fitted on
 the selection fold, T, best epoch or C, fit seconds) and <out>/cv/<cand>.npz (selection and held-out
 logits and indices per fold, for summary.py).
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from abcd.evaluation.calibration import calibrated_probs, fit_temperature
 from abcd.features.store import load_split
-from benchmarks.head_cv import candidates
+from research.head_cv import candidates
 
 
 def _paths(npz) -> list[str]:
@@ -38,7 +38,7 @@ def _paths(npz) -> list[str]:
 def load_pool(features: Path, out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(views (N, V, D), eval view (N, D), labels (N,)) of train + val, in that order."""
     if not (out / "val_views.npz").exists():
-        raise SystemExit(f"{out}: no val_views.npz: run benchmarks/head_cv/features.py --out {out}")
+        raise SystemExit(f"{out}: no val_views.npz: run research/head_cv/features.py --out {out}")
     tr, va = load_split(features, "train"), load_split(features, "val")
     vav = np.load(out / "val_views.npz")
     if "eval_features" not in tr:
@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--cands", nargs="+", default=list(candidates.CANDIDATES), help="default: all")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one 5-fold repeat per seed")
     ap.add_argument("--features", type=Path, default=Path("data/features"))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/head_cv/out"))
+    ap.add_argument("--out", type=Path, default=Path("research/head_cv/out"))
     args = ap.parse_args()
     views, eval_view, y = load_pool(args.features, args.out)
     print(f"pool: views {views.shape}, eval view {eval_view.shape}, per class {np.bincount(y).tolist()}", flush=True)

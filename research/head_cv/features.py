@@ -1,6 +1,6 @@
 """Backbone features the head CV study needs beyond data/features (same backbone, preprocessing and precision).
 
-    python benchmarks/head_cv/features.py [--views 2] [--out benchmarks/head_cv/out]
+    python research/head_cv/features.py [--views 2] [--out research/head_cv/out]
 
 Writes, under --out (the train images' eval view is featurize's own: data/features/train/
 ``eval_features``):
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--data", type=Path, default=Path("data/prepared"))
     ap.add_argument("--features", type=Path, default=Path("data/features"))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/head_cv/out"))
+    ap.add_argument("--out", type=Path, default=Path("research/head_cv/out"))
     args = ap.parse_args()
     if args.views < 2:
         ap.error("--views must be at least 2 (the cached training views)")

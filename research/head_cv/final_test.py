@@ -1,6 +1,6 @@
 """ONE-TIME evaluation on the test split, after the choice was made from cv.py / summary.py.
 
-    python benchmarks/head_cv/final_test.py --cands a_head b_probe [--out benchmarks/head_cv/out]
+    python research/head_cv/final_test.py --cands a_head b_probe [--out research/head_cv/out]
 
 The only script here that reads data/features/test/. As the pipeline does: train on the train
 images (augmented views, data/features/train/ [+ <out>/train_extra_views.npz], and eval view,
@@ -23,14 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from abcd.evaluation.calibration import calibrated_probs, fit_temperature
 from abcd.features.store import load_split
-from benchmarks.head_cv import candidates
+from research.head_cv import candidates
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cands", nargs="+", required=True)
     ap.add_argument("--features", type=Path, default=Path("data/features"))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/head_cv/out"))
+    ap.add_argument("--out", type=Path, default=Path("research/head_cv/out"))
     args = ap.parse_args()
     tr, va, te = (load_split(args.features, s) for s in ("train", "val", "test"))
     if "eval_features" not in tr:

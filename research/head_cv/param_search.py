@@ -1,13 +1,13 @@
 """The pipeline's head under other params.yaml settings, in the same nested CV (never reads the test split).
 
-    python benchmarks/head_cv/param_search.py                      # the settings below, seeds 0 1 2
-    python benchmarks/head_cv/param_search.py --set 'mine={"optimizer": "adam", "weight_decay": 0.001}'
+    python research/head_cv/param_search.py                      # the settings below, seeds 0 1 2
+    python research/head_cv/param_search.py --set 'mine={"optimizer": "adam", "weight_decay": 0.001}'
 
 Each setting overrides ``model.dropout`` and ``train.*`` values of params.yaml, on top of the
 randomly started head that was the default when the search was run (``train.init: random``, lr 3e-3;
 ``--set 'x={"init": "probe", "lr": 1e-4}'`` gives today's default). No code change: a winner is
 adopted by editing params.yaml. The probe is fitted on the same folds; the table pairs
-every setting with it fold by fold. Needs benchmarks/head_cv/features.py first. Raw probabilities
+every setting with it fold by fold. Needs research/head_cv/features.py first. Raw probabilities
 (T = 1, as ``train.calibrate: false``). "full" = one batch per epoch.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from abcd.evaluation.calibration import calibrated_probs
-from benchmarks.head_cv import candidates, cv
+from research.head_cv import candidates, cv
 
 FULL = {"batch_size": 1024}
 # The 15-fold shortlist of a wider screen (README here); params.yaml's own values where not named.
@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--set", nargs="*", default=[], help="name=JSON overrides instead of the built-in list")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/head_cv/out"))
+    parser.add_argument("--out", type=Path, default=Path("research/head_cv/out"))
     args = parser.parse_args()
     settings = dict(s.split("=", 1) for s in args.set)
     settings = {k: json.loads(v) for k, v in settings.items()} if settings else SETTINGS

@@ -1,6 +1,6 @@
 """Table of the CV results in <out>/cv (+ probability-average ensembles), paired against the probe.
 
-    python benchmarks/head_cv/summary.py [--ens "a_head|raw+b_probe|raw" ...] [--out benchmarks/head_cv/out]
+    python research/head_cv/summary.py [--ens "a_head|raw+b_probe|raw" ...] [--out research/head_cv/out]
 
 Each candidate appears in three variants, from its logits on the selection and held-out folds:
   |raw  T = 1 (the pipeline's default: train.calibrate false);
@@ -60,7 +60,7 @@ def per_fold(probs: dict, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/head_cv/out"), help="cv.py's --out")
+    ap.add_argument("--out", type=Path, default=Path("research/head_cv/out"), help="cv.py's --out")
     ap.add_argument("--features", type=Path, default=Path("data/features"))
     ap.add_argument("--ref", default="b_probe|raw", help="the row the paired differences are against")
     ap.add_argument("--ens", nargs="*", default=[], help='probability averages, e.g. "a_head|raw+b_probe|raw"')
@@ -74,7 +74,7 @@ def main() -> None:
             results[f"{path.stem}|{name}"] = variant(d, y, bounds)
             secs[f"{path.stem}|{name}"] = sec
     if not results:
-        raise SystemExit(f"no results in {args.out / 'cv'}: run benchmarks/head_cv/cv.py first")
+        raise SystemExit(f"no results in {args.out / 'cv'}: run research/head_cv/cv.py first")
     for e in args.ens:
         parts = e.split("+")
         if not all(p in results for p in parts):
