@@ -2,7 +2,8 @@
 
 The README's results table names, per row, the metrics file and key its number comes from; every number
 shown must equal that file's value at the precision shown, so the README and `metrics/*.json` cannot
-disagree after a `dvc repro` that moves them. The other checks keep the documentation's pointers live:
+disagree after a `dvc repro` that moves them. docs/unknown-detection.md's table is held to
+`reports/unknown.json` the same way. The other checks keep the documentation's pointers live:
 relative links (and their #anchors) resolve, the code paths it names exist, `make` targets exist, and no
 page names the old layout's paths. Fast: reads text and JSON only.
 """
@@ -87,6 +88,42 @@ def test_results_table_matches_the_metrics_files(row: dict[str, str]) -> None:
         assert len(bounds) == 2, f"{row['result']}: the interval must be [low, high]"
         for shown, side in zip(bounds, ("low", "high")):
             check_shown(shown, lookup(data, f"{key}_{side}"), f"{path} {key}_{side}")
+
+
+UNKNOWN_DOC = REPO / "docs" / "unknown-detection.md"
+RATES = {
+    "report photos rejected": "ood_photos_rejected",
+    "images rejected": "ood_rejected",
+    "known test rejected": "known_rejected",
+}
+
+
+def unknown_rows() -> list[dict[str, str]]:
+    text = UNKNOWN_DOC.read_text()
+    return table_rows(text[text.index("| detector | AUROC |") :])
+
+
+@pytest.mark.parametrize("row", unknown_rows(), ids=lambda row: row["detector"])
+def test_unknown_detection_table_matches_the_report(row: dict[str, str]) -> None:
+    """docs/unknown-detection.md's report-half table: each cell "k (p%)" is the detector's rate in
+    reports/unknown.json as a count of the header's "(of N)" and a percentage; AUROC and FPR@95 as shown."""
+    methods = json.loads((REPO / "reports" / "unknown.json").read_text())["methods"]
+    name = re.search(r"`(\w+)`", row["detector"]).group(1)
+    assert name in methods, f"docs/unknown-detection.md: no detector {name!r} in reports/unknown.json"
+    found = methods[name]
+    check_shown(row["AUROC"], found["auroc"], f"{name} auroc")
+    check_shown(row["FPR@95"], found["fpr_at_95"], f"{name} fpr_at_95")
+    checked = {"AUROC", "FPR@95", "detector"}
+    for column, cell in row.items():
+        label = re.match(r"(.*?) \(of (\d+)\)$", column)
+        if not label:
+            continue
+        checked.add(column)
+        value, n = found[RATES[label.group(1)]], int(label.group(2))
+        count, percent = re.fullmatch(r"\**(\d+) \(([\d.]+)%\)\**", cell).groups()
+        assert int(count) == round(value * n), f"{name} {column}: {count} is not {value} of {n}"
+        check_shown(percent, value, f"{name} {column}", percent=True)
+    assert checked == set(row), f"unchecked columns {sorted(set(row) - checked)}"
 
 
 def test_readme_is_short() -> None:
