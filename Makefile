@@ -29,7 +29,7 @@ repro: install system-deps  ## set up, then run the whole pipeline on the defaul
 	dvc repro
 
 # The deciding numbers and lr always; other params and metrics only where experiments differ; no
-# dependency-hash columns. DVC has no setting for the default view (README: Experiments).
+# dependency-hash columns. DVC has no setting for the default view (docs/experiments.md).
 DECIDING := ^(test\.f1_macro|test\.log_loss|unknown\.ood_photos_rejected|unknown\.known_rejected|lr)$$
 exps: install  ## the readable `dvc exp show`: make exps [ARGS="-A --sort-by test.f1_macro"]
 	dvc exp show --only-changed --keep '$(DECIDING)' --drop '^(src|data|models|plots|reports)/' $(ARGS)

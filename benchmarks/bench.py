@@ -96,7 +96,7 @@ def startup_seconds(code: str, env: dict[str, str], repeats: int) -> float:
     return statistics.median(timed(lambda: subprocess.run([sys.executable, "-c", code], env=env, check=True), repeats))
 
 
-NAIVE_LR = 0.003  # the lr chosen on val for a randomly started head (README: Backbone comparison)
+NAIVE_LR = 0.003  # the lr chosen on val for a randomly started head (research/README.md: Head cross-validation)
 
 
 def naive_baseline(params, backbone, data: Path, epochs: int, measure_epochs: int) -> dict:

@@ -6,7 +6,7 @@ For each count N: a fresh git+DVC repo with a local remote and a folder of N ran
 of --kib KiB (a prepared photo is 20-60 KiB), then times ``dvc add`` (hash + cache),
 ``dvc status`` (nothing changed), ``dvc push``, and ``dvc checkout`` after deleting the
 folder; then the same bytes as N / --shard-files uncompressed tar shards. The numbers
-behind README "Scale": how data/prepared should hold 10^5-10^6 photos.
+behind docs/scaling-out.md: how data/prepared should hold 10^5-10^6 photos.
 """
 
 from __future__ import annotations

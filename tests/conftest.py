@@ -35,7 +35,7 @@ def require_shared_photos(path: Path | None = None) -> Path:
     problem = "does not exist" if not path.is_dir() else f"has no folder for class(es) {', '.join(missing)}"
     message = (
         f"real photos not found: {path} {problem}; expected one folder of JPEG photos per class "
-        f"({', '.join(CLASSES)}) there (see README: Data)"
+        f"({', '.join(CLASSES)}) there (see docs/data.md)"
     )
     if os.environ.get("CI"):
         pytest.fail(f"$CI is set, so the photo mirror is required: {message}", pytrace=False)

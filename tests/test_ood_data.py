@@ -100,7 +100,7 @@ def test_split_is_fixed_balanced_and_stratified_by_category() -> None:
     assert split_halves(PHOTOS, seed=1) != halves  # the seed matters
 
 
-# Batch 1's report half as it was when that half was read (README: Predict): it must never change.
+# Batch 1's report half as it was when that half was read (docs/data.md: The OOD set): it must never change.
 BATCH1_REPORT = {
     *("aerial_town", "aitzgorri", "aloe", "baboon", "brick_house", "brushes", "camera", "circuit_board"),
     *("clock_motion", "coffee", "coins", "copy_centre", "drum_room", "flower", "fruits", "grace_hopper"),

@@ -32,10 +32,10 @@ from abcd.features.runtime import seed_everything, use_deterministic_algorithms
 from abcd.models.head import build_head
 from abcd.training.fit import fit
 from abcd.training.init import init_head
-from research.compare_backbones import PROBE_C
 
 torch.set_num_threads(1)
 PARAMS = load_params(Path("params.yaml"))
+PROBE_C = tuple(PARAMS.train.probe_c)  # the probe's C grid, as the pipeline's (the study's: the same 8 values)
 NUM_CLASSES = len(PARAMS.classes)
 use_deterministic_algorithms(PARAMS.train.deterministic)
 

@@ -88,7 +88,7 @@ def load_sources(path: str | Path, classes: Sequence[str]) -> SourcesFile:
     """Read and validate the sources file; every source's folders must be keyed by ``classes``."""
     path = Path(path)
     if not path.is_file():
-        raise SourceError(f"sources: file not found: {path} (a YAML file of named source sets, README: Data)")
+        raise SourceError(f"sources: file not found: {path} (a YAML file of named source sets, docs/data.md)")
     try:
         data = yaml.safe_load(path.read_text())
         sources = build(SourcesFile, data, "")
@@ -285,7 +285,7 @@ def open_source(source: SourceParams, cwd: Path, cache: Path, retries: int = 4, 
         except SourceError as err:
             raise SourceError(
                 f"source '{source.name}': {err}. Offline? Put a local copy of the classes in a directory and "
-                f"select a set that reads it ({ENV_USE} or prepare.use; README: Data)"
+                f"select a set that reads it ({ENV_USE} or prepare.use; docs/data.md)"
             ) from None
         if known is None:
             print(

@@ -5,7 +5,7 @@ no process group. With N > 1 (or ``auto`` on a machine with several GPUs) the st
 relaunches itself as N local ranks through ``torch.distributed.run`` (torchrun's own code: a
 c10d rendezvous on a free localhost port) and waits for them, so DVC still sees one command.
 A stage that torchrun started itself (RANK, WORLD_SIZE and LOCAL_RANK set: several machines,
-README: Scaling out) is a rank already and joins its world whatever ``runtime.processes`` says.
+docs/scaling-out.md) is a rank already and joins its world whatever ``runtime.processes`` says.
 
 Inside the ranks, :func:`joined` sets up the process group (gloo on CPU; NCCL for CUDA tensors
 with gloo beside it for the CPU tensors the stages exchange), :func:`shard` gives each rank

@@ -119,7 +119,7 @@ def release_freed_memory() -> None:
     Decoding in the forward's own process (no DataLoader workers) allocates buffers of a new
     size for every random crop, and glibc keeps the fragmented heap: featurize's RSS climbed
     from 1.0 to 2.2 GiB over the training split. Trimming every few batches held it at 1.2 GiB
-    for about 2% of featurize's time (README: Performance).
+    for about 2% of featurize's time (docs/performance.md).
     """
     trim = _malloc_trim()
     if trim is not None:

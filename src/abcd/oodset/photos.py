@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PIP, DEB = "pip", "deb"
-# Debian packages that ship photos: installed by `make system-deps` (README: Setup), which CI runs.
+# Debian packages that ship photos: installed by `make system-deps` (docs/data.md), which CI runs.
 DEB_PACKAGES = (
     "opencv-doc",
     "lomiri-wallpapers-16.04",

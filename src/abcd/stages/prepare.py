@@ -1,7 +1,7 @@
 """Stage `prepare`: fetch the sources, validate every file, drop duplicates, split, copy in.
 
 Which named set of the sources file (``--sources``, data/sources.yaml) is read: ``$ABCD_DATA`` if
-set, else ``prepare.use`` (``auto``: the first set whose local paths exist). See README: Data.
+set, else ``prepare.use`` (``auto``: the first set whose local paths exist). See docs/data.md.
 """
 
 from __future__ import annotations

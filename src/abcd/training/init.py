@@ -18,7 +18,7 @@ def init_random(linear: nn.Linear, train: Split, val: Split, params: TrainParams
 def init_probe(linear: nn.Linear, train: Split, val: Split, params: TrainParams) -> dict:
     # Linear-probe-then-train: the head starts at the probe's solution on clean (eval-view)
     # features and adapts to the augmented views with a small lr. Cross-validated, a random
-    # start at any of 86 settings stayed behind the probe; this one matches it (README: Training).
+    # start at any of 86 settings stayed behind the probe; this one matches it (research/README.md).
     probe = fit_probe(train, val, linear.out_features, params.probe_c)
     with torch.no_grad():
         linear.weight.copy_(probe.weight)

@@ -4,7 +4,7 @@ It is the baseline the trained head must match (research/compare_backbones.py) a
 ``train.init: probe``, the head's starting point: the head then trains on the augmented
 views from the probe's solution, and epoch 0 (the probe itself) competes for the best
 epoch on val loss. Cross-validated, this start is what lets the head match the probe
-(README: Training). The model is scikit-learn's ``StandardScaler`` + ``LogisticRegression(
+(research/README.md). The model is scikit-learn's ``StandardScaler`` + ``LogisticRegression(
 solver="lbfgs")`` at its default stopping tolerance: that early iterate generalises better
 than the exact optimum (a torch L-BFGS with the same tolerance stops elsewhere, and chose
 another C).
