@@ -78,11 +78,13 @@ def test_batch_with_good_and_bad_files_is_200_with_per_file_answers(client: Test
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         best = max(r["probabilities"], key=r["probabilities"].get)
         assert r["prediction"] == ("unknown" if r["unknown_score"] > detector.threshold else best)
-    # The same answer as the model gives for the decoded image directly.
-    from abcd.serving.onnx_model import classify_arrays, decode_upload
+    # The same answer as the inference path gives for the decoded image directly.
+    from abcd.inference.pipeline import classify, decode_upload
+    from abcd.serving.onnx_model import OnnxRuntime
 
-    ((label, _, score),) = classify_arrays(model, [decode_upload(image_bytes(seed=1), None)], detector, 1)
-    assert results[0]["prediction"] == label and results[0]["unknown_score"] == pytest.approx(score, abs=1e-6)
+    (found,) = classify(OnnxRuntime(model, detector), [decode_upload(image_bytes(seed=1), None)], 1)
+    assert results[0]["prediction"] == found.label and results[0]["unknown_score"] == found.score
+    assert results[0]["probabilities"] == dict(zip(CLASSES, found.probs.tolist()))
 
 
 @pytest.mark.parametrize(
