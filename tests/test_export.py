@@ -147,20 +147,21 @@ def test_export_refuses_a_method_the_checkpoint_lacks(exported, tmp_path: Path) 
         export_metadata(loaded, exported["checkpoint"], "fusion", 0.6)
 
 
-def test_predict_with_onnx_runtime_never_imports_torch(exported, tmp_path: Path) -> None:
+def test_predict_with_onnx_runtime_never_imports_torch_nor_albumentations(exported, tmp_path: Path) -> None:
     images = [make_image(tmp_path / f"{i}.jpg", seed=i, size=(120, 90)) for i in range(3)]
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     code = (
         "import sys, json; from abcd.serving.predict import main\n"
         f"status = main([{str(tmp_path)!r}, '--runtime', 'onnx', '--onnx', {str(exported['onnx'])!r},"
         f" '--method', 'fusion', '--params', {str(REPO / 'params.yaml')!r}, '--format', 'json'])\n"
-        "print(json.dumps({'status': status, 'torch': sorted(m for m in sys.modules if m.split('.')[0] == 'torch')}))"
+        "print(json.dumps({'status': status, 'torch': sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'albumentations'))}))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.strip().splitlines()
     summary = json.loads(out[-1])
-    assert summary == {"status": 1, "torch": []}  # 1: bad.jpg failed; no torch module was imported
+    assert summary == {"status": 1, "torch": []}  # 1: bad.jpg failed; no torch (nor albumentations) module imported
     doc = json.loads("\n".join(out[:-1]))
     by_name = {Path(r["path"]).name: r for r in doc["results"]}
     assert "cannot decode" in by_name["bad.jpg"]["error"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -172,3 +175,27 @@ def test_serve_command_reads_its_limits_from_params(tmp_path: Path, repo: Path) 
     with pytest.raises(ParamsError, match=r"serve\.max_files"):
         load_params(tmp_path / "params.yaml")
     make_image(tmp_path / "unused.jpg")
+
+
+def test_serving_never_imports_torch_nor_albumentations(exported, repo: Path) -> None:
+    """A serve-only install has neither: the app's whole import chain and a request must do without them."""
+    code = (
+        "import io, json, sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "from PIL import Image\n"
+        "from abcd.core.params import ServeParams\n"
+        "from abcd.serving.app import create_app\n"
+        "from abcd.serving.onnx_model import OnnxClassifier\n"
+        f"app = create_app(OnnxClassifier({str(exported['onnx'])!r}), ServeParams(1, 2), max_pixels=None)\n"
+        "buf = io.BytesIO()\n"
+        "Image.new('RGB', (90, 70), 'orange').save(buf, 'PNG')\n"
+        "r = TestClient(app).post('/predict', files=[('files', ('a.png', buf.getvalue(), 'image/png'))])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'albumentations'))\n"
+        "print(json.dumps({'status': r.status_code, 'prediction': r.json()['results'][0]['prediction'], "
+        "'imported': heavy}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["status"] == 200 and summary["prediction"] in [*CLASSES, "unknown"]
+    assert summary["imported"] == []
