@@ -11,30 +11,47 @@ import numpy as np
 import pytest
 import torch
 
+from abcd.core.params import RuntimeParams
+from abcd.core.preprocess import Preprocess
+from abcd.core.registry import INTERPOLATIONS
 from abcd.data.images import load_rgb
 from abcd.evaluation.calibration import calibrated_probs
+from abcd.features.runtime import resolve_runtime
 from abcd.features.transforms import eval_transform
+from abcd.inference.pipeline import classify
+from abcd.inference.torch_model import TorchRuntime
 from abcd.models.checkpoint import load_checkpoint
 from abcd.ood.detectors import detector_from_extra, threshold_for_false_reject
 from abcd.serving.export import calibrate, export_metadata, export_onnx
-from abcd.serving.onnx_model import OnnxClassifier, classify_arrays, preprocess
+from abcd.serving.onnx_model import OnnxClassifier, OnnxRuntime, preprocess
 from tests.conftest import CLASSES, REPO, make_image
 
 METHODS = ("max_softmax", "energy", "mahalanobis", "mahalanobis_pp", "knn", "vim", "fusion")
+CPU_FP32 = resolve_runtime(RuntimeParams(device="cpu", precision="fp32", num_workers=0, processes=1))
 
 
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
-@pytest.mark.parametrize("size", [(64, 48), (300, 301), (257, 1000), (224, 224)])
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS.names())
+@pytest.mark.parametrize("size", [(64, 48), (300, 301), (257, 1000), (224, 224), (256, 300), (20, 600), (601, 17)])
 def test_preprocess_is_the_eval_transform(interpolation: str, size: tuple[int, int]) -> None:
-    pre = {"input_size": 224, "resize_size": 256, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
-    pre["interpolation"] = interpolation
+    """The OpenCV form (ONNX) and the albumentations form (torch) of one Preprocess give the same input."""
+    pre = Preprocess(224, 256, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), interpolation)
     rgb = np.random.default_rng(sum(size)).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    from abcd.models.backbones import Preprocess
-
-    expected = eval_transform(Preprocess.from_dict(pre))(rgb).numpy()
+    expected = eval_transform(pre)(rgb).numpy()
     got = preprocess(rgb, pre)
     assert got.shape == expected.shape == (3, 224, 224) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_both_runtimes_preprocess_with_the_checkpoints_preprocess(exported, tmp_path: Path) -> None:
+    loaded = load_checkpoint(exported["checkpoint"])
+    model = OnnxClassifier(exported["onnx"])
+    assert model.preprocessing == loaded.preprocess  # stored by the export, read back whole
+    assert Preprocess.from_dict(loaded.preprocess.to_dict()) == loaded.preprocess
+    rgb = load_rgb(make_image(tmp_path / "x.png", seed=3, size=(333, 250)))
+    onnx = OnnxRuntime(model, model.detector()).preprocess(rgb)
+    torch_side = TorchRuntime(loaded, CPU_FP32, detector_from_extra(loaded.extra, "fusion", None)).preprocess(rgb)
+    assert onnx.dtype == torch_side.dtype == np.float32
+    np.testing.assert_allclose(onnx, torch_side, atol=1e-5)
 
 
 def torch_fp32(checkpoint: Path, images: list[np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -54,17 +71,23 @@ def test_onnx_matches_torch_fp32_probabilities_scores_and_decisions(exported, tm
     images = [load_rgb(make_image(tmp_path / f"{i}.png", seed=i, size=(90 + 7 * i, 70 + 3 * i))) for i in range(5)]
     probs, scores = torch_fp32(exported["checkpoint"], images)
     model = OnnxClassifier(exported["onnx"])
+    loaded = load_checkpoint(exported["checkpoint"], lazy=True)
     batch = np.stack([model.preprocess(im) for im in images])
     for method in METHODS:
         onnx_probs, onnx_scores = model.run(batch, method)
         assert np.abs(onnx_probs - probs).max() <= 1e-4
         np.testing.assert_allclose(onnx_scores, scores[method], rtol=1e-4, atol=1e-4)
-        detector = model.detector(method, 0.6)
-        labels = [r[0] for r in classify_arrays(model, images, detector, batch_size=2)]
+        rule = model.detector(method, 0.6)
         expected = [
-            "unknown" if s > detector.threshold else CLASSES[int(np.argmax(p))] for p, s in zip(probs, scores[method])
+            "unknown" if s > rule.threshold else CLASSES[int(np.argmax(p))] for p, s in zip(probs, scores[method])
         ]
-        assert labels == expected
+        # The one loop on either runtime: the same decisions, probabilities and scores.
+        on_onnx = classify(OnnxRuntime(model, rule), images, batch_size=2)
+        detector = detector_from_extra(loaded.extra, method, 0.6)
+        on_torch = classify(TorchRuntime(loaded, CPU_FP32, detector), images, batch_size=2)
+        assert [p.label for p in on_onnx] == [p.label for p in on_torch] == expected
+        for a, b in zip(on_onnx, on_torch):
+            assert np.abs(a.probs - b.probs).max() <= 1e-4 and a.score == pytest.approx(b.score, rel=1e-4, abs=1e-4)
 
 
 def test_metadata_holds_what_predict_needs(exported) -> None:
@@ -124,20 +147,21 @@ def test_export_refuses_a_method_the_checkpoint_lacks(exported, tmp_path: Path) 
         export_metadata(loaded, exported["checkpoint"], "fusion", 0.6)
 
 
-def test_predict_with_onnx_runtime_never_imports_torch(exported, tmp_path: Path) -> None:
+def test_predict_with_onnx_runtime_never_imports_torch_nor_albumentations(exported, tmp_path: Path) -> None:
     images = [make_image(tmp_path / f"{i}.jpg", seed=i, size=(120, 90)) for i in range(3)]
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     code = (
         "import sys, json; from abcd.serving.predict import main\n"
         f"status = main([{str(tmp_path)!r}, '--runtime', 'onnx', '--onnx', {str(exported['onnx'])!r},"
         f" '--method', 'fusion', '--params', {str(REPO / 'params.yaml')!r}, '--format', 'json'])\n"
-        "print(json.dumps({'status': status, 'torch': sorted(m for m in sys.modules if m.split('.')[0] == 'torch')}))"
+        "print(json.dumps({'status': status, 'torch': sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'albumentations'))}))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.strip().splitlines()
     summary = json.loads(out[-1])
-    assert summary == {"status": 1, "torch": []}  # 1: bad.jpg failed; no torch module was imported
+    assert summary == {"status": 1, "torch": []}  # 1: bad.jpg failed; no torch (nor albumentations) module imported
     doc = json.loads("\n".join(out[:-1]))
     by_name = {Path(r["path"]).name: r for r in doc["results"]}
     assert "cannot decode" in by_name["bad.jpg"]["error"]

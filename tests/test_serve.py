@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -78,11 +81,13 @@ def test_batch_with_good_and_bad_files_is_200_with_per_file_answers(client: Test
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         best = max(r["probabilities"], key=r["probabilities"].get)
         assert r["prediction"] == ("unknown" if r["unknown_score"] > detector.threshold else best)
-    # The same answer as the model gives for the decoded image directly.
-    from abcd.serving.onnx_model import classify_arrays, decode_upload
+    # The same answer as the inference path gives for the decoded image directly.
+    from abcd.inference.pipeline import classify, decode_upload
+    from abcd.serving.onnx_model import OnnxRuntime
 
-    ((label, _, score),) = classify_arrays(model, [decode_upload(image_bytes(seed=1), None)], detector, 1)
-    assert results[0]["prediction"] == label and results[0]["unknown_score"] == pytest.approx(score, abs=1e-6)
+    (found,) = classify(OnnxRuntime(model, detector), [decode_upload(image_bytes(seed=1), None)], 1)
+    assert results[0]["prediction"] == found.label and results[0]["unknown_score"] == found.score
+    assert results[0]["probabilities"] == dict(zip(CLASSES, found.probs.tolist()))
 
 
 @pytest.mark.parametrize(
@@ -170,3 +175,27 @@ def test_serve_command_reads_its_limits_from_params(tmp_path: Path, repo: Path) 
     with pytest.raises(ParamsError, match=r"serve\.max_files"):
         load_params(tmp_path / "params.yaml")
     make_image(tmp_path / "unused.jpg")
+
+
+def test_serving_never_imports_torch_nor_albumentations(exported, repo: Path) -> None:
+    """A serve-only install has neither: the app's whole import chain and a request must do without them."""
+    code = (
+        "import io, json, sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "from PIL import Image\n"
+        "from abcd.core.params import ServeParams\n"
+        "from abcd.serving.app import create_app\n"
+        "from abcd.serving.onnx_model import OnnxClassifier\n"
+        f"app = create_app(OnnxClassifier({str(exported['onnx'])!r}), ServeParams(1, 2), max_pixels=None)\n"
+        "buf = io.BytesIO()\n"
+        "Image.new('RGB', (90, 70), 'orange').save(buf, 'PNG')\n"
+        "r = TestClient(app).post('/predict', files=[('files', ('a.png', buf.getvalue(), 'image/png'))])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'albumentations'))\n"
+        "print(json.dumps({'status': r.status_code, 'prediction': r.json()['results'][0]['prediction'], "
+        "'imported': heavy}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["status"] == 200 and summary["prediction"] in [*CLASSES, "unknown"]
+    assert summary["imported"] == []

@@ -8,8 +8,9 @@ import pytest
 
 from abcd.core.params import ServeParams
 from abcd.data.images import load_rgb
+from abcd.inference.pipeline import classify
 from abcd.serving.app import create_app
-from abcd.serving.onnx_model import OnnxClassifier, classify_arrays
+from abcd.serving.onnx_model import OnnxClassifier, OnnxRuntime
 from tests.browser_utils import chromium, headless_chromium, live_server, upload_and_wait
 from tests.conftest import CLASSES
 
@@ -39,7 +40,8 @@ def test_page_shows_the_class_of_a_photo_and_the_error_of_a_non_image(
     photo = sorted((shared_photos / "cats").iterdir())[0]
     bad = tmp_path / "notes.jpg"
     bad.write_text("this is not a picture")
-    ((expected, probs, _),) = classify_arrays(model, [load_rgb(photo)], model.detector("max_softmax", 0.0), 1)
+    (found,) = classify(OnnxRuntime(model, model.detector("max_softmax", 0.0)), [load_rgb(photo)], 1)
+    expected, probs = found.label, found.probs
     assert expected in CLASSES
 
     with live_server(app) as url, headless_chromium() as driver:

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from abcd.core.params import AugmentParams
+from abcd.core.preprocess import Preprocess
 from abcd.features.transforms import denormalize, eval_transform, train_transform
-from abcd.models.backbones import Preprocess
 
 PRE = Preprocess(input_size=32, resize_size=36, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic")
 AUG = AugmentParams(

@@ -4,8 +4,8 @@ The test stage needs backbone features of the test and OOD images. With a
 frozen backbone, `featurize` has already computed them; recomputing would cost most of
 a head-only experiment. They are used only if the cache was made by the very same
 backbone weights (a sha256 of its state dict), preprocessing, precision and images;
-anything else (a fine-tuned backbone, another checkpoint) runs the backbone instead,
-through the same loader and forward path as the predict command.
+anything else (a fine-tuned backbone, another checkpoint) runs the backbone instead
+(``abcd.inference.torch_model.TorchModel.image_features``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from abcd.data.images import ImageDataset, Sample
-from abcd.features.engine import extract_features, make_loader, prepare_model
 from abcd.features.runtime import Runtime
 from abcd.features.store import has_split, open_array, read_paths
 from abcd.models.checkpoint import LoadedModel
@@ -44,26 +42,3 @@ def cached_features(
     if read_paths(features, split) != list(paths):
         return None, f"{features / split}: images differ from the ones asked for"
     return open_array(features, split, "features"), "cached features"
-
-
-def features_for(
-    loaded: LoadedModel,
-    split: str,
-    samples: Sequence[Sample],
-    features: Path,
-    runtime: Runtime,
-    batch_size: int,
-    log=print,
-) -> np.ndarray:
-    """Pooled backbone features (N, D) of ``samples``: from the cache when valid, else computed."""
-    feats, why = cached_features(features, split, loaded, [s.path for s in samples], runtime)
-    if feats is not None:
-        log(f"{split}: {len(samples)} images, cached features")
-        return feats
-    log(f"{split}: {why}; running the backbone on the images")
-    from abcd.features.transforms import eval_transform  # albumentations' import (0.6 s) only when images are decoded
-
-    backbone = prepare_model(loaded.model.backbone, runtime)
-    dataset = ImageDataset(samples, loaded.classes, eval_transform(loaded.preprocess))
-    feats, _ = extract_features(backbone, make_loader(dataset, batch_size, runtime), runtime, split)
-    return feats

@@ -1,4 +1,4 @@
-"""albumentations presets built from the backbone's own preprocessing."""
+"""albumentations presets built from the backbone's own preprocessing (:class:`abcd.core.preprocess.Preprocess`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 
 from abcd.core.params import AugmentParams
-from abcd.core.registry import INTERPOLATIONS
-from abcd.models.backbones import Preprocess
+from abcd.core.preprocess import MAX_PIXEL_VALUE, Preprocess
 
 
 class SeededTransform:
@@ -33,21 +32,20 @@ class SeededTransform:
         return self.compose(image=image)["image"]
 
 
-def _interpolation(pre: Preprocess) -> int:
-    return INTERPOLATIONS.get(pre.interpolation)
-
-
 def _normalize(pre: Preprocess) -> list[A.BasicTransform]:
-    return [A.Normalize(mean=pre.mean, std=pre.std, max_pixel_value=255.0), ToTensorV2()]
+    return [A.Normalize(mean=pre.mean, std=pre.std, max_pixel_value=MAX_PIXEL_VALUE), ToTensorV2()]
 
 
 def eval_transform(pre: Preprocess) -> SeededTransform:
-    """Resize the short side, centre-crop, normalise: the backbone's ImageNet eval recipe."""
+    """Resize the short side, centre-crop, normalise: the backbone's ImageNet eval recipe.
+
+    ``abcd.serving.onnx_model.preprocess`` is the same recipe in OpenCV (tests/test_export.py holds them equal).
+    """
     size = pre.input_size
     return SeededTransform(
         A.Compose(
             [
-                A.SmallestMaxSize(max_size=pre.resize_size, interpolation=_interpolation(pre)),
+                A.SmallestMaxSize(max_size=pre.resize_size, interpolation=pre.cv2_interpolation),
                 A.CenterCrop(height=size, width=size),
                 *_normalize(pre),
             ]
@@ -64,7 +62,7 @@ def train_transform(pre: Preprocess, aug: AugmentParams) -> SeededTransform:
     size = pre.input_size
     rotate = (
         # Reflected borders: no black corners for the crop to pick up as a class cue.
-        [A.Rotate(limit=aug.rotate, interpolation=_interpolation(pre), border_mode=cv2.BORDER_REFLECT_101, p=1.0)]
+        [A.Rotate(limit=aug.rotate, interpolation=pre.cv2_interpolation, border_mode=cv2.BORDER_REFLECT_101, p=1.0)]
         if aug.rotate > 0
         else []
     )
@@ -74,7 +72,7 @@ def train_transform(pre: Preprocess, aug: AugmentParams) -> SeededTransform:
         A.Compose(
             [
                 *rotate,
-                A.RandomResizedCrop(size=(size, size), scale=aug.scale, interpolation=_interpolation(pre)),
+                A.RandomResizedCrop(size=(size, size), scale=aug.scale, interpolation=pre.cv2_interpolation),
                 A.HorizontalFlip(p=aug.hflip),
                 A.ColorJitter(
                     brightness=aug.brightness,

@@ -12,7 +12,7 @@ import os
 import re
 import urllib.error
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,37 +21,12 @@ from torch import nn
 
 from abcd.core.errors import UserError
 from abcd.core.params import ParamsError
+from abcd.core.preprocess import Preprocess
 from abcd.core.registry import BACKBONES
 
 
 class BackboneUnavailableError(UserError, RuntimeError):
     """Pretrained weights for a backbone cannot be had on this machine."""
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image becomes the backbone's input; always read off the backbone itself."""
-
-    input_size: int
-    resize_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str  # "bilinear" | "bicubic"
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Preprocess:
-        return cls(
-            input_size=int(d["input_size"]),
-            resize_size=int(d["resize_size"]),
-            mean=tuple(float(v) for v in d["mean"]),
-            std=tuple(float(v) for v in d["std"]),
-            interpolation=str(d["interpolation"]),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
 
 
 @dataclass

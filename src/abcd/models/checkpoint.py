@@ -19,7 +19,8 @@ from torch import nn
 
 from abcd.core.errors import InvalidFileError, MissingFileError
 from abcd.core.fileio import atomic_file
-from abcd.models.backbones import Preprocess, build_backbone, state_fingerprint
+from abcd.core.preprocess import Preprocess
+from abcd.models.backbones import build_backbone, state_fingerprint
 from abcd.models.head import Classifier, build_head
 
 CHECKPOINT_FORMAT = 1

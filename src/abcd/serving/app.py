@@ -32,7 +32,8 @@ from starlette.exceptions import HTTPException
 from abcd.core.cli import run
 from abcd.core.params import ServeParams, load_params
 from abcd.data.images import ImageError
-from abcd.serving.onnx_model import OnnxClassifier, OnnxDetector, classify_arrays, decode_upload
+from abcd.inference.pipeline import Prediction, classify, decode_upload
+from abcd.serving.onnx_model import OnnxClassifier, OnnxRuntime
 
 FIELD = "files"
 # Multipart framing around each file (boundary, headers): slack on top of the file-size limit.
@@ -43,14 +44,24 @@ def _error(status: int, detail: str, results: list[dict] | None = None) -> JSONR
     return JSONResponse({"detail": detail, "results": results or []}, status_code=status)
 
 
-def _result(filename: str, label: str = "", probs: np.ndarray | None = None, score: float | None = None, **kw) -> dict:
+def _result(filename: str, classes: Sequence[str], found: Prediction | str) -> dict:
+    """One file's JSON: its prediction, or (a string) why it could not be used."""
+    if isinstance(found, str):
+        return {
+            "filename": filename,
+            "prediction": None,
+            "probability": None,
+            "probabilities": None,
+            "unknown_score": None,
+            "error": found,
+        }
     return {
         "filename": filename,
-        "prediction": label or None,
-        "probability": None if probs is None else float(probs.max()),
-        "probabilities": None if probs is None else dict(zip(kw["classes"], map(float, probs))),
-        "unknown_score": score,
-        "error": kw.get("error"),
+        "prediction": found.label,
+        "probability": found.probability,
+        "probabilities": dict(zip(classes, map(float, found.probs))),
+        "unknown_score": found.score,
+        "error": None,
     }
 
 
@@ -69,10 +80,10 @@ async def _read_files(form: FormData, limits: ServeParams) -> list[tuple[str, by
 
 
 class Classifier:
-    """The loaded model and its rule; one inference at a time (onnxruntime already uses every core)."""
+    """The model's runtime and the upload rules; one inference at a time (onnxruntime already uses every core)."""
 
-    def __init__(self, model: OnnxClassifier, detector: OnnxDetector, max_pixels: int | None, batch_size: int):
-        self.model, self.detector = model, detector
+    def __init__(self, runtime: OnnxRuntime, max_pixels: int | None, batch_size: int):
+        self.runtime = runtime
         self.max_pixels, self.batch_size = max_pixels, batch_size
         self._lock = threading.Lock()
 
@@ -86,9 +97,9 @@ class Classifier:
             # Pillow names the stream it was given (an object address): noise for the client.
             return re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", err.reason)
 
-    def classify(self, images: Sequence[np.ndarray]) -> list[tuple[str, np.ndarray, float]]:
+    def classify(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         with self._lock:
-            return classify_arrays(self.model, images, self.detector, self.batch_size)
+            return classify(self.runtime, images, self.batch_size)
 
 
 def create_app(
@@ -101,7 +112,8 @@ def create_app(
     threshold: float | None = None,
 ) -> FastAPI:
     """The app around a loaded model; ``method``/``threshold`` default to those recorded at export."""
-    clf = Classifier(model, model.detector(method, threshold), max_pixels, batch_size)
+    clf = Classifier(OnnxRuntime(model, model.detector(method, threshold)), max_pixels, batch_size)
+    rule = clf.runtime.rule
     page = resources.files("abcd.serving").joinpath("static/index.html").read_text(encoding="utf-8")
     app = FastAPI(title="ants, bees, cats, dogs", version=model.meta["checkpoint"]["sha256"][:12])
     classes = model.classes
@@ -118,8 +130,8 @@ def create_app(
             "classes": classes,
             "backbone": model.meta["backbone"],
             "checkpoint": model.meta["checkpoint"],
-            "method": clf.detector.name,
-            "threshold": clf.detector.threshold,
+            "method": rule.name,
+            "threshold": rule.threshold,
             "limits": {"max_file_mb": limits.max_file_mb, "max_files": limits.max_files, "max_pixels": max_pixels},
         }
 
@@ -148,16 +160,12 @@ def create_app(
         decoded = [await run_in_threadpool(clf.decode, data) for _, data in files]
         images = [d for d in decoded if not isinstance(d, str)]
         found = iter(await run_in_threadpool(clf.classify, images) if images else [])
-        results = []
-        for (name, _), d in zip(files, decoded):
-            if isinstance(d, str):
-                results.append(_result(name, error=d))
-            else:
-                label, probs, score = next(found)
-                results.append(_result(name, label, probs, score, classes=classes))
+        results = [
+            _result(name, classes, d if isinstance(d, str) else next(found)) for (name, _), d in zip(files, decoded)
+        ]
         if not images:
             return _error(415, "no file is a usable image", results)
-        doc = {"method": clf.detector.name, "threshold": clf.detector.threshold, "results": results}
+        doc = {"method": rule.name, "threshold": rule.threshold, "results": results}
         return JSONResponse(doc)
 
     return app

@@ -3,18 +3,17 @@
 The ONNX graph maps a batch of preprocessed images (N, 3, S, S) to calibrated class
 probabilities and every fitted unknown detector's score; its metadata holds what the
 checkpoint holds beside the weights (classes, preprocessing, temperature, the detectors'
-thresholds, the method chosen in params). Preprocessing is the backbone's eval recipe
-(``abcd.features.transforms.eval_transform``) written with OpenCV directly, because albumentations
-imports torch; a unit test checks the two give the same tensor.
+thresholds, the method chosen in params). :func:`preprocess` is the checkpoint's
+:class:`~abcd.core.preprocess.Preprocess` written with OpenCV, because albumentations (the
+torch side's ``abcd.features.transforms.eval_transform``) imports torch; a unit test checks
+the two give the same tensor. :class:`OnnxRuntime` is the export as a runtime of the
+inference path (``abcd.inference.pipeline``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,13 @@ import cv2
 import numpy as np
 
 from abcd.core.errors import InvalidFileError, MissingFileError
+from abcd.core.preprocess import MAX_PIXEL_VALUE, Preprocess
+from abcd.inference.pipeline import Rule
 
 ONNX_FORMAT = 1
 # Metadata keys in the ONNX file (``metadata_props``); values are JSON.
 META_KEY = "abcd"
 PROBABILITIES = "probabilities"
-_CV2_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
 
 
 def score_output(method: str) -> str:
@@ -35,33 +35,21 @@ def score_output(method: str) -> str:
     return f"score_{method}"
 
 
-@dataclass(frozen=True)
-class OnnxDetector:
-    """The unknown rule applied to the graph's scores: unknown where ``score > threshold``.
-
-    Same fields as :class:`abcd.ood.detectors.Detector` that the output formats read.
-    """
-
-    name: str
-    threshold: float
-    temperature: float
-
-
-def preprocess(rgb: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
+def preprocess(rgb: np.ndarray, pre: Preprocess) -> np.ndarray:
     """HxWx3 uint8 RGB -> (3, S, S) float32: resize the short side, centre-crop, normalise.
 
     The same steps and rounding as albumentations' SmallestMaxSize, CenterCrop and Normalize.
     """
     h, w = rgb.shape[:2]
-    scale = pre["resize_size"] / min(h, w)
+    scale = pre.resize_size / min(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
     if (new_h, new_w) != (h, w):
-        rgb = cv2.resize(rgb, (new_w, new_h), interpolation=_CV2_INTERPOLATION[pre["interpolation"]])
-    size = pre["input_size"]
+        rgb = cv2.resize(rgb, (new_w, new_h), interpolation=pre.cv2_interpolation)
+    size = pre.input_size
     top, left = (new_h - size) // 2, (new_w - size) // 2
     crop = rgb[top : top + size, left : left + size].astype(np.float32)
-    mean = np.asarray(pre["mean"], np.float32) * 255.0
-    std = np.asarray(pre["std"], np.float32) * 255.0
+    mean = np.asarray(pre.mean, np.float32) * MAX_PIXEL_VALUE
+    std = np.asarray(pre.std, np.float32) * MAX_PIXEL_VALUE
     return np.ascontiguousarray(((crop - mean) / std).transpose(2, 0, 1))
 
 
@@ -91,23 +79,24 @@ class OnnxClassifier:
         self.path = path
         self.meta: dict[str, Any] = meta
         self.classes: list[str] = list(meta["classes"])
+        self.preprocessing = Preprocess.from_dict(meta["preprocess"])
         self.input_name = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
 
-    def detector(self, method: str | None = None, max_softmax_threshold: float | None = None) -> OnnxDetector:
+    def detector(self, method: str | None = None, max_softmax_threshold: float | None = None) -> Rule:
         """The rule for ``method`` (default: the one chosen in params at export), as ``detector_from_extra``."""
         name = method or self.meta["method"]
         temperature = float(self.meta["temperature"])
         if name == "max_softmax":
             # The original rule: unknown when the max probability is below predict.threshold.
             limit = self.meta["max_softmax_threshold"] if max_softmax_threshold is None else max_softmax_threshold
-            return OnnxDetector(name, 1.0 - float(limit), temperature)
+            return Rule(name, 1.0 - float(limit), temperature)
         thresholds = self.meta["thresholds"]
         if name not in thresholds:
             raise InvalidFileError(
                 f"{self.path}: no fitted unknown detector {name!r} (it has: {', '.join(thresholds) or 'none'})"
             )
-        return OnnxDetector(name, float(thresholds[name]), temperature)
+        return Rule(name, float(thresholds[name]), temperature)
 
     def run(self, batch: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
         """(N, 3, S, S) float32 -> (probabilities (N, C), ``method``'s unknown scores (N,)), float64."""
@@ -121,7 +110,7 @@ class OnnxClassifier:
         return file_sha256(checkpoint) == self.meta["checkpoint"]["sha256"]
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
-        return preprocess(rgb, self.meta["preprocess"])
+        return preprocess(rgb, self.preprocessing)
 
 
 def file_sha256(path: Path) -> str:
@@ -132,22 +121,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def decode_upload(data: bytes, max_pixels: int | None) -> np.ndarray:
-    """Decode uploaded bytes with the same checks as prepare's (pixel limit, animation, any mode to RGB)."""
-    from abcd.data.images import load_rgb
+class OnnxRuntime:
+    """An exported model as a :class:`abcd.inference.pipeline.ModelRuntime`, deciding with ``rule``."""
 
-    return load_rgb(io.BytesIO(data), max_pixels=max_pixels, allow_animated=False)
+    def __init__(self, model: OnnxClassifier, rule: Rule) -> None:
+        self.model, self.rule, self.classes = model, rule, model.classes
 
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        return self.model.preprocess(rgb)
 
-def classify_arrays(
-    model: OnnxClassifier, images: Sequence[np.ndarray], detector: OnnxDetector, batch_size: int
-) -> list[tuple[str, np.ndarray, float]]:
-    """(label or "unknown", probabilities, unknown score) per decoded RGB image, ``batch_size`` at a time."""
-    out: list[tuple[str, np.ndarray, float]] = []
-    for i in range(0, len(images), batch_size):
-        batch = np.stack([model.preprocess(im) for im in images[i : i + batch_size]])
-        probs, scores = model.run(batch, detector.name)
-        for p, s in zip(probs, scores):
-            label = "unknown" if s > detector.threshold else model.classes[int(np.argmax(p))]
-            out.append((label, p, float(s)))
-    return out
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.model.run(batch, self.rule.name)

@@ -31,29 +31,26 @@ import glob
 import io
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from abcd.core.cli import run
 from abcd.core.registry import UNKNOWN_METHODS
 from abcd.data.images import IMAGE_EXTENSIONS, ImageError, load_rgb
+from abcd.inference.pipeline import UNKNOWN, ModelRuntime, Rule, batches, classify
 from abcd.serving.settings import Settings, settings
 
 # torch and the modules that import it are imported where the torch runtime runs: with
 # --runtime onnx this command must not import torch at all (its import alone is seconds).
 if TYPE_CHECKING:
-    from abcd.features.runtime import Runtime
     from abcd.models.checkpoint import LoadedModel
-    from abcd.ood.detectors import Detector
-    from abcd.serving.onnx_model import OnnxClassifier, OnnxDetector
+    from abcd.serving.onnx_model import OnnxClassifier
 
-UNKNOWN = "unknown"
 FORMATS = ("table", "csv", "json")
 RUNTIMES = ("torch", "onnx")
 DEFAULT_CHECKPOINT = "models/model.pt"
@@ -96,48 +93,22 @@ def expand_inputs(items: Sequence[str]) -> tuple[list[str], list[Result]]:
     return list(paths), errors
 
 
-def decide(probs: np.ndarray, scores: np.ndarray, threshold: float, classes: Sequence[str]) -> list[str]:
-    """The top class, or UNKNOWN where the unknown score is above ``threshold``."""
-    return [UNKNOWN if s > threshold else classes[int(np.argmax(p))] for p, s in zip(probs, scores)]
-
-
-def _batches(paths: Sequence[str], size: int) -> Iterator[list[str]]:
-    for i in range(0, len(paths), size):
-        yield list(paths[i : i + size])
-
-
-def classify_files(
-    loaded: LoadedModel, detector: Detector, paths: Sequence[str], runtime: Runtime, batch_size: int
-) -> list[Result]:
+def classify_files(runtime: ModelRuntime, paths: Sequence[str], batch_size: int) -> list[Result]:
     """One result per path, in order; images are decoded and run one batch at a time."""
-    import torch
-
-    from abcd.evaluation.calibration import calibrated_probs
-    from abcd.features.engine import extract_features
-    from abcd.features.transforms import eval_transform
-    from abcd.ood.detectors import head_logits
-
-    transform = eval_transform(loaded.preprocess)
     results: list[Result] = []
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=None if len(paths) > batch_size else True)
-    for chunk in _batches(paths, batch_size):
-        tensors, ok = [], []
+    for chunk in batches(paths, batch_size):
+        images, ok = [], []
         for path in chunk:
             try:
-                tensors.append(transform(load_rgb(path)))
+                images.append(load_rgb(path))
                 ok.append(Result(path))
             except ImageError as err:
                 results.append(Result(path, error=err.reason))
-        if tensors:
-            batch = [(torch.stack(tensors), np.zeros(len(tensors), dtype=np.int64))]
-            feats, _ = extract_features(loaded.model.backbone, batch, runtime, desc="batch")
-            logits = head_logits(loaded.model.head, feats)
-            probs = calibrated_probs(logits, detector.temperature)
-            scores = detector.score(feats, logits)
-            for r, p, s, label in zip(ok, probs, scores, decide(probs, scores, detector.threshold, loaded.classes)):
-                r.label, r.probability, r.unknown_score = label, float(p.max()), float(s)
-                r.probs = {c: float(v) for c, v in zip(loaded.classes, p)}
-            results.extend(ok)
+        for r, found in zip(ok, classify(runtime, images, batch_size)):
+            r.label, r.probability, r.unknown_score = found.label, found.probability, found.score
+            r.probs = {c: float(v) for c, v in zip(runtime.classes, found.probs)}
+        results.extend(ok)
         bar.update(len(chunk))
     bar.close()
     order = {p: i for i, p in enumerate(paths)}
@@ -179,12 +150,12 @@ def format_csv(results: Sequence[Result], classes: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def format_json(results: Sequence[Result], classes: Sequence[str], detector: Detector | OnnxDetector) -> str:
+def format_json(results: Sequence[Result], classes: Sequence[str], rule: Rule) -> str:
     doc = {
         "classes": list(classes),
-        "method": detector.name,
-        "threshold": detector.threshold,
-        "temperature": detector.temperature,
+        "method": rule.name,
+        "threshold": rule.threshold,
+        "temperature": rule.temperature,
         "results": [
             {
                 "path": r.path,
@@ -224,43 +195,18 @@ def annotate(result: Result, out_dir: Path, taken: set[str]) -> Path:
     return out_dir / name
 
 
-def classify_files_onnx(
-    model: OnnxClassifier, method: str, threshold: float, paths: Sequence[str], batch_size: int
-) -> tuple[list[Result], OnnxDetector]:
-    """:func:`classify_files` on the exported model (onnxruntime, no torch); also returns its detector."""
-    from abcd.serving.onnx_model import classify_arrays
-
-    detector = model.detector(method, threshold)
-    results: list[Result] = []
-    for chunk in _batches(paths, batch_size):
-        images, ok = [], []
-        for path in chunk:
-            try:
-                images.append(load_rgb(path))
-                ok.append(Result(path))
-            except ImageError as err:
-                results.append(Result(path, error=err.reason))
-        for r, (label, p, s) in zip(ok, classify_arrays(model, images, detector, batch_size)):
-            r.label, r.probability, r.unknown_score = label, float(p.max()), s
-            r.probs = {c: float(v) for c, v in zip(model.classes, p)}
-        results.extend(ok)
-    order = {p: i for i, p in enumerate(paths)}
-    return sorted(results, key=lambda r: order[r.path]), detector
-
-
-def classify_files_torch(
-    loaded: LoadedModel, config: Settings, method: str, threshold: float, paths: Sequence[str]
-) -> tuple[list[Result], Detector]:
-    """:func:`classify_files` on the checkpoint's model; also returns its detector."""
+def torch_runtime(loaded: LoadedModel, config: Settings, method: str, threshold: float) -> ModelRuntime:
+    """The checkpoint's model on the device ``config`` names, deciding with its detector ``method``."""
     from abcd.core.params import RuntimeParams
-    from abcd.features.engine import prepare_model
     from abcd.features.runtime import resolve_runtime
+    from abcd.inference.torch_model import TorchRuntime
     from abcd.ood.detectors import detector_from_extra
 
     detector = detector_from_extra(loaded.extra, method, threshold)
-    runtime = resolve_runtime(config.runtime or RuntimeParams("auto", "auto", "auto", 1))
-    prepare_model(loaded.model, runtime)
-    return classify_files(loaded, detector, paths, runtime, config.batch_size), detector
+    device = resolve_runtime(
+        config.runtime or RuntimeParams(device="auto", precision="auto", num_workers="auto", processes=1)
+    )
+    return TorchRuntime(loaded, device, detector)
 
 
 def onnx_model_to_use(requested: str | None, checkpoint: Path | None, onnx: Path) -> OnnxClassifier | None:
@@ -317,19 +263,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--threshold applies to --method max_softmax; {method} uses the threshold fitted on val")
     threshold = config.rule_threshold if args.threshold is None else args.threshold
 
-    paths, missing = expand_inputs(args.inputs)
     if onnx_model is not None:
-        found, detector = classify_files_onnx(onnx_model, method, threshold, paths, config.batch_size)
-        classes = onnx_model.classes
+        from abcd.serving.onnx_model import OnnxRuntime
+
+        runtime = OnnxRuntime(onnx_model, onnx_model.detector(method, threshold))
     else:
-        found, detector = classify_files_torch(loaded, config, method, threshold, paths)
-        classes = loaded.classes
-    results = missing + found
+        runtime = torch_runtime(loaded, config, method, threshold)
+    paths, missing = expand_inputs(args.inputs)
+    results = missing + classify_files(runtime, paths, config.batch_size)
+    classes = runtime.classes
 
     formatters = {
         "table": lambda: format_table(results, classes),
         "csv": lambda: format_csv(results, classes),
-        "json": lambda: format_json(results, classes, detector),
+        "json": lambda: format_json(results, classes, runtime.rule),
     }
     sys.stdout.write(formatters[args.format]())
     if args.annotate is not None:

@@ -28,12 +28,13 @@ from tqdm import tqdm
 
 from abcd.core.errors import InvalidFileError, MissingFileError
 from abcd.core.params import Params
+from abcd.core.preprocess import Preprocess
 from abcd.data.images import ImageDataset, read_manifest
 from abcd.features.distributed import World
 from abcd.features.engine import make_loader
 from abcd.features.runtime import Runtime, inference
 from abcd.features.store import open_array
-from abcd.models.backbones import BACKBONE_WEIGHTS, Backbone, Preprocess, build_backbone, set_trainable_blocks
+from abcd.models.backbones import BACKBONE_WEIGHTS, Backbone, build_backbone, set_trainable_blocks
 from abcd.models.head import Classifier, Split, build_head
 from abcd.training.fit import FitResult
 
