@@ -11,7 +11,6 @@ Settings come from ./params.yaml (run from the repo root).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -26,13 +25,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.compare_backbones import PROBE_C
+
 from abcd.core.params import load_params
 from abcd.evaluation.metrics import f1_macro, log_loss
 from abcd.features.runtime import seed_everything, use_deterministic_algorithms
 from abcd.models.head import build_head
 from abcd.training.fit import fit
 from abcd.training.init import init_head
-from benchmarks.compare_backbones import PROBE_C
 
 torch.set_num_threads(1)
 PARAMS = load_params(Path("params.yaml"))
@@ -108,7 +108,7 @@ def head(
 
 
 # The default before train.init existed: a randomly initialised head at lr 3e-3.
-RANDOM_START = dataclasses.replace(PARAMS.train, init="random")
+RANDOM_START = PARAMS.train.model_copy(update={"init": "random"})
 RANDOM_LR = 0.003
 
 

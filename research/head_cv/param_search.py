@@ -14,7 +14,6 @@ every setting with it fold by fold. Needs benchmarks/head_cv/features.py first. 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,8 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from abcd.evaluation.calibration import calibrated_probs
 from benchmarks.head_cv import candidates, cv
+
+from abcd.evaluation.calibration import calibrated_probs
 
 FULL = {"batch_size": 1024}
 # The 15-fold shortlist of a wider screen (README here); params.yaml's own values where not named.
@@ -48,10 +48,10 @@ SETTINGS: dict[str, dict] = {
 def params_for(overrides: dict):
     kw = dict(overrides)
     base = candidates.PARAMS
-    model = dataclasses.replace(base.model, dropout=kw.pop("dropout", base.model.dropout))
+    model = base.model.model_copy(update={"dropout": kw.pop("dropout", base.model.dropout)})
     lr = kw.pop("lr", candidates.RANDOM_LR)  # a top-level param
     # The search was of randomly started heads (the default then): unset keys keep that default.
-    return dataclasses.replace(base, lr=lr, model=model, train=dataclasses.replace(candidates.RANDOM_START, **kw))
+    return base.model_copy(update={"lr": lr, "model": model, "train": candidates.RANDOM_START.model_copy(update=kw)})
 
 
 def main() -> None:

@@ -258,7 +258,9 @@ def classify_files_torch(
     from abcd.ood.detectors import detector_from_extra
 
     detector = detector_from_extra(loaded.extra, method, threshold)
-    runtime = resolve_runtime(config.runtime or RuntimeParams("auto", "auto", "auto", 1))
+    runtime = resolve_runtime(
+        config.runtime or RuntimeParams(device="auto", precision="auto", num_workers="auto", processes=1)
+    )
     prepare_model(loaded.model, runtime)
     return classify_files(loaded, detector, paths, runtime, config.batch_size), detector
 
