@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from abcd.evaluation.calibration import calibrated_probs, fit_temperature
 from abcd.features.store import load_split
-from benchmarks.head_cv import candidates
+from research.head_cv import candidates
 
 
 def _paths(npz) -> list[str]:
