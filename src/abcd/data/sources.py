@@ -147,11 +147,8 @@ def choose_set(use: str, sources: dict[str, list[SourceParams]], cwd: Path, env:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> str:
