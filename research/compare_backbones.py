@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import functools
 import json
 import sys
@@ -155,12 +154,12 @@ def main() -> None:
         row["linear_probe"] = linear_probe(feats["train"], feats["val"], feats["test"], k, params.train.probe_c)
         row["linear_probe"]["seconds"] = round(time.perf_counter() - t, 1)
 
-        frozen_params = dataclasses.replace(params.train, trainable_blocks=0)
+        frozen_params = params.train.model_copy(update={"trainable_blocks": 0})
         frozen = functools.partial(build_head, backbone.num_features, k, params.model.dropout)
         row["frozen"] = train_and_score(frozen, feats, feats, frozen_params, params, k)
 
         if not args.no_finetune:
-            tuned_params = dataclasses.replace(params.train, trainable_blocks=args.blocks)
+            tuned_params = params.train.model_copy(update={"trainable_blocks": args.blocks})
             tuned = functools.partial(_tuned_module, suffix, backbone.num_features, k, params.model.dropout)
             row[f"blocks{args.blocks}"] = train_and_score(tuned, feats, acts, tuned_params, params, k)
         results.append(row)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from abcd.core import params as params_module
 from abcd.core.registry import BACKBONES, OPTIMIZERS, ChoiceError, Registry
@@ -26,7 +27,7 @@ def registry_fields() -> list[tuple[str, Registry]]:
             key = f"{prefix}{name}"
             if typing.get_origin(tp) is typing.Annotated:
                 found.extend((key, r) for r in typing.get_args(tp)[1:] if isinstance(r, Registry))
-            elif isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
+            elif isinstance(tp, type) and issubclass(tp, BaseModel):
                 walk(tp, key + ".")
 
     walk(params_module.Params, "")

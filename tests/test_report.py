@@ -1,4 +1,3 @@
-import dataclasses
 from pathlib import Path
 
 from abcd.core.params import load_params
@@ -63,7 +62,7 @@ UNKNOWN = {
 def test_report_has_metrics_with_intervals_data_and_plots(repo: Path) -> None:
     links = [("ROC curves", "../plots/test/roc.png")]
     params = load_params(repo / "params.yaml")
-    params = dataclasses.replace(params, unknown=dataclasses.replace(params.unknown, method="knn"))
+    params = params.model_copy(update={"unknown": params.unknown.model_copy(update={"method": "knn"})})
     text = render(DATA, TRAIN, TEST, params, links, UNKNOWN)
     assert "| metric | value | 95% CI (bootstrap) |" in text
     assert "| macro F1 | 0.7333 | [0.4000, 1.0000] |" in text
@@ -84,7 +83,7 @@ def test_report_says_where_the_head_started_and_how_the_backbone_was_used(repo: 
     text = render(DATA, probe, TEST, params, [], UNKNOWN)
     assert "(frozen), head started from the linear probe (C 3, val loss 0.0234)" in text
     assert "best epoch 0 (the start)." in text
-    tuned = dataclasses.replace(params, train=dataclasses.replace(params.train, trainable_blocks=2))
+    tuned = params.model_copy(update={"train": params.train.model_copy(update={"trainable_blocks": 2})})
     text = render(DATA, {**TRAIN, "init": "random"}, TEST, tuned, [], UNKNOWN)
     assert "(last 2 blocks fine-tuned), head started from a random initialisation" in text
     assert "best epoch 3." in text

@@ -36,7 +36,9 @@ def test_page_shows_the_class_of_a_photo_and_the_error_of_a_non_image(
 ) -> None:
     model = OnnxClassifier(exported["onnx"])
     # The original rule at threshold 0 never says unknown: the page must show a class name.
-    app = create_app(model, ServeParams(20, 32), max_pixels=40_000_000, method="max_softmax", threshold=0.0)
+    app = create_app(
+        model, ServeParams(max_file_mb=20, max_files=32), max_pixels=40_000_000, method="max_softmax", threshold=0.0
+    )
     photo = sorted((shared_photos / "cats").iterdir())[0]
     bad = tmp_path / "notes.jpg"
     bad.write_text("this is not a picture")

@@ -121,7 +121,7 @@ def _sha(data: bytes) -> str:
 def _source(url: str, sha256: str | None = None, name: str = "pets"):
     from abcd.data.sources import SourceParams
 
-    return SourceParams(name, url, sha256, {c: [f"pets/{c}"] for c in CLASSES}, "all")
+    return SourceParams(name=name, location=url, sha256=sha256, folders={c: [f"pets/{c}"] for c in CLASSES}, take="all")
 
 
 @pytest.mark.parametrize("path", ["/pets.zip", "/pets.tar.gz"])
@@ -209,7 +209,9 @@ def test_missing_folder_names_the_source_and_what_is_there(archives: dict[str, b
     local.write_bytes(archives["/pets.zip"])
     from abcd.data.sources import SourceParams
 
-    source = SourceParams("pets", str(local), None, {"ants": ["hymenoptera_data/train/ants"]}, "all")
+    source = SourceParams(
+        name="pets", location=str(local), sha256=None, folders={"ants": ["hymenoptera_data/train/ants"]}, take="all"
+    )
     opened = open_source(source, tmp_path, tmp_path / "cache")
     with pytest.raises(
         SourceError, match=r"folder 'hymenoptera_data/train/ants' for class ants not found .*holds: pets"

@@ -1,4 +1,3 @@
-import dataclasses
 import math
 from pathlib import Path
 
@@ -91,7 +90,7 @@ def test_fit_is_seeded() -> None:
     ],
 )
 def test_unknown_choices_list_the_registry(field: str, value: str, choices: str) -> None:
-    bad = {**dataclasses.asdict(PARAMS), field: value}
+    bad = {**PARAMS.model_dump(), field: value}
     with pytest.raises(ParamsError, match=f"params: 'train.{field}': unknown {choices}"):
         build(TrainParams, bad, "train")
 
@@ -125,7 +124,7 @@ def test_ctrl_c_before_any_epoch_propagates() -> None:
 
 
 def test_resuming_from_the_last_state_gives_the_uninterrupted_result() -> None:
-    params = dataclasses.replace(PARAMS, epochs=6, warmup_epochs=1)
+    params = PARAMS.model_copy(update={"epochs": 6, "warmup_epochs": 1})
     train, val = _blobs(64, 3, 0), _blobs(32, None, 1)
     torch.manual_seed(0)
     full = fit(build_head(8, 4, 0.3), train, val, params, seed=5, lr=LR)
@@ -149,7 +148,7 @@ def test_resuming_from_the_last_state_gives_the_uninterrupted_result() -> None:
 
 def test_early_stopping_after_patience_epochs_without_a_better_val_loss() -> None:
     # lr so high that val loss stops improving quickly.
-    params = dataclasses.replace(PARAMS, epochs=40, patience=3, scheduler="none", optimizer="sgd")
+    params = PARAMS.model_copy(update={"epochs": 40, "patience": 3, "scheduler": "none", "optimizer": "sgd"})
     torch.manual_seed(0)
     result = fit(build_head(8, 4, 0.0), _blobs(64, 2, 0), _blobs(32, None, 1), params, seed=0, lr=5.0)
     assert result.stopped_early
@@ -157,11 +156,11 @@ def test_early_stopping_after_patience_epochs_without_a_better_val_loss() -> Non
 
 
 def test_lr_warms_up_then_follows_the_schedule() -> None:
-    p = dataclasses.replace(PARAMS, epochs=10, warmup_epochs=2)
+    p = PARAMS.model_copy(update={"epochs": 10, "warmup_epochs": 2})
     assert [lr_factor(e, p) for e in (0, 1)] == pytest.approx([1 / 3, 2 / 3])
     assert lr_factor(2, p) == 1.0 and lr_factor(6, p) == pytest.approx(0.5)
     assert lr_factor(9, p) == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
-    step = dataclasses.replace(p, scheduler="step")
+    step = p.model_copy(update={"scheduler": "step"})
     assert [lr_factor(e, step) for e in (2, 4, 5, 7, 9)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
 
 
@@ -172,7 +171,7 @@ def test_balanced_class_weights_are_inverse_frequencies() -> None:
 
 
 def test_label_smoothing_class_weights_and_clipping_train() -> None:
-    params = dataclasses.replace(PARAMS, label_smoothing=0.1, class_weights="balanced", grad_clip=1.0)
+    params = PARAMS.model_copy(update={"label_smoothing": 0.1, "class_weights": "balanced", "grad_clip": 1.0})
     torch.manual_seed(0)
     result = fit(build_head(8, 4, 0.1), _blobs(200, 3, 0), _blobs(80, None, 1), params, seed=0, lr=LR)
     assert result.best_val.accuracy > 0.95
@@ -202,7 +201,7 @@ def test_set_trainable_blocks_unfreezes_only_the_last_blocks() -> None:
 
 def test_fine_tuning_keeps_batchnorm_statistics_and_trains_bn_affine() -> None:
     model, _ = _tail(2)
-    groups = param_groups(model, dataclasses.replace(PARAMS, backbone_lr=0.001), 0.01)
+    groups = param_groups(model, PARAMS.model_copy(update={"backbone_lr": 0.001}), 0.01)
     assert [g["lr"] for g in groups] == [0.01, 0.001]
     assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.head.parameters()}
     bn = model.backbone[-1][1]  # bn2 of the conv head
@@ -210,7 +209,7 @@ def test_fine_tuning_keeps_batchnorm_statistics_and_trains_bn_affine() -> None:
     weight = bn.weight.detach().clone()
     x = torch.randn(16, 2, 192, 7, 7)  # the frozen prefix's output for lite0, 2 views
     y = torch.arange(16) % 4
-    params = dataclasses.replace(PARAMS, epochs=2, trainable_blocks=2)
+    params = PARAMS.model_copy(update={"epochs": 2, "trainable_blocks": 2})
     fit(model, (x, y), (x[:, 0], y), params, seed=0, num_classes=4, lr=LR)
     assert not model.backbone[-1].training  # backbone stays in eval mode after training
     assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])
@@ -224,9 +223,9 @@ def test_resume_refuses_a_last_checkpoint_made_with_other_params(tmp_path, repo)
 
     params = load_params(repo / "params.yaml")
     path = tmp_path / "last.pt"
-    resuming = dataclasses.replace(params, train=dataclasses.replace(params.train, resume=True))
+    resuming = params.model_copy(update={"train": params.train.model_copy(update={"resume": True})})
     assert load_training_state(path, resuming.to_dict()) is None  # nothing to resume: start from epoch 1
-    other = dataclasses.replace(params, lr=params.lr * 2)
+    other = params.model_copy(update={"lr": params.lr * 2})
     torch.save({"format": 1, "params": other.to_dict(), "state": {"epoch": 3}}, path)
     with pytest.raises(InvalidFileError, match="made with other params; resuming needs the same ones"):
         load_training_state(path, resuming.to_dict())
@@ -366,7 +365,7 @@ def test_fit_keeps_the_start_as_epoch_0_when_no_epoch_beats_it() -> None:
         head[1].bias.copy_(probe.bias)
     # Training on shuffled labels makes every epoch worse than the probe: epoch 0 must come back, untouched.
     shuffled = (train[0], train[1][torch.randperm(64, generator=torch.Generator().manual_seed(0))])
-    result = fit(head, shuffled, val, dataclasses.replace(PARAMS, epochs=3), seed=0, keep_start=True, lr=LR)
+    result = fit(head, shuffled, val, PARAMS.model_copy(update={"epochs": 3}), seed=0, keep_start=True, lr=LR)
     assert [row["epoch"] for row in result.history] == [0, 1, 2, 3]
     assert result.best_epoch == 0 and result.history[0]["lr"] == 0.0
     assert result.best_val.loss == pytest.approx(result.history[0]["val_loss"])
@@ -374,7 +373,7 @@ def test_fit_keeps_the_start_as_epoch_0_when_no_epoch_beats_it() -> None:
     assert torch.allclose(result.head[1].weight, probe.weight.float())
     # With a sensible lr, training can beat the start; it is then an ordinary epoch >= 1.
     better = fit(
-        build_head(8, 4, 0.0), train, val, dataclasses.replace(PARAMS, epochs=3), seed=0, keep_start=True, lr=LR
+        build_head(8, 4, 0.0), train, val, PARAMS.model_copy(update={"epochs": 3}), seed=0, keep_start=True, lr=LR
     )
     assert better.best_epoch >= 1 and better.history[0]["val_loss"] > better.best_val.loss
 
@@ -387,7 +386,7 @@ def test_probe_init_puts_the_probe_fit_in_the_heads_linear_layer() -> None:
     torch.manual_seed(0)
     head = build_head(8, 4, 0.5)
     drawn = head[1].weight.detach().clone()
-    info = init_head(head[1], train, val, dataclasses.replace(PARAMS, init="probe"))
+    info = init_head(head[1], train, val, PARAMS.model_copy(update={"init": "probe"}))
     probe = fit_probe(train, val, 4, PARAMS.probe_c)
     assert info == {"init": "probe", "probe_c": probe.c, "probe_val_loss": pytest.approx(probe.val_loss)}
     assert not torch.allclose(drawn, probe.weight.float())  # so the check below can tell the two apart
@@ -398,12 +397,12 @@ def test_probe_init_puts_the_probe_fit_in_the_heads_linear_layer() -> None:
     # init: random keeps the weights drawn when the head was built.
     head = build_head(8, 4, 0.5)
     drawn = {k: v.clone() for k, v in head.state_dict().items()}
-    assert init_head(head[1], train, val, dataclasses.replace(PARAMS, init="random")) == {"init": "random"}
+    assert init_head(head[1], train, val, PARAMS.model_copy(update={"init": "random"})) == {"init": "random"}
     assert all(torch.equal(v, drawn[k]) for k, v in head.state_dict().items())
 
 
 def test_resume_after_epoch_0_continues_like_an_uninterrupted_run() -> None:
-    params = dataclasses.replace(PARAMS, epochs=4)
+    params = PARAMS.model_copy(update={"epochs": 4})
     train, val = _blobs(64, 2, 0), _blobs(32, None, 1)
     torch.manual_seed(0)
     full = fit(build_head(8, 4, 0.3), train, val, params, seed=5, keep_start=True, lr=LR)

@@ -1,5 +1,3 @@
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -42,7 +40,7 @@ def test_train_transform_is_a_function_of_its_seed() -> None:
 
 def test_switched_off_transforms_leave_the_other_draws_unchanged() -> None:
     """rotate/blur/noise at 0 are left out, so the default policy's views do not move when they exist."""
-    on = dataclasses.replace(AUG, rotate=20.0, blur=1.0, noise=1.0)
+    on = AUG.model_copy(update={"rotate": 20.0, "blur": 1.0, "noise": 1.0})
     names = [type(t).__name__ for t in train_transform(PRE, on).compose.transforms]
     assert {"Rotate", "GaussianBlur", "GaussNoise"} <= set(names)
     off = [type(t).__name__ for t in train_transform(PRE, AUG).compose.transforms]
@@ -53,5 +51,5 @@ def test_switched_off_transforms_leave_the_other_draws_unchanged() -> None:
 def test_each_optional_augmentation_changes_the_view(field: str) -> None:
     value = 30.0 if field == "rotate" else 1.0
     a = train_transform(PRE, AUG)(_image(), 3)
-    b = train_transform(PRE, dataclasses.replace(AUG, **{field: value}))(_image(), 3)
+    b = train_transform(PRE, AUG.model_copy(update={field: value}))(_image(), 3)
     assert a.shape == b.shape and not torch.equal(a, b)

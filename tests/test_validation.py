@@ -307,15 +307,15 @@ def test_bad_sources_file_names_the_file_and_the_key(repo: Path, tmp_path: Path)
     load()  # the shipped file is valid
     mirror = raw["sets"]["mirror"][0]
     mirror["folders"]["wolves"] = ["wolves"]
-    with pytest.raises(SourceError, match=r"'sets.mirror 'mirror'.folders' must be keyed by classes .*\(in .*sources"):
+    with pytest.raises(SourceError, match=r"'sets.mirror\[0\].folders' must be keyed by classes .*\(in .*sources"):
         load()
     del mirror["folders"]["wolves"]
     mirror["take"] = 0
-    with pytest.raises(SourceError, match=r"^sources: 'source 'mirror'.take' must be an integer >= 1 or 'all'"):
+    with pytest.raises(SourceError, match=r"^sources: 'sets.mirror\[0\].take' must be an integer >= 1 or 'all', got 0"):
         load()
     mirror["take"] = "all"
     mirror["sha256"] = "abc"
-    with pytest.raises(SourceError, match=r"'source 'mirror'.sha256' must be 64 hex digits or null"):
+    with pytest.raises(SourceError, match=r"'sets.mirror\[0\].sha256' must be 64 hex digits or null, got 'abc'"):
         load()
     mirror["sha256"] = None
     mirror["folder"] = mirror.pop("folders")

@@ -11,7 +11,6 @@ Settings come from ./params.yaml (run from the repo root).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 
 from abcd.core.params import load_params
 from abcd.evaluation.metrics import f1_macro, log_loss
@@ -108,7 +108,7 @@ def head(
 
 
 # The default before train.init existed: a randomly initialised head at lr 3e-3.
-RANDOM_START = dataclasses.replace(PARAMS.train, init="random")
+RANDOM_START = PARAMS.train.model_copy(update={"init": "random"})
 RANDOM_LR = 0.003
 
 

@@ -1,220 +1,170 @@
 """Typed, validated view of ``params.yaml``.
 
 Every stage reads the file once through :func:`load_params`. The schema is the
-dataclasses below; defaults live in ``params.yaml`` only, so every key is
+pydantic models below; defaults live in ``params.yaml`` only, so every key is
 required and a missing, misspelled or out-of-range key fails at once with the
-allowed values named.
+allowed values named (abcd.core.schema words the message).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from abcd.core.registry import BACKBONES, CLASS_WEIGHTS, HEAD_INITS, OPTIMIZERS, SCHEDULERS, UNKNOWN_METHODS
-from abcd.core.schema import ParamsError, build, check, plain
+from abcd.core.schema import Number, Pair, ParamsError, Schema, build, check
+
+# The constraints that several keys share; each field's description is what its error says it must be.
+Count = Annotated[int, Field(ge=1, description="an integer >= 1")]
+Probability = Annotated[Number, Field(ge=0, le=1, description="a probability in [0, 1]")]
+Unit = Annotated[Number, Field(ge=0, le=1, description="a value in [0, 1]")]
+Auto = Literal["auto"]
 
 
-@dataclass(frozen=True)
-class SplitParams:
+class SplitParams(Schema):
     """Fractions of each class (three numbers in (0, 1) that sum to 1), or counts per class
     (whole numbers >= 1; ``test: rest`` gives the test split every image left over)."""
 
-    train: float
-    val: float
-    test: float | Literal["rest"]
+    train: Number
+    val: Number
+    test: Number | Literal["rest"]
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _fractions_or_counts(self) -> SplitParams:
         values = (self.train, self.val, self.test)
         if all(isinstance(v, float) and 0.0 < v < 1.0 for v in values):
             total = sum(values)
-            check(abs(total - 1.0) < 1e-6, "prepare.split", f"fractions that sum to 1 (they sum to {total:g})")
-            return
+            check(abs(total - 1.0) < 1e-6, f"fractions that sum to 1 (they sum to {total:g})")
+            return self
         counts = (self.train, self.val) + (() if self.test == "rest" else (self.test,))
         check(
-            all(v >= 1 and float(v).is_integer() for v in counts) and (self.test == "rest" or self.test >= 1),
-            "prepare.split",
+            all(v >= 1 and float(v).is_integer() for v in counts),
             "fractions in (0, 1) that sum to 1, or counts per class (whole numbers >= 1; test may be 'rest')",
         )
+        return self
 
 
-@dataclass(frozen=True)
-class PrepareParams:
+class PrepareParams(Schema):
     # Which named set of the sources file (data/sources.yaml) to read: "auto" = the first set whose
     # local paths all exist. The environment variable ABCD_DATA overrides it (see README: Data).
     use: str
     split: SplitParams
-    max_pixels: int
-    near_duplicate_bits: int  # dHash Hamming distance (of 64 bits) at or below which two pictures are one
-    grid_samples: int  # pictures per class and split in plots/data/samples.png
-
-    def __post_init__(self) -> None:
-        check(self.max_pixels >= 1, "prepare.max_pixels", "an integer >= 1")
-        check(0 <= self.near_duplicate_bits < 64, "prepare.near_duplicate_bits", "an integer in [0, 63]")
-        check(self.grid_samples >= 0, "prepare.grid_samples", "an integer >= 0")
+    max_pixels: Count
+    # dHash Hamming distance (of 64 bits) at or below which two pictures are one
+    near_duplicate_bits: Annotated[int, Field(ge=0, le=63, description="an integer in [0, 63]")]
+    grid_samples: Annotated[int, Field(ge=0, description="an integer >= 0")]  # per class and split in the grid
 
 
-@dataclass(frozen=True)
-class ModelParams:
+class ModelParams(Schema):
     backbone: Annotated[str, BACKBONES]
-    dropout: float
-
-    def __post_init__(self) -> None:
-        check(0.0 <= self.dropout < 1.0, "model.dropout", "a probability in [0, 1)")
+    dropout: Annotated[Number, Field(ge=0, lt=1, description="a probability in [0, 1)")]
 
 
-@dataclass(frozen=True)
-class AugmentParams:
-    scale: tuple[float, float]
-    hflip: float
-    brightness: float
-    contrast: float
-    saturation: float
-    hue: float
-    rotate: float  # max degrees either way; 0 = off
-    blur: float  # probability of a Gaussian blur
-    noise: float  # probability of Gaussian pixel noise
+class AugmentParams(Schema):
+    scale: Annotated[Pair, Field(description="[min, max] with 0 < min <= max <= 1")]
+    hflip: Probability
+    brightness: Unit
+    contrast: Unit
+    saturation: Unit
+    hue: Annotated[Number, Field(ge=0, le=0.5, description="a value in [0, 0.5]")]
+    rotate: Annotated[Number, Field(ge=0, le=180, description="degrees in [0, 180]")]  # either way; 0 = off
+    blur: Probability  # of a Gaussian blur
+    noise: Probability  # of Gaussian pixel noise
 
-    def __post_init__(self) -> None:
-        lo, hi = self.scale
-        check(0.0 < lo <= hi <= 1.0, "augment.scale", "[min, max] with 0 < min <= max <= 1")
-        check(0.0 <= self.hflip <= 1.0, "augment.hflip", "a probability in [0, 1]")
-        for name in ("brightness", "contrast", "saturation"):
-            check(0.0 <= getattr(self, name) <= 1.0, f"augment.{name}", "a value in [0, 1]")
-        check(0.0 <= self.hue <= 0.5, "augment.hue", "a value in [0, 0.5]")
-        check(0.0 <= self.rotate <= 180.0, "augment.rotate", "degrees in [0, 180]")
-        for name in ("blur", "noise"):
-            check(0.0 <= getattr(self, name) <= 1.0, f"augment.{name}", "a probability in [0, 1]")
+    @field_validator("scale")
+    @classmethod
+    def _ordered(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = scale
+        check(0.0 < lo <= hi <= 1.0, "[min, max] with 0 < min <= max <= 1")
+        return scale
 
 
-@dataclass(frozen=True)
-class FeaturizeParams:
-    views: int
-    batch_size: int
-
-    def __post_init__(self) -> None:
-        check(self.views >= 1, "featurize.views", "an integer >= 1")
-        check(self.batch_size >= 1, "featurize.batch_size", "an integer >= 1")
+class FeaturizeParams(Schema):
+    views: Count
+    batch_size: Count
 
 
-@dataclass(frozen=True)
-class TrainParams:
-    epochs: int
-    batch_size: int
+class TrainParams(Schema):
+    epochs: Count
+    batch_size: Count
     optimizer: Annotated[str, OPTIMIZERS]
-    weight_decay: float
+    weight_decay: Annotated[Number, Field(ge=0, description="a number >= 0")]
     scheduler: Annotated[str, SCHEDULERS]
-    warmup_epochs: int
-    trainable_blocks: int
-    backbone_lr: float
-    label_smoothing: float
+    warmup_epochs: Annotated[int, Field(ge=0, description="an integer in [0, train.epochs)")]
+    trainable_blocks: Annotated[int, Field(ge=0, description="an integer >= 0 (0: frozen backbone)")]
+    backbone_lr: Annotated[Number, Field(gt=0, description="a number > 0")]
+    label_smoothing: Annotated[Number, Field(ge=0, lt=1, description="a value in [0, 1)")]
     class_weights: Annotated[str, CLASS_WEIGHTS]
-    grad_clip: float
-    patience: int
+    grad_clip: Annotated[Number, Field(ge=0, description="a max gradient norm >= 0 (0: off)")]
+    patience: Annotated[int, Field(ge=0, description="an integer >= 0 (0: no early stopping)")]
     resume: bool
     deterministic: bool
     calibrate: bool
     init: Annotated[str, HEAD_INITS]
-    probe_c: list[float]
+    probe_c: Annotated[
+        list[Annotated[Number, Field(gt=0)]],
+        Field(min_length=1, description="a non-empty list of numbers > 0 (inverse L2 strengths, e.g. [0.1, 1.0])"),
+    ]
 
-    def __post_init__(self) -> None:
-        check(self.epochs >= 1, "train.epochs", "an integer >= 1")
-        check(self.batch_size >= 1, "train.batch_size", "an integer >= 1")
-        check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0")
-        check(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs", "an integer in [0, train.epochs)")
-        check(self.trainable_blocks >= 0, "train.trainable_blocks", "an integer >= 0 (0: frozen backbone)")
-        check(self.backbone_lr > 0, "train.backbone_lr", "a number > 0")
-        check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "a value in [0, 1)")
-        check(self.grad_clip >= 0, "train.grad_clip", "a max gradient norm >= 0 (0: off)")
-        check(self.patience >= 0, "train.patience", "an integer >= 0 (0: no early stopping)")
-        check(
-            bool(self.probe_c) and all(c > 0 for c in self.probe_c),
-            "train.probe_c",
-            "a non-empty list of numbers > 0 (inverse L2 strengths, e.g. [0.1, 1.0])",
-        )
+    @field_validator("warmup_epochs")
+    @classmethod
+    def _before_the_last_epoch(cls, warmup: int, info: ValidationInfo) -> int:
+        check(warmup < info.data.get("epochs", warmup + 1), "an integer in [0, train.epochs)")
+        return warmup
 
 
-@dataclass(frozen=True)
-class RuntimeParams:
+class RuntimeParams(Schema):
     device: Literal["auto", "cpu", "cuda"]
     precision: Literal["auto", "fp32", "bf16"]
-    num_workers: int | Literal["auto"]
+    num_workers: Annotated[Annotated[int, Field(ge=0)] | Auto, Field(description="an integer >= 0 or 'auto'")]
     # Ranks that featurize and fine-tuning run as (src/abcd/features/distributed.py); auto: one per CUDA GPU, else 1.
-    processes: int | Literal["auto"]
-
-    def __post_init__(self) -> None:
-        if isinstance(self.num_workers, int):
-            check(self.num_workers >= 0, "runtime.num_workers", "an integer >= 0 or 'auto'")
-        if isinstance(self.processes, int):
-            check(self.processes >= 1, "runtime.processes", "an integer >= 1 or 'auto' (one per GPU)")
+    processes: Annotated[
+        Annotated[int, Field(ge=1)] | Auto, Field(description="an integer >= 1 or 'auto' (one per GPU)")
+    ]
 
 
-@dataclass(frozen=True)
-class PredictParams:
-    threshold: float
-    batch_size: int
-
-    def __post_init__(self) -> None:
-        check(0.0 <= self.threshold <= 1.0, "predict.threshold", "a probability in [0, 1]")
-        check(self.batch_size >= 1, "predict.batch_size", "an integer >= 1")
+class PredictParams(Schema):
+    threshold: Probability
+    batch_size: Count
 
 
-@dataclass(frozen=True)
-class UnknownParams:
+class UnknownParams(Schema):
     method: Annotated[str, UNKNOWN_METHODS]
-    false_reject: float
-    knn_k: int
+    false_reject: Annotated[Number, Field(ge=0, lt=0.5, description="a fraction in [0, 0.5), e.g. 0.02")]
+    knn_k: Count
     ood_crops: bool
-
-    def __post_init__(self) -> None:
-        check(0.0 <= self.false_reject < 0.5, "unknown.false_reject", "a fraction in [0, 0.5), e.g. 0.02")
-        check(self.knn_k >= 1, "unknown.knn_k", "an integer >= 1")
 
     def fit_kwargs(self) -> dict[str, Any]:
         """What fitting the detectors at train time reads (the method is chosen at predict time)."""
         return {"false_reject": self.false_reject, "knn_k": self.knn_k}
 
 
-@dataclass(frozen=True)
-class EvaluateParams:
-    ece_bins: int
-    bootstrap: int
-    ci: float
-    worst_mistakes: int
-
-    def __post_init__(self) -> None:
-        check(self.ece_bins >= 1, "evaluate.ece_bins", "an integer >= 1")
-        check(self.bootstrap >= 1, "evaluate.bootstrap", "an integer >= 1")
-        check(0.0 < self.ci < 1.0, "evaluate.ci", "a level in (0, 1), e.g. 0.95")
-        check(self.worst_mistakes >= 0, "evaluate.worst_mistakes", "an integer >= 0")
+class EvaluateParams(Schema):
+    ece_bins: Count
+    bootstrap: Count
+    ci: Annotated[Number, Field(gt=0, lt=1, description="a level in (0, 1), e.g. 0.95")]
+    worst_mistakes: Annotated[int, Field(ge=0, description="an integer >= 0")]
 
 
-@dataclass(frozen=True)
-class ServeParams:
+class ServeParams(Schema):
     """Limits of the HTTP service (src/abcd/serving/app.py): larger uploads are refused with 413."""
 
-    max_file_mb: float
-    max_files: int
-
-    def __post_init__(self) -> None:
-        check(self.max_file_mb > 0, "serve.max_file_mb", "a size in MB > 0, e.g. 20")
-        check(self.max_files >= 1, "serve.max_files", "an integer >= 1, e.g. 32")
+    max_file_mb: Annotated[Number, Field(gt=0, description="a size in MB > 0, e.g. 20")]
+    max_files: Annotated[int, Field(ge=1, description="an integer >= 1, e.g. 32")]
 
     @property
     def max_file_bytes(self) -> int:
         return int(self.max_file_mb * 1_000_000)
 
 
-@dataclass(frozen=True)
-class Params:
+class Params(Schema):
     seed: int
-    classes: list[str]
+    classes: Annotated[list[str], Field(min_length=2, description="a list of at least two class names")]
     # The head's lr: top-level, not in train, so that `dvc exp run -S lr=...` works as written.
-    lr: float
+    lr: Annotated[Number, Field(gt=0, description="a number > 0")]
     prepare: PrepareParams
     model: ModelParams
     augment: AugmentParams
@@ -226,14 +176,15 @@ class Params:
     unknown: UnknownParams
     serve: ServeParams
 
-    def __post_init__(self) -> None:
-        check(len(self.classes) >= 2, "classes", "a list of at least two class names")
-        check(self.lr > 0, "lr", "a number > 0")
-        check(len(set(self.classes)) == len(self.classes), "classes", "distinct class names")
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, classes: list[str]) -> list[str]:
+        check(len(set(classes)) == len(classes), "distinct class names")
+        return classes
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (tuples as lists), safe for JSON and ``weights_only`` checkpoints."""
-        return plain(dataclasses.asdict(self))
+        return self.model_dump(mode="json")
 
 
 def parse_params(data: Any) -> Params:

@@ -2,10 +2,10 @@
 
 A registry maps a name to where its implementation lives (``"module:attribute"``) and
 imports it on first use. The names are therefore known without importing torch, so
-``load_params`` checks every registry-backed field at once in every stage (prepare,
-evaluate and report never import torch), and an unknown name fails before any work with
-the same message everywhere. Adding a backbone, optimizer or detector: write it in its
-module, then add one line here.
+``load_params`` checks every registry-backed field (``Annotated[str, REGISTRY]`` in a params
+model) at once in every stage (prepare, evaluate and report never import torch), and an
+unknown name fails before any work with the same message everywhere. Adding a backbone,
+optimizer or detector: write it in its module, then add one line here.
 """
 
 from __future__ import annotations
@@ -50,6 +50,18 @@ class Registry:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         where = f"params: '{key}': " if key else ""
         raise ChoiceError(f"{where}unknown {self.kind} '{name}'; choose one of {', '.join(self._targets)}{hint}")
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        """As pydantic metadata, ``Annotated[str, REGISTRY]`` is a field that must be one of the names."""
+        from pydantic_core import PydanticCustomError, core_schema
+
+        def validate(name: str) -> str:
+            try:
+                return self.check(name)
+            except ChoiceError as err:
+                raise PydanticCustomError("choice", "{message}", {"message": str(err)}) from None
+
+        return core_schema.no_info_after_validator_function(validate, handler(source))
 
     def get(self, name: str, key: str | None = None) -> Any:
         module, _, attribute = self._targets[self.check(name, key)].partition(":")

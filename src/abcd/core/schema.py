@@ -1,134 +1,175 @@
-"""Typed YAML: build frozen dataclasses from parsed YAML by their type annotations.
+"""The schema machinery of the YAML files: pydantic models, and their errors as one line.
 
-Every key is required and checked against its annotation (numbers, literals, unions,
-lists, mappings, nested dataclasses, and ``Annotated[str, Registry]`` names); an unknown
-key fails with the closest allowed one. Range checks live in each dataclass's
-``__post_init__`` through :func:`check`.
+Pydantic validates: every key required (a model field without a default), unknown keys
+refused (``extra="forbid"``), strict types (a bool is not a number, 2.5 is not an integer),
+ranges as ``Field`` constraints, rules across keys as validators that call :func:`check`.
+What pydantic does not do is the message: its own is several lines per error in its words.
+:func:`build` turns the first error into one line that names the key path, the value and
+what is allowed: the field's ``description`` for a range or rule, its type for a wrong type,
+the closest allowed key for an unknown one.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import types
 import typing
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from abcd.core.errors import UserError
-from abcd.core.registry import ChoiceError, Registry
+
+M = TypeVar("M", bound=BaseModel)
+# Errors of a value of the right type outside its field's constraints: described by the field.
+_CONSTRAINTS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short", "too_long"}
+_CONSTRAINTS |= {"string_pattern_mismatch"}
 
 
 class ParamsError(UserError, ValueError):
     """A params file that does not match the schema."""
 
 
-def check(ok: bool, key: str, expected: str) -> None:
-    if not ok:
-        raise ParamsError(f"params: '{key}' must be {expected}")
+class Schema(BaseModel):
+    """A section of a YAML file: frozen, every key required, no unknown keys, no empty strings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, str_min_length=1)
 
 
-def plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
+def _number(value: Any) -> Any:
+    # PyYAML (YAML 1.1) reads 1e-3, without a dot, as a string: take it as the number users meant.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
     return value
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Annotated:
-        return _type_name(typing.get_args(tp)[0])
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin in (list, tuple):
-        return f"a list ({tp})"
-    if origin is dict:
-        return f"a mapping ({tp})"
-    if tp is type(None):
-        return "null"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+# A float field: strict (no bools), but an int or a numeric string is the number.
+Number = Annotated[float, BeforeValidator(_number)]
+# Two numbers: YAML has lists, not tuples.
+Pair = Annotated[tuple[Number, Number], BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)]
 
 
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    """Check ``value`` against annotation ``tp``; return it in the annotated type."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, key)
-    if origin is Annotated:
-        # A registry-backed choice: the base type first, then the name against the registry.
-        base, *extras = typing.get_args(tp)
-        value = _convert(base, value, key)
-        for registry in extras:
-            if isinstance(registry, Registry):
-                try:
-                    registry.check(value, key)
-                except ChoiceError as err:
-                    raise ParamsError(str(err)) from None
-        return value
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-    elif origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _convert(option, value, key)
-            except ParamsError:
-                continue
-    elif origin is dict:
-        key_type, item = typing.get_args(tp)
-        if isinstance(value, dict):
-            return {_convert(key_type, k, key): _convert(item, v, f"{key}.{k}") for k, v in value.items()}
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, list):
-            return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    elif origin is tuple:
-        items = typing.get_args(tp)
-        if isinstance(value, (list, tuple)) and len(value) == len(items):
-            return tuple(_convert(t, v, f"{key}[{i}]") for i, (t, v) in enumerate(zip(items, value)))
-    elif tp is float:
-        # YAML reads "1e-3" as a string; accept it as a number the way users expect.
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif _is_scalar(tp, value):
-        return value
-    raise ParamsError(f"params: '{key}' must be {_type_name(tp)}, got {value!r}")
+def check(ok: bool, expected: str) -> None:
+    """In a validator: unless ``ok``, fail with "'<its key>' must be <expected>"."""
+    if not ok:
+        raise PydanticCustomError("rule", "{expected}", {"expected": expected})
 
 
-def _is_scalar(tp: Any, value: Any) -> bool:
-    """Exact scalar match: a bool is not an int here, and strings must be non-empty."""
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str) and bool(value)
-    return tp is bool and isinstance(value, bool)
+def build(cls: type[M], data: Any, key: str = "", context: dict[str, Any] | None = None) -> M:
+    """Validate ``data`` (the section at ``key``, "" for a whole file) as ``cls``; one-line :class:`ParamsError`."""
+    try:
+        return cls.model_validate(data, context=context)
+    except ValidationError as err:
+        prefix = tuple(key.split(".")) if key else ()
+        raise ParamsError(f"params: {_explain(err.errors(), cls, data, prefix)}") from None
 
 
-def build(cls: type, data: Any, key: str) -> Any:
-    where = f"'{key}'" if key else "the top level"
-    if not isinstance(data, dict):
-        raise ParamsError(f"params: {where} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls, include_extras=True)
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    for name in data:
-        if name not in allowed:
-            close = difflib.get_close_matches(str(name), allowed, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            full = f"{key}.{name}" if key else str(name)
-            raise ParamsError(f"params: unknown key '{full}'{hint}; allowed keys in {where}: {', '.join(allowed)}")
-    missing = [name for name in allowed if name not in data]
+def _explain(errors: list[ErrorDetails], cls: type, data: Any, prefix: tuple = ()) -> str:
+    """One line for the first error: an unknown key first (it may explain a missing one), then a missing one."""
+    extra = [e for e in errors if e["type"] == "extra_forbidden"]
+    missing = [e for e in errors if e["type"] == "missing" and isinstance(e["loc"][-1], str)]
+    if extra:
+        *parent, name = extra[0]["loc"]
+        allowed = list(_unwrap(_walk(cls, tuple(parent))[1])[0].model_fields)
+        close = difflib.get_close_matches(str(name), allowed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        where = _where(prefix + tuple(parent))
+        return f"unknown key {_key(prefix + extra[0]['loc'])}{hint}; allowed keys in {where}: {', '.join(allowed)}"
     if missing:
-        raise ParamsError(f"params: {where} is missing key(s): {', '.join(missing)}")
-    values = {name: _convert(hints[name], data[name], f"{key}.{name}" if key else name) for name in allowed}
-    return cls(**values)
+        parent = missing[0]["loc"][:-1]
+        names = [str(e["loc"][-1]) for e in missing if e["loc"][:-1] == parent]
+        return f"{_where(prefix + parent)} is missing key(s): {', '.join(names)}"
+    error = errors[0]
+    depth, tp, field_depth, field = _walk(cls, error["loc"])
+    loc = error["loc"][:depth]
+    if error["type"] == "choice":  # a registry's own message names the value and the choices
+        return f"{_key(prefix + loc)}: {error['msg']}"
+    if error["type"] == "rule":
+        return f"{_key(prefix + loc)} must be {error['msg']}{_got(data, loc)}"
+    # (A "missing" error left is a list item: a tuple too short, as "too_short" is a list.)
+    if error["type"] in _CONSTRAINTS | {"missing"} and field is not None and field.description:
+        loc = error["loc"][:field_depth]  # e.g. an item of a list: described, and shown, as the whole list
+        return f"{_key(prefix + loc)} must be {field.description}{_got(data, loc)}"
+    return f"{_where(prefix + loc)} must be {_type_name(tp)}, got {error['input']!r}"
+
+
+def _walk(cls: type, loc: tuple) -> tuple[int, Any, int, FieldInfo | None]:
+    """Follow ``loc`` through the schema: (how many of its parts name keys, the type there,
+    how many lead to the innermost field with constraints, that field). Parts past a union name its branches."""
+    tp, depth, field_depth, field = cls, 0, 0, None
+    for i, part in enumerate(loc):
+        base, _ = _unwrap(tp)
+        origin, args = typing.get_origin(base), typing.get_args(base)
+        if isinstance(base, type) and issubclass(base, BaseModel) and part in base.model_fields:
+            field = base.model_fields[part]
+            tp, field_depth = field.annotation, depth + 1
+        elif origin is dict and part != "[key]":
+            tp = args[0] if loc[i + 1 : i + 2] == ("[key]",) else args[1]
+        elif origin is list and isinstance(part, int):
+            tp = args[0]
+        elif origin is tuple and isinstance(part, int) and part < len(args):
+            tp = args[part]
+        else:
+            break
+        depth += 1
+        inner = [m for m in _unwrap(tp)[1] if isinstance(m, FieldInfo) and m.description]
+        if inner:  # a constrained item type, e.g. a dict's Annotated[list[...], Field(min_length=1, ...)]
+            field, field_depth = inner[-1], depth
+    return depth, tp, field_depth, field
+
+
+def _unwrap(tp: Any) -> tuple[Any, tuple]:
+    if typing.get_origin(tp) is Annotated:
+        base, *meta = typing.get_args(tp)
+        return base, tuple(meta)
+    return tp, ()
+
+
+def _got(data: Any, loc: tuple) -> str:
+    """ ", got <value>" for a plain value at ``loc`` in the input; mappings are left out (too long for one line)."""
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return ""
+    plain = (str, int, float, bool, type(None))
+    if isinstance(data, plain) or (isinstance(data, list) and all(isinstance(v, plain) for v in data)):
+        return f", got {data!r}"
+    return ""
+
+
+def _key(loc: tuple) -> str:
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).removeprefix(".")
+    return f"'{text}'"
+
+
+def _where(loc: tuple) -> str:
+    return _key(loc) if loc else "the top level"
+
+
+def _type_name(tp: Any) -> str:
+    tp, _ = _unwrap(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is list:
+        return f"a list of {_plural(args[0])}"
+    if origin is tuple:
+        return f"a list of {len(args)} {_plural(args[0])}"
+    if origin is dict or (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        return "a mapping"
+    names = {int: "an integer", float: "a number", str: "a non-empty string", bool: "true/false", type(None): "null"}
+    return names.get(tp, str(tp))
+
+
+def _plural(tp: Any) -> str:
+    tp, _ = _unwrap(tp)
+    names = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
+    return names.get(tp, "mappings" if isinstance(tp, type) and issubclass(tp, BaseModel) else "values")

@@ -20,13 +20,14 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from abcd.core.errors import UserError
 from abcd.core.fileio import atomic_dir, atomic_file
-from abcd.core.schema import ParamsError, build, check
+from abcd.core.schema import ParamsError, Schema, build, check
 
 ENV_USE = "ABCD_DATA"  # overrides prepare.use
 CHUNK = 1 << 20
@@ -41,47 +42,50 @@ class TransientError(Exception):
     """A failure worth retrying: 5xx, 429, a reset or cut connection, a timeout."""
 
 
-@dataclass(frozen=True)
-class SourceParams:
+class SourceParams(Schema):
     """One place photos come from: an http(s) URL of a zip/tar archive, a local archive, or a local
     directory. ``folders`` maps each class to folders inside it (relative to its root)."""
 
-    name: str
+    # Part of file names in the download cache: no path separators, not hidden.
+    name: Annotated[
+        str, Field(pattern=r"^[\w-][\w.-]*$", description="a plain name (letters, digits, - _ .; no leading .)")
+    ]
     location: str
-    sha256: str | None  # of the archive: checked when set; printed on first download when null
-    folders: dict[str, list[str]]
-    take: int | Literal["all"]  # images per class from this source, after validation and de-duplication
+    # Of the archive: checked when set; printed on first download when null.
+    sha256: Annotated[
+        Annotated[str, Field(pattern="^[0-9a-fA-F]{64}$")] | None, Field(description="64 hex digits or null")
+    ]
+    folders: dict[str, Annotated[list[str], Field(min_length=1, description="a non-empty list of folders")]]
+    # Images per class from this source, after validation and de-duplication.
+    take: Annotated[Annotated[int, Field(ge=1)] | Literal["all"], Field(description="an integer >= 1 or 'all'")]
 
-    def __post_init__(self) -> None:
-        check(
-            all(c.isalnum() or c in "-_." for c in self.name) and not self.name.startswith("."),
-            "source name",
-            f"a plain name (letters, digits, - _ .), got {self.name!r}",
-        )
-        if self.sha256 is not None:
-            ok = len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256.lower())
-            check(ok, f"source '{self.name}'.sha256", "64 hex digits or null")
-        for label, folders in self.folders.items():
-            check(bool(folders), f"source '{self.name}'.folders.{label}", "a non-empty list of folders")
-        if isinstance(self.take, int):
-            check(self.take >= 1, f"source '{self.name}'.take", "an integer >= 1 or 'all'")
+    @field_validator("folders")
+    @classmethod
+    def _keyed_by_classes(cls, folders: dict[str, list[str]], info: ValidationInfo) -> dict[str, list[str]]:
+        classes = (info.context or {}).get("classes")  # params.yaml's, passed by load_sources
+        if classes is not None:
+            unknown = sorted(set(folders) - set(classes))
+            check(not unknown, f"keyed by classes ({', '.join(classes)}), not {', '.join(unknown)}")
+        return folders
 
 
-@dataclass(frozen=True)
-class SourcesFile:
+def _distinct_names(sources: list[SourceParams]) -> list[SourceParams]:
+    check(len({s.name for s in sources}) == len(sources), "sources with distinct names")
+    return sources
+
+
+SourceSet = Annotated[
+    list[SourceParams], Field(min_length=1, description="a non-empty list of sources"), AfterValidator(_distinct_names)
+]
+
+
+class SourcesFile(Schema):
     """The sources file (``data/sources.yaml``): data wiring, not a knob, so it is a dependency of
     prepare rather than params (``dvc exp show`` keeps its columns for results and knobs);
     ``prepare.use`` in params.yaml picks one of its named sets."""
 
-    sets: dict[str, list[SourceParams]]
+    sets: Annotated[dict[str, SourceSet], Field(min_length=1, description="at least one named set of sources")]
     downloads: str  # cache for downloaded and extracted archives, relative to the repo root
-
-    def __post_init__(self) -> None:
-        check(bool(self.sets), "sets", "at least one named set of sources")
-        for name, sources in self.sets.items():
-            check(bool(sources), f"sets.{name}", "a non-empty list of sources")
-            names = [s.name for s in sources]
-            check(len(set(names)) == len(names), f"sets.{name}", "sources with distinct names")
 
 
 def load_sources(path: str | Path, classes: Sequence[str]) -> SourcesFile:
@@ -90,19 +94,12 @@ def load_sources(path: str | Path, classes: Sequence[str]) -> SourcesFile:
     if not path.is_file():
         raise SourceError(f"sources: file not found: {path} (a YAML file of named source sets, docs/data.md)")
     try:
-        data = yaml.safe_load(path.read_text())
-        sources = build(SourcesFile, data, "")
-        for set_name, items in sources.sets.items():
-            for source in items:
-                unknown = sorted(set(source.folders) - set(classes))
-                key = f"sets.{set_name} '{source.name}'.folders"
-                check(not unknown, key, f"keyed by classes ({', '.join(classes)}), not {', '.join(unknown)}")
+        return build(SourcesFile, yaml.safe_load(path.read_text()), context={"classes": list(classes)})
     except yaml.YAMLError as err:
         raise SourceError(f"sources: {path} is not valid YAML: {err}") from None
     except ParamsError as err:
         # The schema's messages start "params: "; this file is not params.yaml, so say which file it is.
         raise SourceError(f"sources: {str(err).removeprefix('params: ')} (in {path})") from None
-    return sources
 
 
 def resolve_path(location: str, cwd: Path) -> Path:
@@ -150,11 +147,8 @@ def choose_set(use: str, sources: dict[str, list[SourceParams]], cwd: Path, env:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -59,7 +58,7 @@ def predict_defaults(params: Params) -> dict:
         "method": params.unknown.method,
         "rule_threshold": params.predict.threshold,
         "batch_size": params.predict.batch_size,
-        "runtime": dataclasses.asdict(params.runtime),
+        "runtime": params.runtime.model_dump(),
     }
 
 
