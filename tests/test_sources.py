@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from abcd.data.sources import SourceError, choose_set, download, list_files, open_source
+from abcd.data.sources import SourceError, SourceParams, choose_set, download, list_files, open_source
 from abcd.stages.prepare import main as prepare_main
 from tests.conftest import CLASSES, make_image
 from tests.pipeline_utils import photo_source, write_sources
@@ -224,12 +224,41 @@ def test_auto_picks_the_first_available_set(tmp_path: Path) -> None:
         "mirror": [_source(str(tmp_path / "absent"))],
         "download": [_source("https://example.invalid/pets.zip")],
     }
-    assert choose_set("auto", sets, tmp_path, {}) == ("download", "prepare.use=auto: first set whose local paths exist")
+    classes = list(sets["mirror"][0].folders)
+    assert choose_set("auto", sets, classes, tmp_path, {}) == (
+        "download",
+        "prepare.use=auto: first set whose local paths exist",
+    )
     (tmp_path / "absent").mkdir()
-    assert choose_set("auto", sets, tmp_path, {})[0] == "mirror"
-    assert choose_set("auto", sets, tmp_path, {"ABCD_DATA": "download"}) == ("download", "$ABCD_DATA=download")
+    assert choose_set("auto", sets, classes, tmp_path, {})[0] == "mirror"
+    assert choose_set("auto", sets, classes, tmp_path, {"ABCD_DATA": "download"}) == (
+        "download",
+        "$ABCD_DATA=download",
+    )
     with pytest.raises(SourceError, match=r"\$ABCD_DATA is 'mine'; choose one of auto, mirror, download"):
-        choose_set("auto", sets, tmp_path, {"ABCD_DATA": "mine"})
+        choose_set("auto", sets, classes, tmp_path, {"ABCD_DATA": "mine"})
+
+
+def test_only_the_chosen_set_must_be_keyed_by_the_classes(tmp_path: Path) -> None:
+    """Renamed classes in a set of one's own leave the shipped sets, keyed by ants..dogs, untouched."""
+    (tmp_path / "mirror").mkdir()
+    (tmp_path / "mine").mkdir()
+    mine = SourceParams(
+        name="mine", location=str(tmp_path / "mine"), sha256=None, take="all",
+        folders={"fourmis": ["fourmis"], "abeilles": ["abeilles"], "chats": ["chats"]},
+    )  # fmt: skip
+    sets = {"mirror": [_source(str(tmp_path / "mirror"))], "mine": [mine]}
+    french = ["fourmis", "abeilles", "chats"]
+    assert choose_set("mine", sets, french, tmp_path, {}) == ("mine", "prepare.use=mine")
+    # auto passes over the set keyed by other classes, and says so when none is left
+    assert choose_set("auto", sets, french, tmp_path, {})[0] == "mine"
+    with pytest.raises(SourceError, match=r"serves classes wolves .*mirror: keyed by other classes; mine: keyed"):
+        choose_set("auto", sets, ["wolves"], tmp_path, {})
+    with pytest.raises(SourceError, match=r"'sets.mirror\[0\].folders' must be keyed by classes \(fourmis, abeilles, "
+                       r"chats\), not .* \(the set chosen by prepare.use=mirror\)"):  # fmt: skip
+        choose_set("mirror", sets, french, tmp_path, {})
+    with pytest.raises(SourceError, match=r"no source has folders for class\(es\) dogs"):
+        choose_set("mine", sets, [*french, "dogs"], tmp_path, {})
 
 
 def test_prepare_downloads_the_archive_set_when_told_to(

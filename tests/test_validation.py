@@ -302,14 +302,10 @@ def test_bad_sources_file_names_the_file_and_the_key(repo: Path, tmp_path: Path)
 
     def load() -> None:
         path.write_text(yaml.safe_dump(raw))
-        load_sources(path, CLASSES)
+        load_sources(path)
 
     load()  # the shipped file is valid
     mirror = raw["sets"]["mirror"][0]
-    mirror["folders"]["wolves"] = ["wolves"]
-    with pytest.raises(SourceError, match=r"'sets.mirror\[0\].folders' must be keyed by classes .*\(in .*sources"):
-        load()
-    del mirror["folders"]["wolves"]
     mirror["take"] = 0
     with pytest.raises(SourceError, match=r"^sources: 'sets.mirror\[0\].take' must be an integer >= 1 or 'all', got 0"):
         load()
@@ -326,7 +322,7 @@ def test_bad_sources_file_names_the_file_and_the_key(repo: Path, tmp_path: Path)
     with pytest.raises(SourceError, match=r"'sets.mirror' must be a non-empty list of sources"):
         load()
     with pytest.raises(SourceError, match=r"sources: file not found: .*nowhere.yaml"):
-        load_sources(tmp_path / "nowhere.yaml", CLASSES)
+        load_sources(tmp_path / "nowhere.yaml")
 
 
 def test_prepare_use_must_name_a_set_of_the_sources_file(image_tree: Path, repo: Path, tmp_path: Path, monkeypatch):

@@ -25,8 +25,6 @@ from abcd.data.images import (
 )
 from abcd.data.sources import (
     Opened,
-    SourceError,
-    SourceParams,
     SourcesFile,
     choose_set,
     describe,
@@ -217,16 +215,6 @@ def sample_grid(
     return grid
 
 
-def check_classes(sources: Sequence[SourceParams], classes: Sequence[str], chosen: str) -> None:
-    covered = {label for s in sources for label in s.folders}
-    missing = [c for c in classes if c not in covered]
-    if missing:
-        raise SourceError(
-            f"sources set '{chosen}': no source has folders for class(es) {', '.join(missing)}; "
-            f"every class of {', '.join(classes)} needs at least one"
-        )
-
-
 def prepare(
     params: PrepareParams,
     sources_file: SourcesFile,
@@ -241,9 +229,8 @@ def prepare(
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    chosen, why = choose_set(params.use, sources_file.sets, cwd, env)
+    chosen, why = choose_set(params.use, sources_file.sets, classes, cwd, env)
     sources = sources_file.sets[chosen]
-    check_classes(sources, classes, chosen)
     cache = resolve_path(sources_file.downloads, cwd)
     opened = [open_source(s, cwd, cache) for s in sources]
     files = [File(o.params.name, label, key, rel, path) for o in opened for label, key, rel, path in list_files(o)]

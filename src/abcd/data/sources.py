@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field
 
 from abcd.core.errors import UserError
 from abcd.core.fileio import atomic_dir, atomic_file
@@ -59,15 +59,6 @@ class SourceParams(Schema):
     # Images per class from this source, after validation and de-duplication.
     take: Annotated[Annotated[int, Field(ge=1)] | Literal["all"], Field(description="an integer >= 1 or 'all'")]
 
-    @field_validator("folders")
-    @classmethod
-    def _keyed_by_classes(cls, folders: dict[str, list[str]], info: ValidationInfo) -> dict[str, list[str]]:
-        classes = (info.context or {}).get("classes")  # params.yaml's, passed by load_sources
-        if classes is not None:
-            unknown = sorted(set(folders) - set(classes))
-            check(not unknown, f"keyed by classes ({', '.join(classes)}), not {', '.join(unknown)}")
-        return folders
-
 
 def _distinct_names(sources: list[SourceParams]) -> list[SourceParams]:
     check(len({s.name for s in sources}) == len(sources), "sources with distinct names")
@@ -88,13 +79,14 @@ class SourcesFile(Schema):
     downloads: str  # cache for downloaded and extracted archives, relative to the repo root
 
 
-def load_sources(path: str | Path, classes: Sequence[str]) -> SourcesFile:
-    """Read and validate the sources file; every source's folders must be keyed by ``classes``."""
+def load_sources(path: str | Path) -> SourcesFile:
+    """Read and validate the sources file's shape. Which classes a set's folders name is checked only for
+    the set prepare reads (:func:`class_mismatch`): the other sets may serve another class list."""
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"sources: file not found: {path} (a YAML file of named source sets, docs/data.md)")
     try:
-        return build(SourcesFile, yaml.safe_load(path.read_text()), context={"classes": list(classes)})
+        return build(SourcesFile, yaml.safe_load(path.read_text()))
     except yaml.YAMLError as err:
         raise SourceError(f"sources: {path} is not valid YAML: {err}") from None
     except ParamsError as err:
@@ -125,24 +117,51 @@ def is_url(location: str) -> bool:
     return location.startswith(("http://", "https://"))
 
 
-def choose_set(use: str, sources: dict[str, list[SourceParams]], cwd: Path, env: dict[str, str]) -> tuple[str, str]:
+def class_mismatch(name: str, sources: Sequence[SourceParams], classes: Sequence[str]) -> str | None:
+    """Why set ``name`` cannot serve ``classes`` (a folder keyed by another class, or a class with no
+    folder), or None when it can."""
+    for i, source in enumerate(sources):
+        other = [c for c in source.folders if c not in classes]
+        if other:
+            return f"'sets.{name}[{i}].folders' must be keyed by classes ({', '.join(classes)}), not {', '.join(other)}"
+    covered = {label for s in sources for label in s.folders}
+    missing = [c for c in classes if c not in covered]
+    if missing:
+        return (
+            f"sources set '{name}': no source has folders for class(es) {', '.join(missing)}; "
+            f"every class of {', '.join(classes)} needs at least one"
+        )
+    return None
+
+
+def choose_set(
+    use: str, sources: dict[str, list[SourceParams]], classes: Sequence[str], cwd: Path, env: dict[str, str]
+) -> tuple[str, str]:
     """The name of the source set to read, and why: ``ABCD_DATA`` beats ``prepare.use``.
 
-    ``auto`` takes the first set whose local locations all exist (URLs count as available):
-    with the defaults, the mirror when ``../shared`` is there, the public archives otherwise.
+    ``auto`` takes the first set that serves ``classes`` and whose local locations all exist (URLs
+    count as available): with the defaults, the mirror when ``../shared`` is there, the public archives
+    otherwise. A named set must serve ``classes``; a SourceError says which folder does not.
     """
     wanted, why = (env[ENV_USE], f"${ENV_USE}") if env.get(ENV_USE) else (use, "prepare.use")
     if wanted != "auto":
         if wanted not in sources:
             raise SourceError(f"{why} is {wanted!r}; choose one of auto, {', '.join(sources)}")
+        mismatch = class_mismatch(wanted, sources[wanted], classes)
+        if mismatch:
+            raise SourceError(f"sources: {mismatch} (the set chosen by {why}={wanted})")
         return wanted, f"{why}={wanted}"
+    skipped = []
     for name, items in sources.items():
+        mismatch = class_mismatch(name, items, classes)
         missing = [s.location for s in items if not is_url(s.location) and not resolve_path(s.location, cwd).exists()]
-        if not missing:
-            return name, f"{why}=auto: first set whose local paths exist"
+        if mismatch or missing:
+            skipped.append(f"{name}: {'keyed by other classes' if mismatch else 'missing ' + ', '.join(missing)}")
+            continue
+        return name, f"{why}=auto: first set whose local paths exist"
     raise SourceError(
-        f"{why}=auto: no set of the sources file is available (every set names a local path that does not exist); "
-        f"set {ENV_USE} or prepare.use to one of {', '.join(sources)}"
+        f"{why}=auto: no set of the sources file serves classes {', '.join(classes)} with every local path present "
+        f"({'; '.join(skipped)}); set {ENV_USE} or prepare.use to one of {', '.join(sources)}"
     )
 
 

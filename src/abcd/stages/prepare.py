@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         optional=("grid",),
     )
     params = load_params(args.params)
-    sources = load_sources(args.sources, params.classes)
+    sources = load_sources(args.sources)
     start = time.perf_counter()
 
     splits, report, files, timings = prepare(
