@@ -89,3 +89,68 @@ def test_a_stage_refuses_a_bad_choice_before_any_work(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("evaluate: error: params: 'model.backbone': unknown backbone")
     assert "did you mean 'resnet18'?" in lines[0] and not out.exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_output(tmp_path: Path, capsys) -> None:
+    """ENOSPC from a write (no path in the OS error) becomes a DiskFullError naming the output; nothing is left."""
+    import errno
+
+    from abcd.core.errors import DiskFullError
+    from abcd.core.fileio import atomic_dir, atomic_file
+
+    target = tmp_path / "models" / "model.pt"
+    with (
+        pytest.raises(DiskFullError, match=r"no space left on the device writing .*models/model.pt"),
+        atomic_file(target),
+    ):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert not list(target.parent.iterdir())
+    with pytest.raises(DiskFullError, match=r"writing .*prepared"), atomic_dir(tmp_path / "prepared") as tmp:
+        (tmp / "a.png").write_bytes(b"x")
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert not (tmp_path / "prepared.tmp").exists() and not (tmp_path / "prepared").exists()
+
+    def main(argv):  # a write outside fileio: the OS error's own path, still one line
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/train/events.out")
+
+    code, err = _exit(main, capsys)
+    assert code == 1
+    assert err == (
+        "stage: error: no space left on the device writing runs/train/events.out: free some space, then run it again\n"
+    )
+
+    def other(argv):  # any other OS error is not the disk: a bug's traceback
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError, match="Input/output"):
+        run(other, "stage")
+
+
+def test_validate_checks_every_key_and_keeps_its_marker(tmp_path: Path, capsys) -> None:
+    """The stage every other depends on: a bad value or an unknown top-level key fails in one line and
+    leaves the marker as it was; a valid file writes the same bytes every time."""
+    from abcd.stages import validate
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    sources = tmp_path / "sources.yaml"
+    sources.write_text((REPO / "data" / "sources.yaml").read_text())
+    marker = tmp_path / "params.ok"
+
+    def validate_with(data: dict) -> tuple[int, str]:
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+        argv = ["--params", str(tmp_path / "params.yaml"), "--sources", str(sources), "--out", str(marker)]
+        return _exit(lambda _: validate.main(argv), capsys)
+
+    assert validate_with(params) == (0, "")
+    first = marker.read_bytes()
+    assert validate_with(params)[0] == 0 and marker.read_bytes() == first
+    for bad, message in (
+        ({**params, "Lr": 0.5}, "unknown key 'Lr' (did you mean 'lr'"),
+        ({**params, "train": {**params["train"], "epochs": "sixty"}}, "'train.epochs'"),
+        ({**params, "prepare": {**params["prepare"], "max_pixels": "lots"}}, "'prepare.max_pixels'"),
+        ({**params, "classes": ["fourmis", "abeilles"], "prepare": {**params["prepare"], "use": "mirror"}},
+         "'sets.mirror[0].folders' must be keyed by classes (fourmis, abeilles)"),
+    ):  # fmt: skip
+        code, err = validate_with(bad)
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+        assert marker.read_bytes() == first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
@@ -48,4 +49,12 @@ def run(main: Callable[[Sequence[str] | None], int | None], name: str) -> None:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as err:
+        # A full disk is the machine's state, not a bug: one line, like a UserError (outputs written
+        # through abcd.core.fileio already name their path; others name what the OS reported).
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"{name}: error: no space left on the device{where}: free some space, then run it again", file=sys.stderr)
+        sys.exit(1)
     sys.exit(status or 0)

@@ -15,3 +15,7 @@ class MissingFileError(UserError, FileNotFoundError):
 
 class InvalidFileError(UserError, ValueError):
     """A file exists but its content is not what was expected (header, labels, format, other classes)."""
+
+
+class DiskFullError(UserError, OSError):
+    """The device an output is written to is full (or over quota): the message names the output."""

@@ -7,10 +7,22 @@ output or none, never a truncated file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+from abcd.core.errors import DiskFullError
+
+# A full disk or quota: the writer's own error names no path (a write() fails, not an open()).
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _no_space(err: BaseException, path: Path) -> DiskFullError | None:
+    if isinstance(err, OSError) and err.errno in _NO_SPACE:
+        return DiskFullError(f"no space left on the device writing {path}: free some space, then run it again")
+    return None
 
 
 @contextlib.contextmanager
@@ -25,8 +37,11 @@ def atomic_file(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     tmp = path.with_name(path.name + suffix)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        full = _no_space(err, path)
+        if full:
+            raise full from None
         raise
     os.replace(tmp, path)
 
@@ -44,8 +59,11 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp.mkdir(parents=True)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = _no_space(err, path)
+        if full:
+            raise full from None
         raise
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)

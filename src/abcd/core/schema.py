@@ -76,8 +76,10 @@ def _explain(errors: list[ErrorDetails], cls: type, data: Any, prefix: tuple = (
     if extra:
         *parent, name = extra[0]["loc"]
         allowed = list(_unwrap(_walk(cls, tuple(parent))[1])[0].model_fields)
-        close = difflib.get_close_matches(str(name), allowed, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        # Compared case-folded: 'Lr' is most likely 'lr', which difflib alone scores too low to suggest.
+        folded = {key.lower(): key for key in allowed}
+        close = difflib.get_close_matches(str(name).lower(), folded, n=1)
+        hint = f" (did you mean '{folded[close[0]]}'?)" if close else ""
         where = _where(prefix + tuple(parent))
         return f"unknown key {_key(prefix + extra[0]['loc'])}{hint}; allowed keys in {where}: {', '.join(allowed)}"
     if missing:
