@@ -20,7 +20,7 @@ from abcd.serving.export import calibrate, export_metadata, export_onnx
 from abcd.serving.onnx_model import OnnxClassifier, classify_arrays, preprocess
 from tests.conftest import CLASSES, REPO, make_image
 
-METHODS = ("max_softmax", "energy", "mahalanobis", "mahalanobis_pp", "knn", "vim", "fusion")
+METHODS = ("max_softmax", "energy", "mahalanobis_pp", "knn", "vim", "fusion")
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
@@ -72,7 +72,7 @@ def test_metadata_holds_what_predict_needs(exported) -> None:
     extra = load_checkpoint(exported["checkpoint"], lazy=True).extra
     assert model.classes == CLASSES and model.meta["backbone"] == "efficientnet_lite0"
     assert model.meta["preprocess"]["input_size"] == 224 and model.meta["method"] == "fusion"
-    # Every detector the graph computes has its threshold; the pipeline-only ones (scale, ...) are left out.
+    # Every detector the graph computes has its threshold.
     exported_thresholds = {m: pytest.approx(float(extra["unknown"][m]["threshold"])) for m in METHODS}
     assert model.meta["thresholds"] == exported_thresholds
     assert model.detector().name == "fusion" and model.detector("max_softmax").threshold == pytest.approx(0.4)
@@ -112,14 +112,10 @@ def test_export_refuses_a_method_the_checkpoint_lacks(exported, tmp_path: Path) 
     loaded.extra = {"temperature": 1.0, "unknown": {}}
     with pytest.raises(ValueError, match=r"unknown\.method is 'knn', which the export does not compute"):
         export_metadata(loaded, exported["checkpoint"], "knn", 0.6)
-    loaded.extra = load_checkpoint(exported["checkpoint"], lazy=True).extra  # scale is fitted, but not exported
-    with pytest.raises(ValueError, match=r"'scale', which the export does not compute \(it exports: max_softmax, "):
-        export_metadata(loaded, exported["checkpoint"], "scale", 0.6)
     # fusion is exported only with every component it sums: without vim's state, neither is.
     extra = load_checkpoint(exported["checkpoint"], lazy=True).extra
     loaded.extra = {**extra, "unknown": {k: v for k, v in extra["unknown"].items() if k != "vim"}}
-    msg = r"'fusion', which the export does not compute "
-    msg += r"\(it exports: max_softmax, energy, mahalanobis, knn, mahalanobis_pp\)"
+    msg = r"'fusion', which the export does not compute \(it exports: max_softmax, energy, knn, mahalanobis_pp\)"
     with pytest.raises(ValueError, match=msg):
         export_metadata(loaded, exported["checkpoint"], "fusion", 0.6)
 

@@ -99,12 +99,9 @@ UNKNOWN_METHODS = Registry(
     {
         "max_softmax": "abcd.ood.detectors:MAX_SOFTMAX",
         "energy": "abcd.ood.detectors:ENERGY",
-        "mahalanobis": "abcd.ood.detectors:MAHALANOBIS",
         "knn": "abcd.ood.detectors:KNN",
         "mahalanobis_pp": "abcd.ood.methods:MAHALANOBIS_PP",
         "vim": "abcd.ood.methods:VIM",
-        "scale": "abcd.ood.methods:SCALE",
-        "knn_mahalanobis_pp": "abcd.ood.methods:KNN_MAHALANOBIS_PP",
         # Fitted after the single methods, from their val scores (abcd.ood.detectors.Fusion).
         "fusion": "abcd.ood.methods:FUSION",
     },

@@ -175,7 +175,6 @@ def _knn_score(state, feats, logits, temperature) -> np.ndarray:
 # The methods by name: UNKNOWN_METHODS in src/abcd/core/registry.py.
 MAX_SOFTMAX = Method(_no_state, _max_softmax_score, "1 - max calibrated class probability (original rule)")
 ENERGY = Method(_no_state, _energy_score, "free energy -logsumexp(logits)")
-MAHALANOBIS = Method(_fit_mahalanobis, _mahalanobis_score, "min Mahalanobis distance to class means")
 # kNN's bank holds the eval views too: "views+eval" in benchmarks/ood_detectors.py, where (k = 1) it
 # was chosen on the OOD set's selection half (README: Predict). A known image's eval view is then
 # near its own kind of view, not only near augmented ones.

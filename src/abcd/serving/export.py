@@ -27,11 +27,10 @@ OPSET = 18
 PARITY_ATOL = 1e-4  # max abs difference of probabilities, ONNX against torch fp32 (README: Deploy)
 
 
-# Fitted detectors the graph computes (beside max_softmax and energy, which need no state). The
-# others (scale, knn_mahalanobis_pp: src/abcd/ood/methods.py) are evaluated in the pipeline only. fusion
+# Fitted detectors the graph computes (beside max_softmax and energy, which need no state). fusion
 # (the default unknown.method) is its stored components' scores, standardised and summed in the
 # graph, and is exported when every one of them is.
-EXPORTED_FITTED = ("mahalanobis", "mahalanobis_pp", "knn", "vim", "fusion")
+EXPORTED_FITTED = ("mahalanobis_pp", "knn", "vim", "fusion")
 
 
 class InferenceGraph(nn.Module):
@@ -43,10 +42,9 @@ class InferenceGraph(nn.Module):
         self.temperature = float(loaded.extra.get("temperature", 1.0))
         fitted = _fitted(loaded)
         self.methods = exported_methods(fitted)
-        for name in ("mahalanobis", "mahalanobis_pp"):
-            if name in fitted:
-                self.register_buffer(f"{name}_means", fitted[name]["state"]["means"].float())
-                self.register_buffer(f"{name}_precision", fitted[name]["state"]["precision"].float())
+        if "mahalanobis_pp" in fitted:
+            self.register_buffer("mahalanobis_pp_means", fitted["mahalanobis_pp"]["state"]["means"].float())
+            self.register_buffer("mahalanobis_pp_precision", fitted["mahalanobis_pp"]["state"]["precision"].float())
         if "knn" in fitted:
             self.register_buffer("bank", fitted["knn"]["state"]["bank"].float())
             self.k = int(fitted["knn"]["state"]["k"])
@@ -73,11 +71,9 @@ class InferenceGraph(nn.Module):
         probs = torch.softmax(logits / self.temperature, dim=1)
         scores = {"max_softmax": 1.0 - probs.max(dim=1).values, "energy": -torch.logsumexp(logits, dim=1)}
         q = feats / feats.norm(dim=1, keepdim=True).clamp_min(1e-12)  # unit sphere: mahalanobis_pp, knn
-        for name, x in (("mahalanobis", feats), ("mahalanobis_pp", q)):
-            if name in self.methods:
-                diff = x[:, None, :] - getattr(self, f"{name}_means")[None]  # (N, C, D)
-                precision = getattr(self, f"{name}_precision")
-                scores[name] = ((diff @ precision) * diff).sum(dim=-1).min(dim=1).values
+        if "mahalanobis_pp" in self.methods:
+            diff = q[:, None, :] - self.mahalanobis_pp_means[None]  # (N, C, D)
+            scores["mahalanobis_pp"] = ((diff @ self.mahalanobis_pp_precision) * diff).sum(dim=-1).min(dim=1).values
         if "knn" in self.methods:
             d = 2.0 - 2.0 * q @ self.bank.T
             kth = torch.topk(d, self.k, dim=1, largest=False).values[:, -1]
