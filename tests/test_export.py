@@ -11,16 +11,19 @@ import numpy as np
 import pytest
 import torch
 
+from abcd.core.registry import UNKNOWN_METHODS
 from abcd.data.images import load_rgb
 from abcd.evaluation.calibration import calibrated_probs
 from abcd.features.transforms import eval_transform
 from abcd.models.checkpoint import load_checkpoint
-from abcd.ood.detectors import detector_from_extra, threshold_for_false_reject
-from abcd.serving.export import calibrate, export_metadata, export_onnx
+from abcd.ood.base import threshold_for_false_reject
+from abcd.ood.detectors import detector_from_extra, head_logits
+from abcd.ood.fit import fit_inference_extras
+from abcd.serving.export import OPSET, InferenceGraph, calibrate, export_metadata, export_onnx
 from abcd.serving.onnx_model import OnnxClassifier, classify_arrays, preprocess
 from tests.conftest import CLASSES, REPO, make_image
 
-METHODS = ("max_softmax", "energy", "mahalanobis_pp", "knn", "vim", "fusion")
+METHODS = tuple(UNKNOWN_METHODS)  # the graph computes every registered detector
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
@@ -65,6 +68,64 @@ def test_onnx_matches_torch_fp32_probabilities_scores_and_decisions(exported, tm
             "unknown" if s > detector.threshold else CLASSES[int(np.argmax(p))] for p, s in zip(probs, scores[method])
         ]
         assert labels == expected
+
+
+class _FromFeatures(torch.nn.Module):
+    """The graph after the backbone: (N, D) features -> (probabilities, every score)."""
+
+    def __init__(self, graph: InferenceGraph) -> None:
+        super().__init__()
+        self.inner = graph.eval()
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.inner.from_features(feats)
+
+
+# The ONNX graph scores in float32, the pipeline in float64, with the same torch functions: they
+# differ by float32 rounding only, at most this fraction of the largest score's size (or of 1).
+# The single scores stay within 2e-6 of it; fusion divides its parts' rounding by their val
+# standard deviations, small beside Mahalanobis++'s distances (1.5e-5 here).
+SCORE_RTOL = 1e-4
+
+
+def test_onnx_scores_equal_the_pipelines_for_every_registered_detector(exported, tmp_path: Path) -> None:
+    import onnxruntime
+
+    loaded = load_checkpoint(exported["checkpoint"])
+    rng = np.random.default_rng(1)
+    # Refitted on more training rows than ViM's subspace has dimensions (the fixture's are fewer, so
+    # its training residuals are 0 and alpha is huge): every detector on a non-degenerate fit.
+    train = rng.normal(0, 1, (400, loaded.num_features)).astype(np.float32)
+    val = rng.normal(0, 1, (40, loaded.num_features)).astype(np.float32)
+    kw = {"train_eval_x": None, "false_reject": 0.02, "knn_k": 3, "ece_bins": 10, "calibrate": True}
+    loaded.extra = {
+        **loaded.extra,
+        **fit_inference_extras(loaded.head, train, np.arange(400) % 4, val, np.arange(40) % 4, **kw),
+    }
+    graph = InferenceGraph(loaded)
+    assert graph.methods == list(UNKNOWN_METHODS)
+    path = tmp_path / "scores.onnx"
+    example = torch.zeros(2, loaded.num_features)
+    dynamic = {"feats": {0: "batch"}}
+    torch.onnx.export(
+        _FromFeatures(graph),
+        (example,),
+        str(path),
+        input_names=["feats"],
+        dynamic_axes=dynamic,
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    # Training rows, new rows like them, and rows off their scale and mean.
+    like, far = rng.normal(0, 1, (6, loaded.num_features)), rng.normal(2, 3, (6, loaded.num_features))
+    feats = np.concatenate([train[:4], like, far]).astype(np.float32)
+    got = onnxruntime.InferenceSession(str(path)).run(None, {"feats": feats})[1:]
+    logits = head_logits(loaded.head, feats)
+    for name, onnx_scores in zip(graph.methods, got, strict=True):
+        expected = detector_from_extra(loaded.extra, name, None).score(feats, logits)
+        assert onnx_scores.dtype == np.float32 and expected.dtype == np.float64
+        tolerance = SCORE_RTOL * max(1.0, float(np.abs(expected).max()))
+        assert np.abs(onnx_scores - expected).max() <= tolerance, name
 
 
 def test_metadata_holds_what_predict_needs(exported) -> None:

@@ -13,7 +13,7 @@ from abcd.core.errors import InvalidFileError
 from abcd.models.backbones import build_backbone
 from abcd.models.checkpoint import save_checkpoint
 from abcd.models.head import Classifier
-from abcd.ood.detectors import fit_inference_extras
+from abcd.ood.fit import fit_inference_extras
 from abcd.serving.predict import UNKNOWN, decide, expand_inputs, main
 from tests.conftest import CLASSES, make_image
 

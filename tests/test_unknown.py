@@ -15,12 +15,10 @@ from abcd.evaluation.unknown import detection_metrics, risk_coverage, uncalibrat
 from abcd.models.backbones import Backbone, Preprocess
 from abcd.models.checkpoint import load_checkpoint, save_checkpoint
 from abcd.models.head import Classifier, build_head
-from abcd.ood.detectors import (
-    detector_from_extra,
-    fit_inference_extras,
-    ledoit_wolf_covariance,
-    threshold_for_false_reject,
-)
+from abcd.ood.base import threshold_for_false_reject
+from abcd.ood.detectors import Detector, detector_from_extra
+from abcd.ood.fit import fit_inference_extras
+from abcd.ood.methods import ledoit_wolf_covariance
 
 D, C = 16, 4
 
@@ -38,6 +36,12 @@ def _clusters(n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.nda
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _score(name: str, state: dict, feats: np.ndarray, logits: np.ndarray | None = None) -> np.ndarray:
+    """The route's (float64) scores of the registered method ``name`` with a fitted ``state``."""
+    logits = np.zeros((len(feats), C)) if logits is None else logits
+    return Detector(name, UNKNOWN_METHODS.get(name), state, 0.0, 1.0).score(feats, logits)
 
 
 def _head() -> torch.nn.Module:
@@ -120,7 +124,6 @@ def test_knn_score_is_the_cosine_distance_to_the_kth_nearest_training_feature() 
     bank = np.array([[3.0, 0.0], [0.0, 0.5], [-2.0, 0.0]], np.float32)
     half = np.array([[1.0, np.sqrt(3.0)]], np.float32)  # 60 degrees from +x, 30 from +y
     queries = np.concatenate([np.array([[5.0, 0.0], [0.0, 2.0], [-1.0, -1.0]], np.float32), half])
-    logits = np.zeros((len(queries), C))
     # Unit-sphere distance sqrt(2 - 2 cos): 0 at the same direction, sqrt(2) at 90 degrees, 2 opposite.
     r2, cos30, cos60 = np.sqrt(2.0), np.sqrt(3.0) / 2, 0.5
     dist = np.array(
@@ -135,13 +138,13 @@ def test_knn_score_is_the_cosine_distance_to_the_kth_nearest_training_feature() 
         state = knn.fit(bank, np.zeros(3, int), k)
         expected = np.sort(dist, axis=1)[:, k - 1]
         # The bank is stored in fp16: distances agree to about 1e-3.
-        np.testing.assert_allclose(knn.score(state, queries, logits, 1.0), expected, atol=2e-3)
+        np.testing.assert_allclose(_score("knn", state, queries), expected, atol=2e-3)
     with pytest.raises(ValueError, match=r"'unknown.knn_k' is 4 but the training bank has only 3 features"):
         knn.fit(bank, np.zeros(3, int), 4)
 
 
 def test_detectors_fit_on_a_seeded_sample_capped_at_fit_rows_max(monkeypatch) -> None:
-    import abcd.ood.detectors as unknown
+    import abcd.ood.base as base
 
     train_x, train_y = _clusters(50, 0)
     val_x, val_y = _clusters(40, 1)
@@ -149,7 +152,7 @@ def test_detectors_fit_on_a_seeded_sample_capped_at_fit_rows_max(monkeypatch) ->
     kwargs = {"train_eval_x": None, "false_reject": 0.05, "knn_k": 3, "ece_bins": 5, "calibrate": False}
     whole = fit_inference_extras(head, train_x, train_y, val_x, val_y, **kwargs)["unknown"]
     assert whole["knn"]["state"]["bank"].shape == (50, D)  # at or under the cap: every training row
-    monkeypatch.setattr(unknown, "FIT_ROWS_MAX", 20)
+    monkeypatch.setattr(base, "FIT_ROWS_MAX", 20)
     capped = fit_inference_extras(head, train_x, train_y, val_x, val_y, **kwargs)["unknown"]
     bank, full = capped["knn"]["state"]["bank"], whole["knn"]["state"]["bank"]
     assert bank.shape == (20, D)
@@ -166,23 +169,21 @@ def test_detectors_fit_on_a_seeded_sample_capped_at_fit_rows_max(monkeypatch) ->
 
 
 def test_mahalanobis_pp_score_is_the_min_over_classes_of_the_quadratic_form_on_the_unit_sphere() -> None:
+    # The score goes through the precision's Cholesky factor: the same number as the quadratic form.
     maha = UNKNOWN_METHODS.get("mahalanobis_pp")
     x, y = _clusters(200, 0)
     state = maha.fit(x, y, 1)
     queries = _clusters(30, 1, shift=2.0)[0]
     means, precision = state["means"].double().numpy(), state["precision"].double().numpy()
-    diff = _unit(queries)[:, None, :].astype(np.float64) - means[None]
+    diff = _unit(queries.astype(np.float64))[:, None, :] - means[None]
     direct = np.einsum("ncd,de,nce->nc", diff, precision, diff).min(axis=1)
-    np.testing.assert_allclose(maha.score(state, queries, None, 1.0), direct, rtol=1e-10)
+    np.testing.assert_allclose(_score("mahalanobis_pp", state, queries), direct, rtol=1e-10)
 
 
 def test_knn_score_is_zero_not_nan_where_rounding_puts_a_point_inside_the_sphere() -> None:
     # A bank vector a rounding error longer than 1 (as fp16 storage can leave it): 2 - 2 cos < 0 there.
     state = {"bank": torch.tensor([[1.001, 0.0], [0.0, 1.0]], dtype=torch.float16), "k": torch.tensor(1)}
-    score = UNKNOWN_METHODS.get("knn").score(
-        state, np.array([[1.0, 0.0], [0.0, 3.0]], np.float32), np.zeros((2, C)), 1.0
-    )
-    assert score.tolist() == [0.0, 0.0]
+    assert _score("knn", state, np.array([[1.0, 0.0], [0.0, 3.0]], np.float32)).tolist() == [0.0, 0.0]
 
 
 def test_extras_survive_a_weights_only_checkpoint_round_trip(tmp_path: Path, monkeypatch) -> None:
@@ -231,8 +232,8 @@ def test_extras_survive_a_weights_only_checkpoint_round_trip(tmp_path: Path, mon
 
 
 def test_knn_bank_holds_the_views_and_each_training_images_eval_view() -> None:
-    # "views+eval" of benchmarks/ood_detectors.py, chosen on the selection half: kNN's rows are
-    # every augmented view, then every eval view; the other feature detectors fit on the views alone.
+    # Chosen on the selection half: kNN's rows are every augmented view, then every eval view;
+    # the other feature detectors fit on the views alone.
     train_x, train_y = _clusters(50, 0)
     views = np.stack([train_x + 0.3, train_x - 0.3], axis=1)
     eval_x = train_x * 1.7  # another direction than either view: distance 0 only to itself
@@ -364,8 +365,8 @@ def test_vim_residual_is_zero_inside_the_principal_subspace_and_grows_outside() 
     outside[:, 8] = 5.0
     logits = np.zeros((5, C))  # energy the same for both: only the residual differs
     # alpha scales the residual to the training logits' size: inside, about the mean max logit (~2).
-    assert np.all(np.abs(VIM.score(state, inside, logits, 1.0) + np.log(C)) < 5.0)
-    assert np.all(VIM.score(state, outside, logits, 1.0) > VIM.score(state, inside, logits, 1.0) + 50.0)
+    assert np.all(np.abs(_score("vim", state, inside, logits) + np.log(C)) < 5.0)
+    assert np.all(_score("vim", state, outside, logits) > _score("vim", state, inside, logits) + 50.0)
 
 
 def test_mahalanobis_pp_ignores_the_feature_norm() -> None:
@@ -373,9 +374,8 @@ def test_mahalanobis_pp_ignores_the_feature_norm() -> None:
 
     train_x, train_y = _clusters(400, 0)
     state = MAHALANOBIS_PP.fit(train_x, train_y, 1)
-    x = _clusters(20, 1)[0]
-    np.testing.assert_allclose(MAHALANOBIS_PP.score(state, 3 * x, None, 1.0), MAHALANOBIS_PP.score(state, x, None, 1.0),
-                               rtol=1e-4)  # fmt: skip
+    x = _clusters(20, 1)[0].astype(np.float64)
+    np.testing.assert_allclose(_score("mahalanobis_pp", state, 3 * x), _score("mahalanobis_pp", state, x), rtol=1e-10)
 
 
 FUSED = ("knn", "energy", "mahalanobis_pp", "vim")
@@ -410,7 +410,7 @@ def test_fusion_is_the_sum_of_its_components_z_scores_on_val() -> None:
     for name in FUSED:
         single = detector_from_extra(extra, name, None)
         on_val = single.score(val_x, val_logits)
-        mean, std = on_val.mean(), on_val.std()  # ddof 0, as benchmarks/ood_candidates.py's normalise("z")
+        mean, std = on_val.mean(), on_val.std()  # ddof 0
         assert extra["unknown"]["fusion"]["state"][name].tolist() == [mean, std]
         expected += (single.score(far_x, far_logits) - mean) / std
     np.testing.assert_allclose(fusion.score(far_x, far_logits), expected, rtol=1e-12, atol=1e-12)
