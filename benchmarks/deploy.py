@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-METHODS = ("max_softmax", "energy", "mahalanobis", "knn")
+METHODS = ("max_softmax", "energy", "knn", "mahalanobis_pp", "vim", "fusion")  # every registered detector
 
 
 def parity(split_csv: Path, batch_size: int = 12) -> dict:
@@ -72,8 +72,9 @@ def parity(split_csv: Path, batch_size: int = 12) -> dict:
             worst = max(worst, float(np.abs(onnx_probs - probs).max()))
             if method == METHODS[0]:
                 same_class += int((onnx_probs.argmax(1) == probs.argmax(1)).sum())
+            # Each route at its own threshold, as each predicts: the export recalibrates the fitted
+            # detectors' thresholds on the graph's own val scores (src/abcd/stages/export.py).
             threshold = onnx.detector(method, params.predict.threshold).threshold
-            assert abs(threshold - detector.threshold) < 1e-9, (method, threshold, detector.threshold)
             same_unknown[method] += int(((onnx_scores > threshold) == (scores > detector.threshold)).sum())
     return {"images": len(paths), "max_abs_diff": worst, "same_class": same_class, "same_unknown": same_unknown}
 

@@ -75,7 +75,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from abcd.models.backbones import build_backbone
     from abcd.models.checkpoint import load_checkpoint, save_checkpoint
     from abcd.models.head import Classifier
-    from abcd.ood.detectors import fit_inference_extras
+    from abcd.ood.fit import fit_inference_extras
     from abcd.serving.export import export_metadata, export_onnx
 
     tmp = tmp_path_factory.mktemp("exported")

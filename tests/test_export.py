@@ -13,7 +13,7 @@ import torch
 
 from abcd.core.params import RuntimeParams
 from abcd.core.preprocess import Preprocess
-from abcd.core.registry import INTERPOLATIONS
+from abcd.core.registry import INTERPOLATIONS, UNKNOWN_METHODS
 from abcd.data.images import load_rgb
 from abcd.evaluation.calibration import calibrated_probs
 from abcd.features.runtime import resolve_runtime
@@ -21,12 +21,14 @@ from abcd.features.transforms import eval_transform
 from abcd.inference.pipeline import classify
 from abcd.inference.torch_model import TorchRuntime
 from abcd.models.checkpoint import load_checkpoint
-from abcd.ood.detectors import detector_from_extra, threshold_for_false_reject
-from abcd.serving.export import calibrate, export_metadata, export_onnx
+from abcd.ood.base import threshold_for_false_reject
+from abcd.ood.detectors import detector_from_extra, head_logits
+from abcd.ood.fit import fit_inference_extras
+from abcd.serving.export import OPSET, InferenceGraph, calibrate, export_metadata, export_onnx
 from abcd.serving.onnx_model import OnnxClassifier, OnnxRuntime, preprocess
 from tests.conftest import CLASSES, REPO, make_image
 
-METHODS = ("max_softmax", "energy", "mahalanobis", "mahalanobis_pp", "knn", "vim", "fusion")
+METHODS = tuple(UNKNOWN_METHODS)  # the graph computes every registered detector
 CPU_FP32 = resolve_runtime(RuntimeParams(device="cpu", precision="fp32", num_workers=0, processes=1))
 
 
@@ -90,12 +92,70 @@ def test_onnx_matches_torch_fp32_probabilities_scores_and_decisions(exported, tm
             assert np.abs(a.probs - b.probs).max() <= 1e-4 and a.score == pytest.approx(b.score, rel=1e-4, abs=1e-4)
 
 
+class _FromFeatures(torch.nn.Module):
+    """The graph after the backbone: (N, D) features -> (probabilities, every score)."""
+
+    def __init__(self, graph: InferenceGraph) -> None:
+        super().__init__()
+        self.inner = graph.eval()
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.inner.from_features(feats)
+
+
+# The ONNX graph scores in float32, the pipeline in float64, with the same torch functions: they
+# differ by float32 rounding only, at most this fraction of the largest score's size (or of 1).
+# The single scores stay within 2e-6 of it; fusion divides its parts' rounding by their val
+# standard deviations, small beside Mahalanobis++'s distances (1.5e-5 here).
+SCORE_RTOL = 1e-4
+
+
+def test_onnx_scores_equal_the_pipelines_for_every_registered_detector(exported, tmp_path: Path) -> None:
+    import onnxruntime
+
+    loaded = load_checkpoint(exported["checkpoint"])
+    rng = np.random.default_rng(1)
+    # Refitted on more training rows than ViM's subspace has dimensions (the fixture's are fewer, so
+    # its training residuals are 0 and alpha is huge): every detector on a non-degenerate fit.
+    train = rng.normal(0, 1, (400, loaded.num_features)).astype(np.float32)
+    val = rng.normal(0, 1, (40, loaded.num_features)).astype(np.float32)
+    kw = {"train_eval_x": None, "false_reject": 0.02, "knn_k": 3, "ece_bins": 10, "calibrate": True}
+    loaded.extra = {
+        **loaded.extra,
+        **fit_inference_extras(loaded.head, train, np.arange(400) % 4, val, np.arange(40) % 4, **kw),
+    }
+    graph = InferenceGraph(loaded)
+    assert graph.methods == list(UNKNOWN_METHODS)
+    path = tmp_path / "scores.onnx"
+    example = torch.zeros(2, loaded.num_features)
+    dynamic = {"feats": {0: "batch"}}
+    torch.onnx.export(
+        _FromFeatures(graph),
+        (example,),
+        str(path),
+        input_names=["feats"],
+        dynamic_axes=dynamic,
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    # Training rows, new rows like them, and rows off their scale and mean.
+    like, far = rng.normal(0, 1, (6, loaded.num_features)), rng.normal(2, 3, (6, loaded.num_features))
+    feats = np.concatenate([train[:4], like, far]).astype(np.float32)
+    got = onnxruntime.InferenceSession(str(path)).run(None, {"feats": feats})[1:]
+    logits = head_logits(loaded.head, feats)
+    for name, onnx_scores in zip(graph.methods, got, strict=True):
+        expected = detector_from_extra(loaded.extra, name, None).score(feats, logits)
+        assert onnx_scores.dtype == np.float32 and expected.dtype == np.float64
+        tolerance = SCORE_RTOL * max(1.0, float(np.abs(expected).max()))
+        assert np.abs(onnx_scores - expected).max() <= tolerance, name
+
+
 def test_metadata_holds_what_predict_needs(exported) -> None:
     model = OnnxClassifier(exported["onnx"])
     extra = load_checkpoint(exported["checkpoint"], lazy=True).extra
     assert model.classes == CLASSES and model.meta["backbone"] == "efficientnet_lite0"
     assert model.meta["preprocess"]["input_size"] == 224 and model.meta["method"] == "fusion"
-    # Every detector the graph computes has its threshold; the pipeline-only ones (scale, ...) are left out.
+    # Every detector the graph computes has its threshold.
     exported_thresholds = {m: pytest.approx(float(extra["unknown"][m]["threshold"])) for m in METHODS}
     assert model.meta["thresholds"] == exported_thresholds
     assert model.detector().name == "fusion" and model.detector("max_softmax").threshold == pytest.approx(0.4)
@@ -135,14 +195,10 @@ def test_export_refuses_a_method_the_checkpoint_lacks(exported, tmp_path: Path) 
     loaded.extra = {"temperature": 1.0, "unknown": {}}
     with pytest.raises(ValueError, match=r"unknown\.method is 'knn', which the export does not compute"):
         export_metadata(loaded, exported["checkpoint"], "knn", 0.6)
-    loaded.extra = load_checkpoint(exported["checkpoint"], lazy=True).extra  # scale is fitted, but not exported
-    with pytest.raises(ValueError, match=r"'scale', which the export does not compute \(it exports: max_softmax, "):
-        export_metadata(loaded, exported["checkpoint"], "scale", 0.6)
     # fusion is exported only with every component it sums: without vim's state, neither is.
     extra = load_checkpoint(exported["checkpoint"], lazy=True).extra
     loaded.extra = {**extra, "unknown": {k: v for k, v in extra["unknown"].items() if k != "vim"}}
-    msg = r"'fusion', which the export does not compute "
-    msg += r"\(it exports: max_softmax, energy, mahalanobis, knn, mahalanobis_pp\)"
+    msg = r"'fusion', which the export does not compute \(it exports: max_softmax, energy, knn, mahalanobis_pp\)"
     with pytest.raises(ValueError, match=msg):
         export_metadata(loaded, exported["checkpoint"], "fusion", 0.6)
 

@@ -14,7 +14,7 @@ from abcd.inference.pipeline import UNKNOWN, decide
 from abcd.models.backbones import build_backbone
 from abcd.models.checkpoint import save_checkpoint
 from abcd.models.head import Classifier
-from abcd.ood.detectors import fit_inference_extras
+from abcd.ood.fit import fit_inference_extras
 from abcd.serving.predict import expand_inputs, main
 from tests.conftest import CLASSES, make_image
 
@@ -113,11 +113,13 @@ def test_old_checkpoint_with_a_feature_method_says_how_to_fix(checkpoints, tmp_p
 
 def test_json_output_uses_the_fitted_detector(checkpoints, tmp_path: Path, repo: Path, capsys) -> None:
     images = [make_image(tmp_path / f"{i}.jpg", seed=i) for i in range(3)]
-    assert main(_args(checkpoints["fitted"], repo, str(tmp_path), "--method", "mahalanobis", "--format", "json")) == 0
+    assert (
+        main(_args(checkpoints["fitted"], repo, str(tmp_path), "--method", "mahalanobis_pp", "--format", "json")) == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     stored = torch.load(checkpoints["fitted"], weights_only=True)["extra"]
-    assert doc["method"] == "mahalanobis" and doc["threshold"] == pytest.approx(
-        stored["unknown"]["mahalanobis"]["threshold"]
+    assert doc["method"] == "mahalanobis_pp" and doc["threshold"] == pytest.approx(
+        stored["unknown"]["mahalanobis_pp"]["threshold"]
     )
     assert [r["path"] for r in doc["results"]] == [str(p) for p in images]
     for r in doc["results"]:
@@ -167,10 +169,10 @@ def test_params_yaml_in_the_working_directory_still_sets_the_defaults(
     checkpoints, tmp_path: Path, repo: Path, monkeypatch, capsys
 ) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["unknown"]["method"] = "mahalanobis"  # the checkpoint stores knn
+    params["unknown"]["method"] = "mahalanobis_pp"  # the checkpoint stores knn
     params["runtime"] = {**RUNTIME, "processes": 1}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     image = make_image(tmp_path / "x.jpg")
     monkeypatch.chdir(tmp_path)
     assert main([str(image), "--checkpoint", str(checkpoints["standalone"]), "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out)["method"] == "mahalanobis"
+    assert json.loads(capsys.readouterr().out)["method"] == "mahalanobis_pp"

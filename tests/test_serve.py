@@ -186,7 +186,7 @@ def test_serving_never_imports_torch_nor_albumentations(exported, repo: Path) ->
         "from abcd.core.params import ServeParams\n"
         "from abcd.serving.app import create_app\n"
         "from abcd.serving.onnx_model import OnnxClassifier\n"
-        f"app = create_app(OnnxClassifier({str(exported['onnx'])!r}), ServeParams(1, 2), max_pixels=None)\n"
+        f"app = create_app(OnnxClassifier({str(exported['onnx'])!r}), ServeParams(max_file_mb=1, max_files=2), max_pixels=None)\n"
         "buf = io.BytesIO()\n"
         "Image.new('RGB', (90, 70), 'orange').save(buf, 'PNG')\n"
         "r = TestClient(app).post('/predict', files=[('files', ('a.png', buf.getvalue(), 'image/png'))])\n"

@@ -15,12 +15,10 @@ from abcd.evaluation.unknown_metrics import detection_metrics, risk_coverage, un
 from abcd.models.backbones import Backbone, Preprocess
 from abcd.models.checkpoint import load_checkpoint, save_checkpoint
 from abcd.models.head import Classifier, build_head
-from abcd.ood.detectors import (
-    detector_from_extra,
-    fit_inference_extras,
-    ledoit_wolf_covariance,
-    threshold_for_false_reject,
-)
+from abcd.ood.base import threshold_for_false_reject
+from abcd.ood.detectors import Detector, detector_from_extra
+from abcd.ood.fit import fit_inference_extras
+from abcd.ood.methods import ledoit_wolf_covariance
 
 D, C = 16, 4
 
@@ -34,6 +32,16 @@ def _clusters(n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.nda
     x = centres[y] + rng.normal(0, 0.5, (n, D))
     x[:, C:] += shift
     return x.astype(np.float32), y
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _score(name: str, state: dict, feats: np.ndarray, logits: np.ndarray | None = None) -> np.ndarray:
+    """The route's (float64) scores of the registered method ``name`` with a fitted ``state``."""
+    logits = np.zeros((len(feats), C)) if logits is None else logits
+    return Detector(name, UNKNOWN_METHODS.get(name), state, 0.0, 1.0).score(feats, logits)
 
 
 def _head() -> torch.nn.Module:
@@ -74,15 +82,13 @@ def test_threshold_holds_the_false_reject_rate_on_new_images() -> None:
 
 
 def test_unknown_method_name_lists_the_registry() -> None:
-    msg = r"'unknown.method': unknown detector 'mahalonobis'; choose one of max_softmax, energy, mahalanobis, knn, "
-    msg += "mahalanobis_pp, vim, scale, knn_mahalanobis_pp, fusion"
-    with pytest.raises(ValueError, match=msg + r" \(did you mean 'mahalanobis'\?\)"):
-        UNKNOWN_METHODS.get("mahalonobis", "unknown.method")
+    msg = r"'unknown.method': unknown detector 'mahalonobis_pp'; choose one of max_softmax, energy, knn, "
+    msg += "mahalanobis_pp, vim, fusion"
+    with pytest.raises(ValueError, match=msg + r" \(did you mean 'mahalanobis_pp'\?\)"):
+        UNKNOWN_METHODS.get("mahalonobis_pp", "unknown.method")
 
 
-@pytest.mark.parametrize(
-    "name", ["energy", "mahalanobis", "knn", "mahalanobis_pp", "vim", "knn_mahalanobis_pp", "fusion"]
-)
+@pytest.mark.parametrize("name", ["energy", "knn", "mahalanobis_pp", "vim", "fusion"])
 def test_feature_methods_score_far_points_higher(name: str) -> None:
     train_x, train_y = _clusters(400, 0)
     val_x, val_y = _clusters(200, 1)
@@ -118,7 +124,6 @@ def test_knn_score_is_the_cosine_distance_to_the_kth_nearest_training_feature() 
     bank = np.array([[3.0, 0.0], [0.0, 0.5], [-2.0, 0.0]], np.float32)
     half = np.array([[1.0, np.sqrt(3.0)]], np.float32)  # 60 degrees from +x, 30 from +y
     queries = np.concatenate([np.array([[5.0, 0.0], [0.0, 2.0], [-1.0, -1.0]], np.float32), half])
-    logits = np.zeros((len(queries), C))
     # Unit-sphere distance sqrt(2 - 2 cos): 0 at the same direction, sqrt(2) at 90 degrees, 2 opposite.
     r2, cos30, cos60 = np.sqrt(2.0), np.sqrt(3.0) / 2, 0.5
     dist = np.array(
@@ -133,13 +138,13 @@ def test_knn_score_is_the_cosine_distance_to_the_kth_nearest_training_feature() 
         state = knn.fit(bank, np.zeros(3, int), k)
         expected = np.sort(dist, axis=1)[:, k - 1]
         # The bank is stored in fp16: distances agree to about 1e-3.
-        np.testing.assert_allclose(knn.score(state, queries, logits, 1.0), expected, atol=2e-3)
+        np.testing.assert_allclose(_score("knn", state, queries), expected, atol=2e-3)
     with pytest.raises(ValueError, match=r"'unknown.knn_k' is 4 but the training bank has only 3 features"):
         knn.fit(bank, np.zeros(3, int), 4)
 
 
 def test_detectors_fit_on_a_seeded_sample_capped_at_fit_rows_max(monkeypatch) -> None:
-    import abcd.ood.detectors as unknown
+    import abcd.ood.base as base
 
     train_x, train_y = _clusters(50, 0)
     val_x, val_y = _clusters(40, 1)
@@ -147,7 +152,7 @@ def test_detectors_fit_on_a_seeded_sample_capped_at_fit_rows_max(monkeypatch) ->
     kwargs = {"train_eval_x": None, "false_reject": 0.05, "knn_k": 3, "ece_bins": 5, "calibrate": False}
     whole = fit_inference_extras(head, train_x, train_y, val_x, val_y, **kwargs)["unknown"]
     assert whole["knn"]["state"]["bank"].shape == (50, D)  # at or under the cap: every training row
-    monkeypatch.setattr(unknown, "FIT_ROWS_MAX", 20)
+    monkeypatch.setattr(base, "FIT_ROWS_MAX", 20)
     capped = fit_inference_extras(head, train_x, train_y, val_x, val_y, **kwargs)["unknown"]
     bank, full = capped["knn"]["state"]["bank"], whole["knn"]["state"]["bank"]
     assert bank.shape == (20, D)
@@ -156,30 +161,29 @@ def test_detectors_fit_on_a_seeded_sample_capped_at_fit_rows_max(monkeypatch) ->
     assert len(set(rows)) == 20 and rows == sorted(rows)
     again = fit_inference_extras(head, train_x, train_y, val_x, val_y, **kwargs)["unknown"]
     assert torch.equal(again["knn"]["state"]["bank"], bank)
-    # The covariance detectors fit on the same sample: their class means are those of the 20 rows.
+    # The covariance detector fits on the same sample: its class means are those of the 20 rows.
     keep = np.sort(np.random.default_rng(0).permutation(50)[:20])
-    means = np.stack([train_x[keep][train_y[keep] == c].mean(axis=0) for c in range(C)])
-    np.testing.assert_allclose(capped["mahalanobis"]["state"]["means"].numpy(), means, rtol=1e-5, atol=1e-6)
+    unit, kept_y = _unit(train_x[keep]), train_y[keep]
+    means = np.stack([unit[kept_y == c].mean(axis=0) for c in range(C)])
+    np.testing.assert_allclose(capped["mahalanobis_pp"]["state"]["means"].numpy(), means, rtol=1e-5, atol=1e-6)
 
 
-def test_mahalanobis_score_is_the_min_over_classes_of_the_quadratic_form() -> None:
-    maha = UNKNOWN_METHODS.get("mahalanobis")
+def test_mahalanobis_pp_score_is_the_min_over_classes_of_the_quadratic_form_on_the_unit_sphere() -> None:
+    # The score goes through the precision's Cholesky factor: the same number as the quadratic form.
+    maha = UNKNOWN_METHODS.get("mahalanobis_pp")
     x, y = _clusters(200, 0)
     state = maha.fit(x, y, 1)
     queries = _clusters(30, 1, shift=2.0)[0]
     means, precision = state["means"].double().numpy(), state["precision"].double().numpy()
-    diff = queries.astype(np.float64)[:, None, :] - means[None]
+    diff = _unit(queries.astype(np.float64))[:, None, :] - means[None]
     direct = np.einsum("ncd,de,nce->nc", diff, precision, diff).min(axis=1)
-    np.testing.assert_allclose(maha.score(state, queries, None, 1.0), direct, rtol=1e-10)
+    np.testing.assert_allclose(_score("mahalanobis_pp", state, queries), direct, rtol=1e-10)
 
 
 def test_knn_score_is_zero_not_nan_where_rounding_puts_a_point_inside_the_sphere() -> None:
     # A bank vector a rounding error longer than 1 (as fp16 storage can leave it): 2 - 2 cos < 0 there.
     state = {"bank": torch.tensor([[1.001, 0.0], [0.0, 1.0]], dtype=torch.float16), "k": torch.tensor(1)}
-    score = UNKNOWN_METHODS.get("knn").score(
-        state, np.array([[1.0, 0.0], [0.0, 3.0]], np.float32), np.zeros((2, C)), 1.0
-    )
-    assert score.tolist() == [0.0, 0.0]
+    assert _score("knn", state, np.array([[1.0, 0.0], [0.0, 3.0]], np.float32)).tolist() == [0.0, 0.0]
 
 
 def test_extras_survive_a_weights_only_checkpoint_round_trip(tmp_path: Path, monkeypatch) -> None:
@@ -228,8 +232,8 @@ def test_extras_survive_a_weights_only_checkpoint_round_trip(tmp_path: Path, mon
 
 
 def test_knn_bank_holds_the_views_and_each_training_images_eval_view() -> None:
-    # "views+eval" of benchmarks/ood_detectors.py, chosen on the selection half: kNN's rows are
-    # every augmented view, then every eval view; the other feature detectors fit on the views alone.
+    # Chosen on the selection half: kNN's rows are every augmented view, then every eval view;
+    # the other feature detectors fit on the views alone.
     train_x, train_y = _clusters(50, 0)
     views = np.stack([train_x + 0.3, train_x - 0.3], axis=1)
     eval_x = train_x * 1.7  # another direction than either view: distance 0 only to itself
@@ -247,8 +251,8 @@ def test_knn_bank_holds_the_views_and_each_training_images_eval_view() -> None:
     views_only = fit_inference_extras(_head(), views, train_y, val_x, val_y, train_eval_x=None, **kw)
     assert views_only["unknown"]["knn"]["state"]["bank"].shape == (100, D)
     assert np.all(detector_from_extra(views_only, "knn", None).score(eval_x, no_logits) > 0.15)
-    # Mahalanobis(++) and the rest are fitted on the views exactly as without the eval views.
-    for name in ("mahalanobis", "mahalanobis_pp", "vim", "knn_mahalanobis_pp"):
+    # Mahalanobis++ and ViM are fitted on the views exactly as without the eval views.
+    for name in ("mahalanobis_pp", "vim"):
         a, b = extra["unknown"][name], views_only["unknown"][name]
         assert a["threshold"] == b["threshold"]
         assert all(torch.equal(a["state"][key], b["state"][key]) for key in a["state"])
@@ -350,23 +354,6 @@ def test_scoring_stages_do_not_import_scikit_learn(repo: Path) -> None:
     assert "'torch'" in out and "'sklearn'" not in out
 
 
-def test_scale_multiplies_the_logits_without_the_bias_by_the_percentile_ratio() -> None:
-    from abcd.ood.methods import SCALE, scale_factor
-
-    # 100 activations 1..100: above the 85th percentile (85.15) are 86..100, summing to 1395; all sum to 5050.
-    a = np.arange(1.0, 101.0)[None]
-    assert scale_factor(a, 85.0)[0] == pytest.approx(np.exp(5050 / 1395))
-    # A flat activation pattern keeps more mass in its top: a smaller ratio, more "unknown".
-    flat = np.full((1, 100), 50.5)
-    assert scale_factor(flat, 85.0)[0] < scale_factor(a, 85.0)[0]
-    weight, bias = torch.randn(C, 100, generator=torch.Generator().manual_seed(0)) / 1000, torch.tensor([1.0, -1, 0, 2])
-    state = SCALE.fit(a, np.zeros(1, int), 1, linear=(weight, bias), percentile=85.0)
-    logits = (a @ weight.double().numpy().T + bias.numpy())[0]
-    s = scale_factor(a, 85.0)[0]
-    expected = -np.log(np.exp(s * (logits - bias.numpy()) + bias.numpy()).sum())  # energy of head(s * a)
-    assert SCALE.score(state, a, logits[None], 1.0)[0] == pytest.approx(expected)
-
-
 def test_vim_residual_is_zero_inside_the_principal_subspace_and_grows_outside() -> None:
     from abcd.ood.methods import VIM
 
@@ -379,8 +366,8 @@ def test_vim_residual_is_zero_inside_the_principal_subspace_and_grows_outside() 
     outside[:, 8] = 5.0
     logits = np.zeros((5, C))  # energy the same for both: only the residual differs
     # alpha scales the residual to the training logits' size: inside, about the mean max logit (~2).
-    assert np.all(np.abs(VIM.score(state, inside, logits, 1.0) + np.log(C)) < 5.0)
-    assert np.all(VIM.score(state, outside, logits, 1.0) > VIM.score(state, inside, logits, 1.0) + 50.0)
+    assert np.all(np.abs(_score("vim", state, inside, logits) + np.log(C)) < 5.0)
+    assert np.all(_score("vim", state, outside, logits) > _score("vim", state, inside, logits) + 50.0)
 
 
 def test_mahalanobis_pp_ignores_the_feature_norm() -> None:
@@ -388,9 +375,8 @@ def test_mahalanobis_pp_ignores_the_feature_norm() -> None:
 
     train_x, train_y = _clusters(400, 0)
     state = MAHALANOBIS_PP.fit(train_x, train_y, 1)
-    x = _clusters(20, 1)[0]
-    np.testing.assert_allclose(MAHALANOBIS_PP.score(state, 3 * x, None, 1.0), MAHALANOBIS_PP.score(state, x, None, 1.0),
-                               rtol=1e-4)  # fmt: skip
+    x = _clusters(20, 1)[0].astype(np.float64)
+    np.testing.assert_allclose(_score("mahalanobis_pp", state, 3 * x), _score("mahalanobis_pp", state, x), rtol=1e-10)
 
 
 FUSED = ("knn", "energy", "mahalanobis_pp", "vim")
@@ -425,7 +411,7 @@ def test_fusion_is_the_sum_of_its_components_z_scores_on_val() -> None:
     for name in FUSED:
         single = detector_from_extra(extra, name, None)
         on_val = single.score(val_x, val_logits)
-        mean, std = on_val.mean(), on_val.std()  # ddof 0, as benchmarks/ood_candidates.py's normalise("z")
+        mean, std = on_val.mean(), on_val.std()  # ddof 0
         assert extra["unknown"]["fusion"]["state"][name].tolist() == [mean, std]
         expected += (single.score(far_x, far_logits) - mean) / std
     np.testing.assert_allclose(fusion.score(far_x, far_logits), expected, rtol=1e-12, atol=1e-12)
@@ -489,3 +475,16 @@ def test_fusion_checkpoint_round_trip_stores_no_component_state_twice(tmp_path: 
     with pytest.raises(InvalidFileError, match=msg):
         detector_from_extra(lacking, "fusion", None)
     assert detector_from_extra(lacking, "knn", None).threshold == before.parts[0].threshold  # the others still load
+
+
+def test_a_checkpoint_with_detectors_this_code_does_not_register_still_loads(tmp_path: Path, monkeypatch) -> None:
+    extra, val_x, val_logits = _fitted_extra()
+    # Fitted by a version that registered more detectors: loading drops them, the others serve.
+    other = {"state": {"bias": torch.zeros(C)}, "threshold": 1.0}
+    extra["unknown"] = {**extra["unknown"], "mahalanobis": other, "scale": other}
+    _save(tmp_path / "m.pt", extra, monkeypatch)
+    loaded = load_checkpoint(tmp_path / "m.pt").extra
+    assert list(loaded["unknown"]) == list(UNKNOWN_METHODS)
+    for name in UNKNOWN_METHODS:
+        scores = detector_from_extra(loaded, name, None).score(val_x, val_logits)
+        assert scores.shape == (len(val_x),) and np.isfinite(scores).all()

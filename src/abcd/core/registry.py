@@ -109,15 +109,12 @@ HEAD_INITS = Registry(
 UNKNOWN_METHODS = Registry(
     "detector",
     {
-        "max_softmax": "abcd.ood.detectors:MAX_SOFTMAX",
-        "energy": "abcd.ood.detectors:ENERGY",
-        "mahalanobis": "abcd.ood.detectors:MAHALANOBIS",
-        "knn": "abcd.ood.detectors:KNN",
+        "max_softmax": "abcd.ood.methods:MAX_SOFTMAX",
+        "energy": "abcd.ood.methods:ENERGY",
+        "knn": "abcd.ood.methods:KNN",
         "mahalanobis_pp": "abcd.ood.methods:MAHALANOBIS_PP",
         "vim": "abcd.ood.methods:VIM",
-        "scale": "abcd.ood.methods:SCALE",
-        "knn_mahalanobis_pp": "abcd.ood.methods:KNN_MAHALANOBIS_PP",
-        # Fitted after the single methods, from their val scores (abcd.ood.detectors.Fusion).
+        # Fitted after the single methods, from their val scores (abcd.ood.base.Fusion).
         "fusion": "abcd.ood.methods:FUSION",
     },
 )

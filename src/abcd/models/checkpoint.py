@@ -20,6 +20,7 @@ from torch import nn
 from abcd.core.errors import InvalidFileError, MissingFileError
 from abcd.core.fileio import atomic_file
 from abcd.core.preprocess import Preprocess
+from abcd.core.registry import UNKNOWN_METHODS
 from abcd.models.backbones import build_backbone, state_fingerprint
 from abcd.models.head import Classifier, build_head
 
@@ -156,11 +157,23 @@ def load_checkpoint(
         state_dict=payload["state_dict"],
         source=str(path),
         trainable_blocks=int(payload.get("trainable_blocks", 0)),
-        extra=dict(payload.get("extra") or {}),
+        extra=_offered_detectors(dict(payload.get("extra") or {})),
     )
     if not lazy:
         loaded.model  # noqa: B018 (builds and checks the weights now)
     return loaded
+
+
+def _offered_detectors(extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` with only the fitted unknown detectors this code registers.
+
+    A checkpoint trained when more detectors were registered still loads and serves: test,
+    export and evaluate see only the detectors the product offers.
+    """
+    fitted = extra.get("unknown")
+    if isinstance(fitted, Mapping):
+        extra["unknown"] = {name: v for name, v in fitted.items() if name in UNKNOWN_METHODS}
+    return extra
 
 
 # --- training state, for train.resume ------------------------------------------------------------

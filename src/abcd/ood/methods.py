@@ -1,31 +1,25 @@
-"""Post-hoc unknown detectors from OpenOOD v1.5's leaders for a frozen backbone.
+"""The unknown detectors the product offers, each a :class:`abcd.ood.base.Method` registered by name.
 
-Each is a :class:`abcd.ood.detectors.Method` ("higher = more likely unknown"), registered in
-UNKNOWN_METHODS (src/abcd/core/registry.py) beside the older four and fitted at train time on the
-training features (every augmented view), its state plain tensors:
+UNKNOWN_METHODS (src/abcd/core/registry.py) lists them. Each is fitted at train time on the
+training features (every augmented view; kNN's bank also each training image's eval view)
+and scored by one torch function that the pipeline runs in float64 and the ONNX graph traces
+in float32:
 
-- ``mahalanobis_pp``: Mahalanobis++ (Mueller & Hein 2025): the class-conditional Gaussian
-  with a shared covariance, fitted on L2-normalised features. Normalising removes the
-  feature norm's spread, which the plain Mahalanobis distance otherwise mostly measures.
-- ``vim``: Virtual-logit Matching (Wang et al. 2022): the norm of the feature's residual
-  outside the training features' principal subspace, scaled to the logits' range, minus
-  the energy. Origin at the head's -pinv(W) b, as in the paper.
-- ``scale``: SCALE (Xu et al. 2024), ASH's scaling without its pruning: the features are
-  multiplied by exp(sum(a) / sum of the top (100 - p)% of a) before the head, and scored by
-  energy. The head is linear, so the scaled logits are s (logits - b) + b: no second pass.
-- ``knn_mahalanobis_pp``: the sum of the two feature-distance scores, each divided by its
-  median over the training bank, so that neither dominates by its units. Tried, not better
-  on the selection half: training-bank medians are biased low (a view's nearest neighbour is
-  its own image's other view; Mahalanobis is fitted on the bank), so one term dominates.
-- ``fusion``: ``knn + energy + mahalanobis_pp + vim``, each score standardised by its mean and
-  standard deviation on val (z-scores), summed (a :class:`abcd.ood.detectors.Fusion`: its state is
-  only those means and deviations; the four components' states are their own entries). The
-  default unknown.method: chosen on the selection half by the rule fixed in advance
-  (benchmarks/ood_candidates.py, reports/ood_candidates.md: 42/46 photos at 3/184 known
-  rejected, kNN alone 40/46 at 3/184).
+- ``max_softmax``: 1 - the max calibrated class probability: the original rule.
+- ``energy``: the free energy -logsumexp(logits) (Liu et al. 2020).
+- ``knn``: distance to the k-th nearest training feature on the unit sphere (Sun et al. 2022).
+- ``mahalanobis_pp``: Mahalanobis++ (Mueller & Hein 2025): the class-conditional Gaussian with
+  a shared covariance, fitted on L2-normalised features. Normalising removes the feature
+  norm's spread, which the plain Mahalanobis distance otherwise mostly measures.
+- ``vim``: Virtual-logit Matching (Wang et al. 2022): the norm of the feature's residual outside
+  the training features' principal subspace, scaled to the logits' range, minus the energy.
+  Origin at the head's -pinv(W) b, as in the paper.
+- ``fusion``: ``knn + energy + mahalanobis_pp + vim``, each standardised by its mean and standard
+  deviation on val and summed (a :class:`abcd.ood.base.Fusion`). The default unknown.method:
+  it rejected the most OOD photos at the target known false-reject rate on the OOD set's
+  selection half, by a rule fixed before that table was read (research/README.md).
 
-The head-dependent ones (``vim``, ``scale``) read the head's last layer through ``fit``'s
-``linear`` keyword (:attr:`Method.uses_head`).
+ViM's subspace dimension was chosen on that selection half too.
 """
 
 from __future__ import annotations
@@ -35,42 +29,90 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from abcd.ood.detectors import (
-    KNN,
-    Fusion,
-    Method,
-    State,
-    _fit_knn,
-    _fit_mahalanobis,
-    _knn_score,
-    _logsumexp,
-    _mahalanobis_score,
-    _normalise,
-)
+from abcd.core.params import ParamsError
+from abcd.ood.base import Fusion, Method, Ready, State, no_state
 
-# Settings chosen on the OOD set's selection half (benchmarks/ood_detectors.py, reports/ood_selection.md).
-SCALE_PERCENTILE = 65.0  # SCALE's p: the best of 65-95 there (the paper's ImageNet 85 was worse)
-VIM_DIM = 256  # principal subspace kept by ViM, of lite2's 1280 feature dimensions (128-512 tied there)
-BANK_SAMPLE = 4096  # training features on which the combination's medians are taken
+VIM_DIM = 256  # principal subspace kept by ViM, of lite2's 1280 feature dimensions (128-512 tied)
+
+
+def _normalise_rows(x: np.ndarray) -> np.ndarray:
+    """Rows on the unit sphere, float32: what the fits store (the bank in fp16, Mahalanobis++'s Gaussian)."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _unit(feats: torch.Tensor) -> torch.Tensor:
+    return feats / feats.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _max_softmax_score(ready: Ready, feats: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    # 1 - max calibrated probability: "max p < threshold" is "score > 1 - threshold".
+    return 1.0 - torch.softmax(logits / temperature, dim=1).max(dim=1).values
+
+
+def _energy_score(ready: Ready, feats: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    # Free energy -T logsumexp(logits / T) at T = 1, as in the paper: a larger total logit mass
+    # means more familiar, which the max probability throws away.
+    return -torch.logsumexp(logits, dim=1)
+
+
+def ledoit_wolf_covariance(x: np.ndarray) -> np.ndarray:
+    """Ledoit-Wolf shrunk covariance of already-centred rows (float64)."""
+    # Imported here: only train fits the detectors; test and predict import this module to score.
+    from sklearn.covariance import ledoit_wolf
+
+    cov, _ = ledoit_wolf(np.asarray(x, np.float64), assume_centered=True)
+    return cov
 
 
 def _fit_mahalanobis_pp(x: np.ndarray, y: np.ndarray, k: int) -> State:
-    return _fit_mahalanobis(_normalise(x), y, k)
+    x = _normalise_rows(x)
+    means = np.stack([x[y == c].mean(axis=0) for c in range(int(y.max()) + 1)])
+    centred = x - means[y]
+    # Shared covariance (Lee et al. 2018) with Ledoit-Wolf shrinkage: D can be close to N,
+    # where the sample covariance is singular or badly conditioned.
+    cov = ledoit_wolf_covariance(centred)
+    # Shrinkage makes it positive definite: a plain inverse (LU), not an eigh-based pseudo-inverse.
+    precision = np.linalg.inv(cov)
+    return {
+        "means": torch.from_numpy(means.astype(np.float32)),
+        "precision": torch.from_numpy(precision.astype(np.float32)),
+    }
 
 
-def _mahalanobis_pp_score(state: Mapping[str, torch.Tensor], feats, logits, temperature) -> np.ndarray:
-    return _mahalanobis_score(state, _normalise(feats), logits, temperature)
+def _prepare_mahalanobis_pp(state: Mapping[str, torch.Tensor]) -> State:
+    # With P = L L^T (Cholesky), (x - m) P (x - m)^T = |x L - m L|^2: one (N, D) x (D, D) product
+    # for all classes, where multiplying each of the C differences by P costs C of them. The
+    # factorisation happens here, once and in float64: ONNX has no Cholesky operator.
+    factor = torch.linalg.cholesky(state["precision"].double())
+    return {"factor": factor, "centres": state["means"].double() @ factor}
 
 
-def _linear_arrays(linear: tuple[torch.Tensor, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-    weight, bias = linear
-    return weight.detach().double().numpy(), bias.detach().double().numpy()
+def _mahalanobis_pp_score(ready: Ready, feats: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    factor, centres = ready["factor"].to(feats.dtype), ready["centres"].to(feats.dtype)
+    z = _unit(feats) @ factor
+    return ((z[:, None, :] - centres[None]) ** 2).sum(dim=-1).min(dim=1).values
+
+
+def _fit_knn(x: np.ndarray, y: np.ndarray, k: int) -> State:
+    if k > len(x):
+        raise ParamsError(f"params: 'unknown.knn_k' is {k} but the training bank has only {len(x)} features")
+    # fp16 halves the checkpoint's size; cosine distances need no more precision than that.
+    return {"bank": torch.from_numpy(_normalise_rows(x).astype(np.float16)), "k": torch.tensor(k)}
+
+
+def _knn_score(ready: Ready, feats: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    bank = ready["bank"].to(feats.dtype)
+    d = 2.0 - 2.0 * _unit(feats) @ bank.T  # squared Euclidean distance between unit vectors
+    # The k smallest in ascending order, the k-th last (kthvalue has no ONNX operator; TopK has).
+    kth = torch.topk(d, int(ready["k"]), dim=1, largest=False).values[:, -1]
+    return kth.clamp_min(0).sqrt()  # a bank row a rounding error off the sphere can give d < 0
 
 
 def _fit_vim(
     x: np.ndarray, y: np.ndarray, k: int, *, linear: tuple[torch.Tensor, torch.Tensor], dim: int = VIM_DIM
 ) -> State:
-    w, b = _linear_arrays(linear)
+    w, b = (t.detach().double().numpy() for t in linear)
     x = np.asarray(x, np.float64)
     origin = -np.linalg.pinv(w) @ b
     centred = x - origin
@@ -90,78 +132,26 @@ def _fit_vim(
     }
 
 
-def _vim_score(state: Mapping[str, torch.Tensor], feats, logits, temperature) -> np.ndarray:
-    origin = state["origin"].double().numpy()
-    basis = state["basis"].double().numpy()
-    centred = np.asarray(feats, np.float64) - origin
-    residual = np.linalg.norm(centred - (centred @ basis) @ basis.T, axis=1)
+def _vim_score(ready: Ready, feats: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    origin, basis = ready["origin"].to(feats.dtype), ready["basis"].to(feats.dtype)
+    centred = feats - origin
+    residual = (centred - (centred @ basis) @ basis.T).norm(dim=1)
     # ViM's score is energy - virtual logit (higher = known); negated here.
-    return float(state["alpha"]) * residual - _logsumexp(np.asarray(logits, np.float64))
+    return float(ready["alpha"]) * residual + _energy_score(ready, feats, logits, temperature)
 
 
-def _fit_scale(
-    x: np.ndarray,
-    y: np.ndarray,
-    k: int,
-    *,
-    linear: tuple[torch.Tensor, torch.Tensor],
-    percentile: float = SCALE_PERCENTILE,
-) -> State:
-    _, b = _linear_arrays(linear)
-    return {"bias": torch.from_numpy(b.astype(np.float32)), "percentile": torch.tensor(float(percentile))}
-
-
-def scale_factor(feats: np.ndarray, percentile: float) -> np.ndarray:
-    """exp(sum(a) / sum(a at or above its own ``percentile``-th percentile)) per row: SCALE's multiplier.
-
-    SCALE is defined on post-ReLU activations (lite's and ResNet's pooled features are);
-    a backbone with negative features (hard-swish) gets the ratio of their positive parts.
-    """
-    a = np.clip(np.asarray(feats, np.float64), 0.0, None)
-    cut = np.percentile(a, percentile, axis=1, keepdims=True)
-    kept = np.where(a >= cut, a, 0.0).sum(axis=1)
-    return np.exp(a.sum(axis=1) / np.maximum(kept, 1e-12))
-
-
-def _scale_score(state: Mapping[str, torch.Tensor], feats, logits, temperature) -> np.ndarray:
-    b = state["bias"].double().numpy()
-    s = scale_factor(feats, float(state["percentile"]))
-    scaled = s[:, None] * (np.asarray(logits, np.float64) - b) + b
-    return -_logsumexp(scaled)
-
-
-def _fit_knn_mahalanobis_pp(x: np.ndarray, y: np.ndarray, k: int) -> State:
-    knn, maha = _fit_knn(x, y, k), _fit_mahalanobis_pp(x, y, k)
-    # Medians of each score over a seeded sample of the bank: the units each is divided by.
-    # (The bank's kNN distances skip no self-match, so this median is a little low: it is a scale.)
-    pick = np.random.default_rng(0).permutation(len(x))[:BANK_SAMPLE]
-    knn_med = float(np.median(_knn_score(knn, x[pick], None, 1.0)))
-    maha_med = float(np.median(_mahalanobis_pp_score(maha, x[pick], None, 1.0)))
-    return {
-        **{f"knn_{n}": v for n, v in knn.items()},
-        **{f"maha_{n}": v for n, v in maha.items()},
-        "medians": torch.tensor([max(knn_med, 1e-12), max(maha_med, 1e-12)], dtype=torch.float64),
-    }
-
-
-def _knn_mahalanobis_pp_score(state: Mapping[str, torch.Tensor], feats, logits, temperature) -> np.ndarray:
-    knn = {n[4:]: v for n, v in state.items() if n.startswith("knn_")}
-    maha = {n[5:]: v for n, v in state.items() if n.startswith("maha_")}
-    medians = state["medians"].numpy()
-    return (
-        KNN.score(knn, feats, logits, temperature) / medians[0]
-        + _mahalanobis_pp_score(maha, feats, logits, temperature) / medians[1]
-    )
-
-
+MAX_SOFTMAX = Method(no_state, _max_softmax_score, "1 - max calibrated class probability (original rule)")
+ENERGY = Method(no_state, _energy_score, "free energy -logsumexp(logits)")
+# kNN's bank holds the eval views too (k = 1 with them was chosen on the selection half): a known
+# image's eval view is then near its own kind of view, not only near augmented ones.
+KNN = Method(_fit_knn, _knn_score, "distance to the k-th nearest training feature (cosine)", eval_view_bank=True)
 MAHALANOBIS_PP = Method(
-    _fit_mahalanobis_pp, _mahalanobis_pp_score, "Mahalanobis++: min Mahalanobis distance on L2-normalised features"
+    _fit_mahalanobis_pp,
+    _mahalanobis_pp_score,
+    "Mahalanobis++: min Mahalanobis distance on L2-normalised features",
+    prepare=_prepare_mahalanobis_pp,
 )
 VIM = Method(_fit_vim, _vim_score, "ViM: residual outside the principal subspace minus energy", uses_head=True)
-SCALE = Method(_fit_scale, _scale_score, "SCALE: energy of the percentile-scaled features", uses_head=True)
-KNN_MAHALANOBIS_PP = Method(
-    _fit_knn_mahalanobis_pp, _knn_mahalanobis_pp_score, "kNN + Mahalanobis++, each over its training median"
-)
 FUSION = Fusion(
     ("knn", "energy", "mahalanobis_pp", "vim"), "knn + energy + mahalanobis_pp + vim, each standardised on val, summed"
 )

@@ -6,6 +6,7 @@ With the metadata predict and serve read beside the graph.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ from torch import nn
 
 from abcd.core.errors import InvalidFileError
 from abcd.core.fileio import atomic_file
+from abcd.core.registry import UNKNOWN_METHODS
 from abcd.data.images import load_rgb
 from abcd.models.checkpoint import CHECKPOINT_FORMAT, LoadedModel
-from abcd.ood.detectors import threshold_for_false_reject
+from abcd.ood.base import Fusion, Method, threshold_for_false_reject
+from abcd.ood.detectors import Detector, detector_from_extra
 from abcd.serving.onnx_model import META_KEY, ONNX_FORMAT, PROBABILITIES, OnnxClassifier, file_sha256, score_output
 
 OPSET = 18
@@ -27,39 +30,22 @@ OPSET = 18
 PARITY_ATOL = 1e-4  # max abs difference of probabilities, ONNX against torch fp32 (README: Deploy)
 
 
-# Fitted detectors the graph computes (beside max_softmax and energy, which need no state). The
-# others (scale, knn_mahalanobis_pp: src/abcd/ood/methods.py) are evaluated in the pipeline only. fusion
-# (the default unknown.method) is its stored components' scores, standardised and summed in the
-# graph, and is exported when every one of them is.
-EXPORTED_FITTED = ("mahalanobis", "mahalanobis_pp", "knn", "vim", "fusion")
-
-
 class InferenceGraph(nn.Module):
-    """Backbone, head, temperature and the unknown scores of ``abcd.ood.detectors``, as one traceable module."""
+    """Backbone, head, temperature and the unknown scores, as one traceable module.
+
+    Each score is its detector's own torch function (``abcd.ood.methods``), run in float32 on
+    the detector's state as ``abcd.ood.detectors`` prepares it: the states become the graph's
+    constants when traced.
+    """
 
     def __init__(self, loaded: LoadedModel) -> None:
         super().__init__()
         self.model = loaded.model.float().eval()
         self.temperature = float(loaded.extra.get("temperature", 1.0))
-        fitted = _fitted(loaded)
-        self.methods = exported_methods(fitted)
-        for name in ("mahalanobis", "mahalanobis_pp"):
-            if name in fitted:
-                self.register_buffer(f"{name}_means", fitted[name]["state"]["means"].float())
-                self.register_buffer(f"{name}_precision", fitted[name]["state"]["precision"].float())
-        if "knn" in fitted:
-            self.register_buffer("bank", fitted["knn"]["state"]["bank"].float())
-            self.k = int(fitted["knn"]["state"]["k"])
-        if "vim" in fitted:
-            self.register_buffer("vim_origin", fitted["vim"]["state"]["origin"].float())
-            self.register_buffer("vim_basis", fitted["vim"]["state"]["basis"].float())
-            self.vim_alpha = float(fitted["vim"]["state"]["alpha"])
-        if "fusion" in self.methods:
-            state = fitted["fusion"]["state"]
-            self.fusion_parts = list(state)
-            moments = torch.stack([state[p].double() for p in self.fusion_parts])
-            self.register_buffer("fusion_mean", moments[:, 0].float())
-            self.register_buffer("fusion_std", moments[:, 1].float())
+        self.methods = exported_methods(_fitted(loaded))
+        self.detectors = [_detector(loaded.extra, name) for name in self.methods]
+        for detector in self.detectors:
+            detector.ready  # noqa: B018 (prepared now, not while traced: ONNX has no operator for a factorisation)
         # Eval mode for the whole tree, this module included: torch.onnx.export restores the mode it
         # found, and a module left in training mode would switch the head's dropout back on afterwards.
         self.eval()
@@ -71,36 +57,29 @@ class InferenceGraph(nn.Module):
         """(probabilities, every method's score) from the backbone's (N, D) fp32 features."""
         logits = self.model.head(feats)
         probs = torch.softmax(logits / self.temperature, dim=1)
-        scores = {"max_softmax": 1.0 - probs.max(dim=1).values, "energy": -torch.logsumexp(logits, dim=1)}
-        q = feats / feats.norm(dim=1, keepdim=True).clamp_min(1e-12)  # unit sphere: mahalanobis_pp, knn
-        for name, x in (("mahalanobis", feats), ("mahalanobis_pp", q)):
-            if name in self.methods:
-                diff = x[:, None, :] - getattr(self, f"{name}_means")[None]  # (N, C, D)
-                precision = getattr(self, f"{name}_precision")
-                scores[name] = ((diff @ precision) * diff).sum(dim=-1).min(dim=1).values
-        if "knn" in self.methods:
-            d = 2.0 - 2.0 * q @ self.bank.T
-            kth = torch.topk(d, self.k, dim=1, largest=False).values[:, -1]
-            scores["knn"] = kth.clamp_min(0).sqrt()
-        if "vim" in self.methods:
-            centred = feats - self.vim_origin
-            residual = (centred - (centred @ self.vim_basis) @ self.vim_basis.T).norm(dim=1)
-            scores["vim"] = self.vim_alpha * residual + scores["energy"]
-        if "fusion" in self.methods:
-            parts = torch.stack([scores[p] for p in self.fusion_parts], dim=1)
-            scores["fusion"] = ((parts - self.fusion_mean) / self.fusion_std).sum(dim=1)
-        return (probs, *(scores[m] for m in self.methods))
+        scores: dict[str, torch.Tensor] = {}
+        for detector in self.detectors:  # a fusion comes after its components and reuses their scores
+            scores[detector.name] = detector.score_tensor(feats, logits, scores)
+        return (probs, *scores.values())
+
+
+def _detector(extra: Mapping[str, Any], name: str) -> Detector:
+    """``name``'s detector in float32; one that reads only the logits needs nothing fitted."""
+    method = UNKNOWN_METHODS.get(name)
+    if name not in extra.get("unknown", {}) and isinstance(method, Method) and method.stateless:
+        return Detector(name, method, {}, math.nan, float(extra.get("temperature", 1.0)), dtype=torch.float32)
+    return detector_from_extra(extra, name, None, torch.float32)
 
 
 def exported_methods(fitted: Mapping[str, Any]) -> list[str]:
     """The methods the graph computes for a checkpoint's fitted detectors, in output order.
 
-    fusion only when the graph computes each component its stored state names.
+    Every registered one the checkpoint has fitted, and those that need no fit; a fusion only
+    when the graph computes each component its stored state names, after them.
     """
-    singles = ["max_softmax", "energy", *(m for m in EXPORTED_FITTED if m in fitted and m != "fusion")]
-    if "fusion" in fitted and all(p in singles for p in fitted["fusion"]["state"]):
-        return [*singles, "fusion"]
-    return singles
+    names = [n for n, m in UNKNOWN_METHODS.items() if isinstance(m, Method) and (n in fitted or m.stateless)]
+    fusions = [n for n, m in UNKNOWN_METHODS.items() if isinstance(m, Fusion) and n in fitted]
+    return names + [n for n in fusions if all(part in names for part in fitted[n]["state"])]
 
 
 def _fitted(loaded: LoadedModel) -> Mapping[str, Any]:
@@ -187,7 +166,7 @@ def _write_metadata(onnx: Any, path: Path, metadata: Mapping[str, Any]) -> None:
 def calibrate(model: OnnxClassifier, images: Sequence[Path], false_reject: float, batch_size: int = 16) -> dict:
     """``model``'s metadata with every threshold set on its own scores of ``images`` (the val split).
 
-    The split-conformal rank train uses (:func:`abcd.ood.detectors.threshold_for_false_reject`), applied
+    The split-conformal rank train uses (:func:`abcd.ood.base.threshold_for_false_reject`), applied
     to the scores this graph computes from the images as predict decodes them (``load_rgb``,
     ``model.preprocess``): a known image is rejected on this route with probability at most
     ``false_reject``, whatever precision train's features had.

@@ -2,8 +2,8 @@
 
 The graph is the whole classifier: image batch (N, 3, S, S), preprocessed as in
 ``abcd.serving.onnx_model.preprocess``, -> ``probabilities`` (softmax of logits / the checkpoint's
-temperature) and ``score_<method>`` for every unknown detector of the checkpoint that it
-exports (:data:`EXPORTED_FITTED`; their fitted states are constants in the graph). The
+temperature) and ``score_<method>`` for every registered unknown detector the checkpoint has
+fitted (their states are constants in the graph; ``fusion`` with all its components). The
 metadata (key ``abcd``, JSON) holds the classes, the preprocessing, the temperature, each
 exported detector's threshold, the method chosen in params (``unknown.method``), the
 original rule's threshold (``predict.threshold``) and the checkpoint's sha256. Before

@@ -123,7 +123,7 @@ class PrefixActivations(TrainingInputs):
         views = params.featurize.views
         jobs = {
             "train": ("train.csv", train_transform(backbone.preprocess, params.augment), views),
-            # Not trained on: kNN's bank holds each training image's eval view too (src/abcd/ood/detectors.py).
+            # Not trained on: kNN's bank holds each training image's eval view too (src/abcd/ood/methods.py).
             "train_eval": ("train.csv", eval_transform(backbone.preprocess), 1),
             "val": ("val.csv", eval_transform(backbone.preprocess), 1),
         }

@@ -11,7 +11,7 @@ from abcd.core.fileio import atomic_file, atomic_write_text
 from abcd.core.params import Params
 from abcd.evaluation import figures
 from abcd.models.checkpoint import classifier_state, save_checkpoint
-from abcd.ood.detectors import fit_inference_extras
+from abcd.ood.fit import fit_inference_extras
 from abcd.training.fit import FitResult
 from abcd.training.inputs import TrainingInputs
 
