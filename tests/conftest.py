@@ -7,13 +7,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.linalg  # noqa: F401  (loads SciPy's own OpenBLAS, so that the limit below reaches it too)
+import torch
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PHOTOS = REPO.parent / "shared" / "datasets" / "ants-bees-cats-dogs"
 CLASSES = ["ants", "bees", "cats", "dogs"]
+
+# One torch thread and one BLAS thread in the test process. Its forward passes and fits are small, and idle
+# OpenMP and OpenBLAS threads spin against the serial work, onnxruntime's threads and other jobs on the same
+# cores: on a busy 2-core machine the quick loop's tests took 127 CPU seconds with the default thread counts
+# and 49 with one thread of each. (The train stage sets one torch thread itself, so before this the count
+# changed with the order tests ran in.) Stage commands that tests start are processes of their own, with the
+# user's defaults.
+torch.set_num_threads(1)
+BLAS_LIMIT = threadpool_limits(1, user_api="blas")
 
 
 @pytest.fixture
