@@ -43,7 +43,7 @@ test: install system-deps  ## lint, then the whole test suite (unit + end-to-end
 	pytest
 
 test-fast: lint  ## the quick local loop: lint, then every test not marked slow (no DVC pipeline runs)
-	pytest -m "not slow"
+	pytest -m "not slow" --hypothesis-profile=fast
 
 lint: install
 	ruff check .

@@ -1,4 +1,8 @@
-"""Shared fixtures: small synthetic images, and the real photos beside the repo."""
+"""Shared fixtures: small synthetic images, and the real photos beside the repo.
+
+Two loops (Makefile): `make test-fast` runs every test not marked ``slow`` with the ``fast`` Hypothesis profile;
+`make test` runs everything with each property test's full example count.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.linalg  # noqa: F401  (loads SciPy's own OpenBLAS, so that the limit below reaches it too)
 import torch
+from hypothesis import settings
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
@@ -26,6 +31,21 @@ CLASSES = ["ants", "bees", "cats", "dogs"]
 # user's defaults.
 torch.set_num_threads(1)
 BLAS_LIMIT = threadpool_limits(1, user_api="blas")
+
+# Hypothesis's pytest plugin loads a profile named by --hypothesis-profile after this module registers it.
+FAST_EXAMPLES = 25
+settings.register_profile("fast", max_examples=FAST_EXAMPLES)
+
+
+def examples(full: int) -> int:
+    """A property test's example count: ``full``, or at most FAST_EXAMPLES under the ``fast`` profile."""
+    return min(full, FAST_EXAMPLES) if settings.get_current_profile_name() == "fast" else full
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if settings.get_current_profile_name() == "fast":
+        return f"hypothesis profile 'fast': property tests run at most {FAST_EXAMPLES} examples (make test: all)"
+    return None
 
 
 @pytest.fixture
@@ -125,3 +145,4 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     loaded = load_checkpoint(checkpoint)
     export_onnx(loaded, onnx, export_metadata(loaded, checkpoint, "fusion", 0.6))
     return {"checkpoint": checkpoint, "onnx": onnx}
+
