@@ -1,4 +1,4 @@
-"""Shared fixtures: small synthetic images, and the real photos beside the repo.
+"""Shared fixtures: small synthetic images, the real photos beside the repo, one pipeline run for the slow tests.
 
 Two loops (Makefile): `make test-fast` runs every test not marked ``slow`` with the ``fast`` Hypothesis profile;
 `make test` runs everything with each property test's full example count.
@@ -146,3 +146,16 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     export_onnx(loaded, onnx, export_metadata(loaded, checkpoint, "fusion", 0.6))
     return {"checkpoint": checkpoint, "onnx": onnx}
 
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], str]:
+    """One `dvc repro` of a copy of this repo on a few real photos (``make_project``), committed as "baseline":
+    (repo, env, the repro's output). Shared by the slow tests: those that only read it use it in place, those
+    that change the project work on their own copy (``pipeline_utils.copy_project``)."""
+    from tests.pipeline_utils import make_project, run
+
+    repo, env = make_project(tmp_path_factory.mktemp("pipeline"), require_shared_photos())
+    out = run(["dvc", "repro"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "baseline"], repo, env)
+    return repo, env, out
