@@ -68,7 +68,11 @@ def write_sources(path: Path, sets: dict[str, list[dict]], downloads: str = "dat
 
 
 def make_project(root: Path, photos: Path) -> tuple[Path, dict[str, str]]:
-    """A git+DVC copy of this repo whose params point at PER_CLASS real photos per class, 2 epochs."""
+    """A git+DVC copy of this repo whose params point at PER_CLASS real photos per class, 2 epochs.
+
+    ``$ABCD_TEST_PRECISION`` (fp32 or bf16), where set, is the copy's ``runtime.precision``: on a CPU with
+    bf16, ``ABCD_TEST_PRECISION=fp32`` times the pipeline tests as a CPU without it runs them (``auto`` = fp32).
+    """
     source = root / "photos"
     rng = random.Random(0)
     for label in CLASSES:
@@ -86,6 +90,7 @@ def make_project(root: Path, photos: Path) -> tuple[Path, dict[str, str]]:
     params["unknown"]["knn_k"] = 3  # the training bank has only a few dozen features here
     params["unknown"]["ood_crops"] = False  # one image per OOD photo, no crops: featurize and test stay quick
     params["runtime"]["num_workers"] = 0
+    params["runtime"]["precision"] = os.environ.get("ABCD_TEST_PRECISION") or params["runtime"]["precision"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     env = pipeline_env()
