@@ -85,7 +85,9 @@ def stage_module(cmd: str) -> str:
 
 
 def all_modules() -> list[str]:
-    return sorted(".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__") for p in SRC.rglob("*.py"))
+    return sorted(
+        ".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__") for p in SRC.rglob("*.py")
+    )
 
 
 def test_closure_follows_nested_and_package_imports() -> None:
