@@ -37,13 +37,20 @@ exps: install  ## the readable `dvc exp show`: make exps [ARGS="-A --sort-by tes
 serve: install  ## the exported model (dvc repro makes it) behind HTTP: http://127.0.0.1:8000/
 	python -m abcd.serving.app $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
+# Two loops. `make test` (what CI runs) is lint, then every test with each property test's full example count:
+# at most 20 minutes on 2 cores without bf16. `make test-fast` is lint, then every test not marked slow with
+# Hypothesis's "fast" profile (tests/conftest.py): about a minute on 2 cores, no DVC pipeline run, no Debian
+# package, no pretrained backbone but Lite0. Slow tests: the pipeline end to end (one shared `dvc repro` in a
+# temporary copy of the repo), the OOD set from Debian's photos, the larger backbones, Chromium, dvc.lock.
+# On a CPU with bf16, `ABCD_TEST_PRECISION=fp32 make test` runs the pipeline tests' copies in fp32 (their
+# runtime.precision; tests/pipeline_utils.py), as `auto` does on a CPU without bf16: CI's timing, measured here.
 test: install system-deps  ## lint, then the whole test suite (unit + end-to-end)
 	ruff check .
 	ruff format --check .
 	pytest
 
 test-fast: lint  ## the quick local loop: lint, then every test not marked slow (no DVC pipeline runs)
-	pytest -m "not slow"
+	pytest -m "not slow" --hypothesis-profile=fast
 
 lint: install
 	ruff check .

@@ -1,4 +1,8 @@
-"""Shared fixtures: small synthetic images, and the real photos beside the repo."""
+"""Shared fixtures: small synthetic images, the real photos beside the repo, one pipeline run for the slow tests.
+
+Two loops (Makefile): `make test-fast` runs every test not marked ``slow`` with the ``fast`` Hypothesis profile;
+`make test` runs everything with each property test's full example count.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,41 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.linalg  # noqa: F401  (loads SciPy's own OpenBLAS, so that the limit below reaches it too)
+import torch
+from hypothesis import settings
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PHOTOS = REPO.parent / "shared" / "datasets" / "ants-bees-cats-dogs"
 CLASSES = ["ants", "bees", "cats", "dogs"]
+
+# One torch thread and one BLAS thread in the test process. Its forward passes and fits are small, and idle
+# OpenMP and OpenBLAS threads spin against the serial work, onnxruntime's threads and other jobs on the same
+# cores: on a busy 2-core machine the quick loop's tests took 127 CPU seconds with the default thread counts
+# and 49 with one thread of each. (The train stage sets one torch thread itself, so before this the count
+# changed with the order tests ran in.) Stage commands that tests start are processes of their own, with the
+# user's defaults.
+torch.set_num_threads(1)
+BLAS_LIMIT = threadpool_limits(1, user_api="blas")
+
+# Hypothesis's pytest plugin loads a profile named by --hypothesis-profile after this module registers it.
+FAST_EXAMPLES = 25
+settings.register_profile("fast", max_examples=FAST_EXAMPLES)
+
+
+def examples(full: int) -> int:
+    """A property test's example count: ``full``, or at most FAST_EXAMPLES under the ``fast`` profile."""
+    return min(full, FAST_EXAMPLES) if settings.get_current_profile_name() == "fast" else full
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if settings.get_current_profile_name() == "fast":
+        return f"hypothesis profile 'fast': property tests run at most {FAST_EXAMPLES} examples (make test: all)"
+    return None
 
 
 @pytest.fixture
@@ -113,3 +145,17 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     loaded = load_checkpoint(checkpoint)
     export_onnx(loaded, onnx, export_metadata(loaded, checkpoint, "fusion", 0.6))
     return {"checkpoint": checkpoint, "onnx": onnx}
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], str]:
+    """One `dvc repro` of a copy of this repo on a few real photos (``make_project``), committed as "baseline":
+    (repo, env, the repro's output). Shared by the slow tests: those that only read it use it in place, those
+    that change the project work on their own copy (``pipeline_utils.copy_project``)."""
+    from tests.pipeline_utils import make_project, run
+
+    repo, env = make_project(tmp_path_factory.mktemp("pipeline"), require_shared_photos())
+    out = run(["dvc", "repro"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "baseline"], repo, env)
+    return repo, env, out

@@ -68,7 +68,11 @@ def write_sources(path: Path, sets: dict[str, list[dict]], downloads: str = "dat
 
 
 def make_project(root: Path, photos: Path) -> tuple[Path, dict[str, str]]:
-    """A git+DVC copy of this repo whose params point at PER_CLASS real photos per class, 2 epochs."""
+    """A git+DVC copy of this repo whose params point at PER_CLASS real photos per class, 2 epochs.
+
+    ``$ABCD_TEST_PRECISION`` (fp32 or bf16), where set, is the copy's ``runtime.precision``: on a CPU with
+    bf16, ``ABCD_TEST_PRECISION=fp32`` times the pipeline tests as a CPU without it runs them (``auto`` = fp32).
+    """
     source = root / "photos"
     rng = random.Random(0)
     for label in CLASSES:
@@ -84,8 +88,9 @@ def make_project(root: Path, photos: Path) -> tuple[Path, dict[str, str]]:
     params["train"].update(epochs=2, batch_size=8)
     params["evaluate"]["bootstrap"] = 100
     params["unknown"]["knn_k"] = 3  # the training bank has only a few dozen features here
-    params["unknown"]["ood_crops"] = False  # 20 OOD photos instead of 92 images: the unknown stage stays quick
+    params["unknown"]["ood_crops"] = False  # one image per OOD photo, no crops: featurize and test stay quick
     params["runtime"]["num_workers"] = 0
+    params["runtime"]["precision"] = os.environ.get("ABCD_TEST_PRECISION") or params["runtime"]["precision"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     env = pipeline_env()
@@ -93,3 +98,17 @@ def make_project(root: Path, photos: Path) -> tuple[Path, dict[str, str]]:
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "copy"], repo, env)
     return repo, env
+
+
+def copy_project(repo: Path, dest: Path) -> Path:
+    """A copy of a pipeline project (``make_project``) with its git history, DVC cache and outputs, at ``dest``.
+
+    Not DVC's ``.dvc/tmp`` (locks, the experiment queue): a copy starts with none. The default DVC remote
+    (``../abcd-dvc-remote``) is relative, so the copy has its own beside ``dest``.
+    """
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        return ["tmp"] if Path(folder) == repo / ".dvc" else []
+
+    shutil.copytree(repo, dest, symlinks=True, ignore=ignore)
+    return dest

