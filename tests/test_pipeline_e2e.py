@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None:
     repo, env, out = reproduced
-    for stage in ("prepare", "featurize", "train", "export", "test", "evaluate", "ood_data", "report"):
+    for stage in ("validate", "prepare", "featurize", "train", "export", "test", "evaluate", "ood_data", "report"):
         assert f"Running stage '{stage}'" in out
     data = json.loads((repo / "reports/data.json").read_text())["totals"]
     assert data == {"found": 24, "kept": 24, "skipped": 0, "train": 16, "val": 4, "test": 4}
@@ -167,12 +167,12 @@ def test_forced_repro_is_byte_identical(reproduced) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("lr=-1", "train: error: params: 'lr' must be a number > 0"),
+        ("lr=-1", "validate: error: params: 'lr' must be a number > 0"),
         # DVC refuses a key params.yaml lacks unless written +key; written so, the stage names where lr lives.
         ("+train.lr=0.001", "params: 'train.lr' is the top-level 'lr' (dvc exp run -S lr=0.001)"),
         (
             "model.backbone=resnet9",
-            "featurize: error: params: 'model.backbone': unknown backbone 'resnet9'; choose one of",
+            "validate: error: params: 'model.backbone': unknown backbone 'resnet9'; choose one of",
         ),
         ("+train.optimiser=adam", "unknown key 'train.optimiser' (did you mean 'optimizer'?)"),
     ],
@@ -186,6 +186,51 @@ def test_bad_values_through_dvc_exp_run_fail_with_the_rule(reproduced, override:
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (repo / "params.yaml").read_bytes() == params_before  # a temp run leaves the workspace alone
+
+
+def _outputs(repo: Path) -> dict[str, bytes]:
+    """Every file the pipeline wrote (DVC outs, metrics, plots, reports), by path."""
+    folders = (
+        "data/prepared",
+        "data/features",
+        "data/ood",
+        "data/predictions",
+        "models",
+        "metrics",
+        "reports",
+        "plots",
+    )
+    return {
+        str(f.relative_to(repo)): f.read_bytes() for d in folders for f in sorted((repo / d).rglob("*")) if f.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("train", "epochs", "sixty", "'train.epochs'"),
+        ("prepare", "max_pixels", "lots", "'prepare.max_pixels'"),
+        (None, "Lr", 0.5, "unknown key 'Lr' (did you mean 'lr'?)"),
+    ],
+)
+def test_a_bad_param_fails_before_any_output_is_removed(
+    reproduced, tmp_path: Path, section: str | None, key: str, value: object, message: str
+) -> None:
+    """The validate stage runs first: DVC removes no stage's outputs, and restoring the param restores the status."""
+    repo = copy_project(reproduced[0], tmp_path / "repo")
+    env = reproduced[1]
+    status_before = run(["dvc", "status", "--json"], repo, env, stdout_only=True)
+    outputs = _outputs(repo)
+    original = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    (params[section] if section else params)[key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "validate: error: params: " in proc.stderr + proc.stdout
+    assert message in proc.stderr + proc.stdout, proc.stderr[-2000:]
+    assert _outputs(repo) == outputs
+    (repo / "params.yaml").write_text(original)
+    assert run(["dvc", "status", "--json"], repo, env, stdout_only=True) == status_before
 
 
 def test_tensorboard_logs_have_scalars_and_images(reproduced) -> None:
