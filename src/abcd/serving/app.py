@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import threading
 from collections.abc import Sequence
 from importlib import resources
@@ -187,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     model = OnnxClassifier(args.model)
     config = serve_settings(args.params, model.meta.get("predict"), str(args.model))
+    print(f"serve: limits and batch size from {config.source}", file=sys.stderr)
     app = create_app(model, config.limits, max_pixels=config.max_pixels, batch_size=config.batch_size)
     import uvicorn
 

@@ -1,7 +1,8 @@
-"""Where predict's settings come from: flags, else params.yaml, else the model file itself.
+"""Where predict's and serve's settings come from: flags, else params.yaml, else the model file itself.
 
 A model copied out of the repo works on its own: train stores predict's defaults in the
-checkpoint (``extra["predict"]``) and export copies them into the ONNX metadata.
+checkpoint (``extra["predict"]``) and export copies them into the ONNX metadata. Serve's upload
+limits are not in the model: without params.yaml they are the values params.yaml ships with.
 """
 
 from __future__ import annotations
