@@ -198,3 +198,7 @@ def test_serve_install_serves_and_predicts_without_torch(tmp_path: Path, request
     (result,) = json.loads(predicted.stdout)["results"]
     assert result["prediction"] == found["prediction"]
     assert result["probabilities"] == pytest.approx(found["probabilities"], abs=1e-6)
+    # With no models/model.onnx here the default is the checkpoint's runtime: one line says what to do.
+    refused = run([str(bin_dir / "abcd-predict"), str(photo)], site, env)
+    assert refused.returncode == 1 and "--runtime onnx --model" in refused.stderr
+    assert "Traceback" not in refused.stderr, refused.stderr
