@@ -14,9 +14,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+# One venv for the pipeline and the tests: requirements/dev.txt pins the dev extra's closure, which holds
+# train's (and serve's); the project is then installed editable on top. A serve-only install needs no
+# make: docs/deploy.md.
+$(VENV)/.installed: requirements/dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -r requirements.txt
+	$(VENV)/bin/pip install -r requirements/dev.txt
 	$(VENV)/bin/pip install --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -8,12 +8,17 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from abcd.core.errors import InvalidFileError, MissingFileError, UserError
+
+# pandas is imported by the table functions alone: decoding (predict, serve) must work in the
+# serve-only install, which has no pandas (pyproject.toml: the serve extra).
+if TYPE_CHECKING:
+    import pandas as pd
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MANIFEST_FIELDS = ("path", "label")
@@ -198,6 +203,8 @@ def read_table(path: Path) -> pd.DataFrame:
     an :class:`InvalidFileError` naming its line; a short one reads as empty trailing fields,
     which the caller's checks of the values then report. A file with no header reads as no columns.
     """
+    import pandas as pd
+
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
@@ -223,6 +230,8 @@ def reject_rows(path: Path, checks: Sequence[tuple[np.ndarray, Callable[[int], s
 
 
 def write_manifest(path: Path, samples: Sequence[Sample]) -> None:
+    import pandas as pd
+
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame([(s.path, s.label) for s in samples], columns=list(MANIFEST_FIELDS))
     frame.to_csv(path, index=False, lineterminator="\r\n")  # csv.writer's line ends, as before: same bytes

@@ -53,7 +53,7 @@ def package_file(photo: OodPhoto) -> Path:
         return path
     spec = importlib.util.find_spec(photo.package)
     if spec is None or spec.origin is None:
-        raise UserError(f"ood_data: package {photo.package!r} is not installed (pip install -r requirements.txt)")
+        raise UserError(f"ood_data: package {photo.package!r} is not installed (pip install -r requirements/train.txt)")
     path = Path(spec.origin).parent / photo.relpath
     if not path.is_file():
         raise UserError(f"ood_data: {path} not found in the installed {photo.package!r} (a different version?)")

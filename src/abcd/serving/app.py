@@ -1,6 +1,6 @@
 """HTTP service: the exported model (models/model.onnx) behind FastAPI on uvicorn, and a page to try it.
 
-    abcd-serve [--host 127.0.0.1] [--port 8000] [--model models/model.onnx]   # or: make serve
+    abcd-serve [--host 127.0.0.1] [--port 8000] [--model models/model.onnx] [--params params.yaml]   # or: make serve
 
 ``POST /predict``: multipart upload, one or more images in the field ``files``. Per file: the
 class or ``unknown``, its probability, every class probability, the unknown score, or an
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import threading
 from collections.abc import Sequence
 from importlib import resources
@@ -30,10 +31,11 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from abcd.core.cli import run
-from abcd.core.params import ServeParams, load_params
+from abcd.core.params import ServeParams
 from abcd.data.images import ImageError
 from abcd.inference.pipeline import Prediction, classify, decode_upload
 from abcd.serving.onnx_model import OnnxClassifier, OnnxRuntime
+from abcd.serving.settings import serve_settings
 
 FIELD = "files"
 # Multipart framing around each file (boundary, headers): slack on top of the file-size limit.
@@ -176,11 +178,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model", type=Path, default=Path("models/model.onnx"), help="exported by: dvc repro export")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="reads serve.*, prepare.max_pixels")
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=None,
+        help="reads serve.*, prepare.max_pixels, predict.batch_size; default: ./params.yaml if it exists, "
+        "else the model's stored batch size and the limits params.yaml ships with",
+    )
     args = parser.parse_args(argv)
-    params = load_params(args.params)
     model = OnnxClassifier(args.model)
-    app = create_app(model, params.serve, max_pixels=params.prepare.max_pixels, batch_size=params.predict.batch_size)
+    config = serve_settings(args.params, model.meta.get("predict"), str(args.model))
+    print(f"serve: limits and batch size from {config.source}", file=sys.stderr)
+    app = create_app(model, config.limits, max_pixels=config.max_pixels, batch_size=config.batch_size)
     import uvicorn
 
     uvicorn.run(app, host=args.host, port=args.port)

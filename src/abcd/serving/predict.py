@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import importlib.util
 import io
 import json
 import sys
@@ -40,6 +41,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from abcd.core.cli import run
+from abcd.core.errors import UserError
 from abcd.core.registry import UNKNOWN_METHODS
 from abcd.data.images import IMAGE_EXTENSIONS, ImageError, load_rgb
 from abcd.inference.pipeline import UNKNOWN, ModelRuntime, Rule, batches, classify
@@ -228,7 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files, directories or glob patterns")
     parser.add_argument("--checkpoint", type=Path, default=None, help=f"default: {DEFAULT_CHECKPOINT}")
-    parser.add_argument("--onnx", type=Path, default=Path(DEFAULT_ONNX), help="exported model, for --runtime onnx")
+    # --model: the name abcd-serve gives the same file.
+    parser.add_argument(
+        "--onnx", "--model", type=Path, default=Path(DEFAULT_ONNX), help="exported model, for --runtime onnx"
+    )
     parser.add_argument(
         "--runtime", choices=RUNTIMES, default=None, help="default: onnx if the export of the checkpoint exists"
     )
@@ -254,6 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if onnx_model is not None:
         config = settings(args.params, onnx_model.meta.get("predict"), str(args.onnx))
     else:
+        if importlib.util.find_spec("torch") is None:
+            raise UserError(
+                "the checkpoint's runtime needs torch, which is not installed (the serve install): "
+                "run the exported model instead, --runtime onnx --model path/to/model.onnx"
+            )
         from abcd.models.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(args.checkpoint or Path(DEFAULT_CHECKPOINT), lazy=True)  # built once settings hold

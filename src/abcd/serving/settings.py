@@ -1,7 +1,8 @@
-"""Where predict's settings come from: flags, else params.yaml, else the model file itself.
+"""Where predict's and serve's settings come from: flags, else params.yaml, else the model file itself.
 
 A model copied out of the repo works on its own: train stores predict's defaults in the
-checkpoint (``extra["predict"]``) and export copies them into the ONNX metadata.
+checkpoint (``extra["predict"]``) and export copies them into the ONNX metadata. Serve's upload
+limits are not in the model: without params.yaml they are the values params.yaml ships with.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from abcd.core.errors import InvalidFileError
-from abcd.core.params import RuntimeParams, load_params
+from abcd.core.params import RuntimeParams, ServeParams, load_params
 from abcd.core.registry import UNKNOWN_METHODS
 from abcd.core.schema import build
 
@@ -28,10 +29,16 @@ class Settings:
     source: str
 
 
+def params_file(params_path: Path | None) -> Path | None:
+    """``params_path``, else ./params.yaml when there is one (as inside the repo), else None."""
+    if params_path is None and Path("params.yaml").is_file():
+        return Path("params.yaml")
+    return params_path
+
+
 def settings(params_path: Path | None, stored: Mapping[str, Any] | None, model_source: str) -> Settings:
     """From ``params_path`` (must exist), else ./params.yaml if present, else the model's ``stored`` defaults."""
-    if params_path is None and Path("params.yaml").is_file():
-        params_path = Path("params.yaml")
+    params_path = params_file(params_path)
     if params_path is not None:
         p = load_params(params_path)
         return Settings(p.unknown.method, p.predict.threshold, p.predict.batch_size, p.runtime, str(params_path))
@@ -51,3 +58,30 @@ def settings(params_path: Path | None, stored: Mapping[str, Any] | None, model_s
         runtime,
         f"{model_source} (no params.yaml here)",
     )
+
+
+# Serve's limits where no params file is around (a serve-only install beside a copied model.onnx):
+# the model does not store them, so these are the values params.yaml ships with (a test checks).
+SERVE_LIMITS = ServeParams(max_file_mb=20, max_files=32)
+MAX_PIXELS = 40_000_000  # prepare.max_pixels
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What the HTTP service reads besides the model: its upload limits, the decode limit, the batch size."""
+
+    limits: ServeParams  # serve.*
+    max_pixels: int  # prepare.max_pixels
+    batch_size: int  # predict.batch_size
+    source: str
+
+
+def serve_settings(params_path: Path | None, stored: Mapping[str, Any] | None, model_source: str) -> ServeSettings:
+    """From ``params_path`` (must exist), else ./params.yaml if present, else the model's ``stored``
+    batch size with :data:`SERVE_LIMITS` and :data:`MAX_PIXELS`."""
+    params_path = params_file(params_path)
+    if params_path is not None:
+        p = load_params(params_path)
+        return ServeSettings(p.serve, p.prepare.max_pixels, p.predict.batch_size, str(params_path))
+    batch_size = settings(None, stored, model_source).batch_size
+    return ServeSettings(SERVE_LIMITS, MAX_PIXELS, batch_size, f"{model_source} (no params.yaml here)")
