@@ -7,13 +7,11 @@ Two loops (Makefile): `make test-fast` runs every test not marked ``slow`` with 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.linalg  # noqa: F401  (loads SciPy's own OpenBLAS, so that the limit below reaches it too)
-import torch
-from hypothesis import settings
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
@@ -22,28 +20,45 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PHOTOS = REPO.parent / "shared" / "datasets" / "ants-bees-cats-dogs"
 CLASSES = ["ants", "bees", "cats", "dogs"]
+FAST_EXAMPLES = 25  # each property test's examples at most, under the "fast" Hypothesis profile
+
 
 # One torch thread and one BLAS thread in the test process. Its forward passes and fits are small, and idle
 # OpenMP and OpenBLAS threads spin against the serial work, onnxruntime's threads and other jobs on the same
 # cores: on a busy 2-core machine the quick loop's tests took 127 CPU seconds with the default thread counts
 # and 49 with one thread of each. (The train stage sets one torch thread itself, so before this the count
 # changed with the order tests ran in.) Stage commands that tests start are processes of their own, with the
-# user's defaults.
-torch.set_num_threads(1)
-BLAS_LIMIT = threadpool_limits(1, user_api="blas")
+# user's defaults. Set once torch and the BLAS libraries are loaded, not by importing them here: a run of a
+# file that needs neither stays quick.
+def pytest_collection_finish(session: pytest.Session) -> None:
+    threadpool_limits(1, user_api="blas")  # NumPy's and SciPy's OpenBLAS, loaded by the collected modules
 
-# Hypothesis's pytest plugin loads a profile named by --hypothesis-profile after this module registers it.
-FAST_EXAMPLES = 25
-settings.register_profile("fast", max_examples=FAST_EXAMPLES)
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    torch = sys.modules.get("torch")  # before the test's fixtures: they may run forward passes
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # Before Hypothesis's pytest plugin loads the profile that --hypothesis-profile names.
+    if config.getoption("--hypothesis-profile", None) == "fast":
+        from hypothesis import settings
+
+        settings.register_profile("fast", max_examples=FAST_EXAMPLES)
 
 
 def examples(full: int) -> int:
     """A property test's example count: ``full``, or at most FAST_EXAMPLES under the ``fast`` profile."""
+    from hypothesis import settings
+
     return min(full, FAST_EXAMPLES) if settings.get_current_profile_name() == "fast" else full
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    if settings.get_current_profile_name() == "fast":
+    if config.getoption("--hypothesis-profile", None) == "fast":
         return f"hypothesis profile 'fast': property tests run at most {FAST_EXAMPLES} examples (make test: all)"
     return None
 

@@ -73,6 +73,7 @@ def test_stage_args_lists_reads_and_writes() -> None:
         stage_args("doc", [], writes={"out": "output"})
 
 
+@pytest.mark.slow  # a real process; test_robustness checks every stage's refusal in this one
 def test_a_stage_refuses_a_bad_choice_before_any_work(tmp_path: Path) -> None:
     """Real process, the evaluate stage (no torch): a mistyped backbone fails at params load, in one line."""
     data = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))

@@ -4,8 +4,8 @@ Each case forces the named stage alone to re-run (`dvc repro --force --single-it
 it runs, re-runs `dvc repro`, and checks that DVC reports nothing changed and that the recovered
 outputs are byte-identical to an uninterrupted run (training is deterministic). Forcing the one stage
 puts the kill in the same place as a forced full run would, without re-running the stages before it;
-the recovery re-runs the killed stage, and those after it only where its outputs changed.
-The project is a copy of conftest's reproduced one.
+the next `dvc repro` brings the killed stage back (running it, or from DVC's run cache) and skips those
+after it, whose deps are then unchanged. The project is a copy of conftest's reproduced one.
 """
 
 from __future__ import annotations

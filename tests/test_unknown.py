@@ -347,6 +347,7 @@ def test_uncalibrated_probabilities_are_recovered_from_calibrated_ones() -> None
     np.testing.assert_allclose(uncalibrated(calibrated_probs(logits, t), t), calibrated_probs(logits, 1.0), atol=1e-12)
 
 
+@pytest.mark.slow  # a Python process importing torch: seconds, for an import-time guard
 def test_scoring_stages_do_not_import_scikit_learn(repo: Path) -> None:
     # test and predict score with fitted detectors; sklearn (fitting, metrics) would cost each ~0.5 s to import.
     code = "import sys, abcd.stages.test, abcd.serving.predict; print(sorted({m.split('.')[0] for m in sys.modules}))"
