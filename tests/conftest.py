@@ -13,6 +13,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PHOTOS = REPO.parent / "shared" / "datasets" / "ants-bees-cats-dogs"
+SHARED_OOD_PHOTOS = REPO.parent / "shared" / "datasets" / "ood-package-photos"  # the OOD set's Debian photos
 CLASSES = ["ants", "bees", "cats", "dogs"]
 
 
