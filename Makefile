@@ -8,7 +8,9 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: install system-deps repro exps serve test test-fast lint format plots-template
 
-# Debian packages whose sample photos the OOD set uses (src/abcd/oodset/photos.py: DEB_PACKAGES).
+# Debian packages whose sample photos the OOD set uses (src/abcd/oodset/photos.py: DEB_PACKAGES). Optional:
+# ood_data reads the same files from the mirror (data/ood_sources.yaml) when it exists; `make system-deps`
+# is the other route, for a Debian machine without the mirror (docs/data.md: The OOD set).
 DEB_PACKAGES := opencv-doc lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds lxqt-themes libvips-doc imagemagick-6-doc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -23,12 +25,12 @@ $(VENV)/.installed: requirements/dev.txt pyproject.toml
 	$(VENV)/bin/pip install --no-deps --no-build-isolation -e .
 	touch $@
 
-system-deps:  ## the Debian packages above, installed unless they already are (apt-get; root or sudo)
+system-deps:  ## optional, the OOD photos' apt route: the packages above unless installed (apt-get; root or sudo)
 	@[ "$$(dpkg-query -W -f='$${Status}\n' $(DEB_PACKAGES) 2>/dev/null | grep -c 'install ok installed')" = \
 		"$(words $(DEB_PACKAGES))" ] || { $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive \
 		$(SUDO) apt-get install -y --no-install-recommends $(DEB_PACKAGES); }
 
-repro: install system-deps  ## set up, then run the whole pipeline on the default data
+repro: install  ## set up, then run the whole pipeline on the default data (installs no system package)
 	dvc repro
 
 # The deciding numbers and lr always; other params and metrics only where experiments differ; no
@@ -47,7 +49,7 @@ serve: install  ## the exported model (dvc repro makes it) behind HTTP: http://1
 # temporary copy of the repo), the OOD set from Debian's photos, the larger backbones, Chromium, dvc.lock.
 # On a CPU with bf16, `ABCD_TEST_PRECISION=fp32 make test` runs the pipeline tests' copies in fp32 (their
 # runtime.precision; tests/pipeline_utils.py), as `auto` does on a CPU without bf16: CI's timing, measured here.
-test: install system-deps  ## lint, then the whole test suite (unit + end-to-end)
+test: install  ## lint, then the whole test suite (unit + end-to-end; installs no system package)
 	ruff check .
 	ruff format --check .
 	pytest

@@ -21,7 +21,7 @@ Measured in one run, medians of repeats where repeated:
  5. time and peak RSS of each stage, its command taken from dvc.yaml and run on its own;
  7. the featurize stage as ``runtime.processes`` 1 and 2 ranks (``--ranks``): wall time of the whole
     command (start-up, launch, model build, every split) and the views it made per second of it.
-``--ranks-only`` measures 7 alone (after prepare and ood_data).
+``--ranks-only`` measures 7 alone (after prepare).
 ``--pipeline-only`` measures 3's `dvc repro`, 4, and 5 for the head's stages only (no ceilings,
 featurize throughput or naive loop): the pipeline ratios, quickly.
 A backbone whose ImageNet weights cannot be had offline is benchmarked with random
@@ -265,7 +265,7 @@ def main() -> None:
         run(["git", "add", "-A"], repo, env)
         run(["git", "commit", "-qm", "bench"], repo, env)
         if args.ranks_only:
-            run(["dvc", "repro", "prepare", "ood_data"], repo, env)
+            run(["dvc", "repro", "prepare"], repo, env)
             featurize_ranks(repo, env, [int(n) for n in args.ranks.split(",")], args.repeats, rows)
             _print_rows(args, "", rows)
             return

@@ -35,7 +35,11 @@ from synth_photos import build_set  # noqa: E402
 from tests.pipeline_utils import copy_repo  # noqa: E402
 
 MIRROR = (REPO / "../shared/datasets/ants-bees-cats-dogs").resolve()
-STAGES = ["prepare", "ood_data", "featurize", "train", "export", "test", "evaluate", "report"]
+# In an order `dvc repro -s` can run them one by one: the classifier's branch, then the OOD branch, then report.
+STAGES = [
+    *("prepare", "featurize", "train", "export", "test", "evaluate"),
+    *("ood_data", "ood_featurize", "ood_test", "ood_evaluate", "report"),
+]
 PROJECT_TO = 1_000_000
 
 

@@ -19,6 +19,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PHOTOS = REPO.parent / "shared" / "datasets" / "ants-bees-cats-dogs"
+SHARED_OOD_PHOTOS = REPO.parent / "shared" / "datasets" / "ood-package-photos"  # the OOD set's Debian photos
 CLASSES = ["ants", "bees", "cats", "dogs"]
 FAST_EXAMPLES = 25  # each property test's examples at most, under the "fast" Hypothesis profile
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import CLASSES, REPO
+from tests.conftest import CLASSES, REPO, SHARED_OOD_PHOTOS
 
 PER_CLASS = 6
 
@@ -83,12 +83,15 @@ def make_project(root: Path, photos: Path) -> tuple[Path, dict[str, str]]:
     repo = copy_repo(root / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     write_sources(repo / "data" / "sources.yaml", {"photos": [photo_source(source)]})
+    # The OOD photos' mirror beside this repo, not beside the copy (where ../shared does not exist).
+    routes = {"mirror": str(SHARED_OOD_PHOTOS), "system": "/"}
+    (repo / "data" / "ood_sources.yaml").write_text(yaml.safe_dump({"routes": routes}, sort_keys=False))
     params["prepare"]["use"] = "photos"
     params["featurize"].update(views=2, batch_size=16)
     params["train"].update(epochs=2, batch_size=8)
     params["evaluate"]["bootstrap"] = 100
     params["unknown"]["knn_k"] = 3  # the training bank has only a few dozen features here
-    params["unknown"]["ood_crops"] = False  # one image per OOD photo, no crops: featurize and test stay quick
+    params["ood"]["crops"] = False  # 91 OOD images instead of 423: the OOD branch stays quick
     params["runtime"]["num_workers"] = 0
     params["runtime"]["precision"] = os.environ.get("ABCD_TEST_PRECISION") or params["runtime"]["precision"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

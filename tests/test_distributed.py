@@ -28,7 +28,7 @@ from tests.pipeline_utils import pipeline_env
 
 # Images per class in each split of the small set; ants get one more training image: 17 training images make
 # 9 batches of 2 images (3 views each at featurize.batch_size 6), 5 on rank 0 and 4 on rank 1, the last of
-# one image; the 3 OOD images are one batch: rank 1 has none of it.
+# one image; the 3 OOD images (ood_featurize) are one batch: rank 1 has none of it.
 PER_CLASS = {"train": 4, "val": 2, "test": 2}
 OOD = 3
 
@@ -206,30 +206,36 @@ def _stage(module: str, root: Path, args: list[str], check: bool = True, timeout
     return proc
 
 
-def _featurize(root: Path, out: str, params: Path, **env: str) -> Path:
-    _stage(
-        "abcd.stages.featurize", root, ["--params", str(params), "--data", "data", "--ood", "ood", "--out", out], **env
-    )
+def _featurize(root: Path, out: str, params: Path, ood: bool = False, **env: str) -> Path:
+    """featurize's features in ``out``; with ``ood``, ood_featurize's beside them in ``out``-ood."""
+    _stage("abcd.stages.featurize", root, ["--params", str(params), "--data", "data", "--out", out], **env)
+    if ood:
+        _stage(
+            "abcd.stages.ood_featurize", root, ["--params", str(params), "--ood", "ood", "--out", f"{out}-ood"], **env
+        )
     return root / out
 
 
 def _arrays(features: Path) -> dict[str, np.ndarray]:
     out = {}
-    for split in ("train", "val", "test", "ood"):
-        for f in sorted((features / split).glob("*.npy")):
+    folders = {split: features / split for split in ("train", "val", "test")}
+    folders["ood"] = features.with_name(f"{features.name}-ood") / "ood"  # absent unless _featurize(ood=True)
+    for split, folder in folders.items():
+        for f in sorted(folder.glob("*.npy")):
             out[f"{split}/{f.stem}"] = np.load(f)
     return out
 
 
 @pytest.fixture(scope="module")
 def one_process_features(small_set: Path) -> Path:
-    """One process's fp32 features, with the torch threads each of two ranks gets."""
-    return _featurize(small_set, "features-1", _params(small_set, "fp32-1", processes=1), OMP_NUM_THREADS=THREADS)
+    """One process's fp32 features (and the OOD set's), with the torch threads each of two ranks gets."""
+    params = _params(small_set, "fp32-1", processes=1)
+    return _featurize(small_set, "features-1", params, ood=True, OMP_NUM_THREADS=THREADS)
 
 
 @pytest.mark.slow
 def test_featurize_on_two_ranks_writes_one_process_features(small_set: Path, one_process_features: Path) -> None:
-    two = _featurize(small_set, "features-2", _params(small_set, "fp32-2", processes=2))
+    two = _featurize(small_set, "features-2", _params(small_set, "fp32-2", processes=2), ood=True)
     one_arrays, two_arrays = _arrays(one_process_features), _arrays(two)
     assert one_arrays.keys() == two_arrays.keys() and len(one_arrays["train/paths"]) == 17
     for name, array in one_arrays.items():
@@ -256,7 +262,7 @@ def test_two_machines_joined_by_a_c10d_rendezvous_on_localhost(small_set: Path, 
             [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
              "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", run_id,
              "--node-rank", str(node), "-m", "abcd.stages.featurize", "--params", str(params),
-             "--data", "data", "--ood", "ood", "--out", "features-nodes"],
+             "--data", "data", "--out", "features-nodes"],
             cwd=small_set, env=_env(OMP_NUM_THREADS=THREADS), text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
@@ -266,8 +272,9 @@ def test_two_machines_joined_by_a_c10d_rendezvous_on_localhost(small_set: Path, 
     assert [p.returncode for p in launches] == [0, 0], "\n".join(o[-3000:] for o in outputs)
     # Rank 0 wrote everything (on one machine); the features equal one process's.
     one, two = _arrays(one_process_features), _arrays(small_set / "features-nodes")
-    for name, array in one.items():
-        np.testing.assert_array_equal(two[name], array, err_msg=name)
+    assert two.keys() == {name for name in one if not name.startswith("ood/")}  # featurize's splits only
+    for name, array in two.items():
+        np.testing.assert_array_equal(array, one[name], err_msg=name)
 
 
 @pytest.mark.slow
@@ -287,7 +294,7 @@ def test_a_failing_rank_ends_the_stage_with_its_error(small_set: Path, tmp_path:
     proc = _stage(
         "abcd.stages.featurize",
         small_set,
-        ["--params", str(params), "--data", str(data), "--ood", "ood", "--out", str(tmp_path / "features")],
+        ["--params", str(params), "--data", str(data), "--out", str(tmp_path / "features")],
         check=False,
         timeout=120,
     )
@@ -313,9 +320,9 @@ def test_fine_tuning_on_two_ranks_equals_one_process(small_set: Path, one_proces
         args += ["--metrics", f"{out}/train.json", "--report", f"{out}/report.json", "--history", f"{out}/history.csv"]
         _stage("abcd.stages.train", small_set, args)
         results[n] = out
-        test_args = ["--params", str(params), "--model", f"{out}/model.pt", "--data", "data", "--ood", "ood"]
+        test_args = ["--params", str(params), "--model", f"{out}/model.pt", "--data", "data"]
         test_args += ["--features", str(one_process_features), "--out", f"{out}/test.csv"]
-        test_args += ["--ood-out", f"{out}/ood.csv", "--detectors", f"{out}/detectors.json"]
+        test_args += ["--detectors", f"{out}/detectors.json"]
         _stage("abcd.stages.test", small_set, test_args)
     import pandas as pd
 

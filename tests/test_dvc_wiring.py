@@ -171,3 +171,44 @@ def test_registry_targets_are_in_the_folders_of_their_users(reg: registry.Regist
     for n in reg:  # and every name resolves to its implementation
         module, _, attribute = reg.target(n).partition(":")
         assert reg.get(n) is getattr(importlib.import_module(module), attribute)
+
+
+CLASSIFIER = ("prepare", "featurize", "train", "export", "test", "evaluate")
+OOD_BRANCH = ("ood_data", "ood_featurize", "ood_test", "ood_evaluate")
+# What only the OOD branch may read: the OOD photos' routes, their catalogue, and the branch's outputs.
+OOD_ONLY = ("data/ood_sources.yaml", "src/abcd/oodset", "data/ood", "data/ood_features", "data/ood_predictions")
+
+
+def _paths(stage: dict, *keys: str) -> set[str]:
+    return {d if isinstance(d, str) else next(iter(d)) for key in keys for d in stage.get(key, [])}
+
+
+def _upstream(name: str) -> set[str]:
+    """The stages whose outputs ``name`` reads, transitively (not ``name`` itself)."""
+    writers = {out: other for other, stage in STAGES.items() for out in _paths(stage, "outs", "metrics", "plots")}
+    found, todo = set(), [name]
+    while todo:
+        for dep in _paths(STAGES[todo.pop()], "deps"):
+            writer = writers.get(dep)
+            if writer is not None and writer not in found:
+                found.add(writer)
+                todo.append(writer)
+    return found
+
+
+def test_the_classifier_needs_neither_the_ood_photos_nor_their_catalogue() -> None:
+    assert set(STAGES) == {*CLASSIFIER, *OOD_BRANCH, "report"}
+    for name in CLASSIFIER:
+        assert _upstream(name) <= set(CLASSIFIER), name
+        deps = _paths(STAGES[name], "deps")
+        assert not deps & set(OOD_ONLY), f"{name} reads {sorted(deps & set(OOD_ONLY))}"
+        assert not [p for p in STAGES[name].get("params", []) if str(p).split(".")[0] == "ood"], name
+
+
+def test_editing_the_ood_catalogue_reruns_only_the_ood_branch_and_the_report() -> None:
+    """What `dvc status` lists after an edit of src/abcd/oodset/photos.py, and what may re-run after it."""
+    direct = {name for name, stage in STAGES.items() if "src/abcd/oodset" in _paths(stage, "deps")}
+    assert direct == {"ood_data", "ood_evaluate"}
+    downstream = {name for name in STAGES if _upstream(name) & direct}
+    assert downstream <= {*OOD_BRANCH, "report"}, downstream
+    assert _upstream("ood_featurize") == {"ood_data"}  # the OOD images' backbone pass does not wait for training

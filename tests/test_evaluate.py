@@ -10,6 +10,7 @@ import yaml
 from sklearn import metrics as skm
 
 from abcd.core.errors import InvalidFileError
+from abcd.data.ood_manifest import NOT_EVALUATED, not_evaluated, write_not_evaluated
 from abcd.evaluation import metrics
 from abcd.evaluation.metrics import (
     bootstrap_ci,
@@ -21,6 +22,7 @@ from abcd.evaluation.metrics import (
 from abcd.evaluation.plots import worst_mistakes
 from abcd.evaluation.predictions import Predictions, columns, read_predictions, write_predictions
 from abcd.evaluation.unknown_metrics import photo_breakdown
+from abcd.stages import ood_evaluate
 from abcd.stages.evaluate import main
 
 # A case worked by hand: two classes, four images.
@@ -190,13 +192,13 @@ def test_scores_and_unlabelled_rows_round_trip(tmp_path: Path) -> None:
 
 
 def _stage_inputs(tmp_path: Path) -> list[str]:
-    """Predictions for HAND and two OOD images, as the test stage writes them."""
+    """Predictions for HAND and three OOD images, as the test stages write them."""
     scores = {"knn": np.array([0.1, 0.5, 0.2, 0.3])}
     write_predictions(tmp_path / "test.csv", HAND.images, ["a", "a", "b", "b"], HAND.probs, HAND.classes, scores)
     # o1 and its crop o2 (photo "coffee", food) are the report half; o3 ("astronaut", people) the selection half.
     ood_probs = np.array([[0.5, 0.5], [0.7, 0.3], [0.6, 0.4]])
-    write_predictions(tmp_path / "ood.csv", ["o1.jpg", "o2.jpg", "o3.jpg"], [None] * 3, ood_probs, HAND.classes,
-                      {"knn": np.array([0.9, 0.25, 0.35])})  # fmt: skip
+    write_predictions(tmp_path / "op" / "ood.csv", ["o1.jpg", "o2.jpg", "o3.jpg"], [None] * 3, ood_probs,
+                      HAND.classes, {"knn": np.array([0.9, 0.25, 0.35])})  # fmt: skip
     (tmp_path / "ood").mkdir()
     for name in ("o1", "o2", "o3"):
         (tmp_path / f"{name}.jpg").write_bytes(b"x")
@@ -206,7 +208,7 @@ def _stage_inputs(tmp_path: Path) -> list[str]:
     )
     detectors = {"temperature": 0.5, "false_reject": 0.25, "thresholds": {"knn": 0.4}}
     (tmp_path / "d.json").write_text(json.dumps(detectors))
-    return ["--predictions", "test.csv", "--ood-predictions", "ood.csv", "--detectors", "d.json", "--ood", "ood"]
+    return ["--predictions", "test.csv", "--ood-predictions", "op", "--detectors", "d.json", "--ood", "ood"]
 
 
 def _knn_params(tmp_path: Path, repo: Path) -> str:
@@ -217,12 +219,13 @@ def _knn_params(tmp_path: Path, repo: Path) -> str:
     return str(tmp_path / "params.yaml")
 
 
-def test_evaluate_stage_writes_unknown_metrics(tmp_path: Path, repo: Path, monkeypatch) -> None:
+UNKNOWN_OUTS = ["--metrics", "u.json", "--report", "ur.json", "--plots", "up"]
+
+
+def test_ood_evaluate_stage_writes_unknown_metrics(tmp_path: Path, repo: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     args = _stage_inputs(tmp_path)
-    out = ["--metrics", "m.json", "--report", "r.json", "--unknown-metrics", "u.json", "--unknown-report", "ur.json"]
-    out += ["--plots", "p", "--unknown-plots", "up"]
-    main(["--params", _knn_params(tmp_path, repo), *args, *out])
+    ood_evaluate.main(["--params", _knn_params(tmp_path, repo), *args, *UNKNOWN_OUTS])
     unknown = json.loads((tmp_path / "ur.json").read_text())
     # The DVC metric: the rates of unknown.method (knn here) only; the report has every detector.
     rates = {"ood_photos_rejected": 1.0, "ood_rejected": 0.5, "known_rejected": 0.25}
@@ -256,12 +259,25 @@ def test_evaluate_stage_writes_unknown_metrics(tmp_path: Path, repo: Path, monke
     assert (tmp_path / "up" / "risk_coverage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_ood_evaluate_says_not_evaluated_and_why_without_numbers(tmp_path: Path, repo: Path, monkeypatch) -> None:
+    """The OOD branch off: ood_data's reason reaches every output; no prediction or detector file is read."""
+    monkeypatch.chdir(tmp_path)
+    write_not_evaluated(tmp_path / "ood", "no route to the OOD set's Debian photos")
+    args = ["--predictions", "none.csv", "--ood-predictions", "none", "--detectors", "none.json", "--ood", "ood"]
+    ood_evaluate.main(["--params", str(repo / "params.yaml"), *args, *UNKNOWN_OUTS])
+    off = {"evaluated": False, "reason": "no route to the OOD set's Debian photos"}
+    assert json.loads((tmp_path / "u.json").read_text()) == {"unknown": off}
+    assert json.loads((tmp_path / "ur.json").read_text()) == off
+    assert not_evaluated(tmp_path / "up") == off["reason"] and [p.name for p in (tmp_path / "up").iterdir()] == [
+        NOT_EVALUATED
+    ]
+
+
 def test_evaluate_stage_writes_metrics_and_plots(tmp_path: Path, repo: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)  # image paths in the CSV do not exist: the grid shows placeholders
-    args = _stage_inputs(tmp_path)
-    out = ["--metrics", "m.json", "--report", "r.json", "--unknown-metrics", "u.json", "--unknown-report", "ur.json"]
-    out += ["--plots", "plots", "--unknown-plots", "up"]
-    main(["--params", _knn_params(tmp_path, repo), *args, *out])
+    _stage_inputs(tmp_path)
+    out = ["--metrics", "m.json", "--report", "r.json", "--plots", "plots"]
+    main(["--params", _knn_params(tmp_path, repo), "--predictions", "test.csv", *out])
     assert "2.jpg: cannot be read for an image grid" in capsys.readouterr().err  # the one mistake's missing file
     report = json.loads((tmp_path / "r.json").read_text())["test"]
     assert report["accuracy"] == pytest.approx(0.75)

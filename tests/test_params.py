@@ -55,6 +55,9 @@ def test_missing_key_is_named(raw: dict) -> None:
         ("featurize", "batch_size", 0, r"'featurize.batch_size' must be an integer >= 1"),
         ("featurize", "batch_size", 12.5, r"'featurize.batch_size' must be an integer"),
         ("predict", "batch_size", 0, r"'predict.batch_size' must be an integer >= 1"),
+        ("ood", "evaluate", "yes", r"'ood.evaluate' must be true/false or one of 'auto', got 'yes'"),
+        ("ood", "crops", 1, r"'ood.crops' must be true/false"),
+        ("unknown", "ood_crops", True, r"'unknown.ood_crops' moved to 'ood.crops'"),
     ],
 )
 def test_bad_values_fail_with_the_rule(raw: dict, section: str, key: str, value, message: str) -> None:

@@ -25,14 +25,19 @@ import yaml
 
 from abcd.oodset.photos import PHOTOS
 from tests.conftest import CLASSES
+from tests.ood_routes import deb_route
 from tests.pipeline_utils import copy_project, run
 
 pytestmark = pytest.mark.slow
 
 
+STAGES = ("validate", "prepare", "featurize", "train", "export", "test", "evaluate")
+OOD_STAGES = ("ood_data", "ood_featurize", "ood_test", "ood_evaluate")
+
+
 def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None:
     repo, env, out = reproduced
-    for stage in ("validate", "prepare", "featurize", "train", "export", "test", "evaluate", "ood_data", "report"):
+    for stage in (*STAGES, *OOD_STAGES, "report"):
         assert f"Running stage '{stage}'" in out
     data = json.loads((repo / "reports/data.json").read_text())["totals"]
     assert data == {"found": 24, "kept": 24, "skipped": 0, "train": 16, "val": 4, "test": 4}
@@ -44,12 +49,8 @@ def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None
     scores = [f"score_{m}" for m in methods]
     assert list(rows[0]) == ["image", "label", "prediction", *(f"prob_{c}" for c in CLASSES), *scores]
     assert len(rows) == 4 and {r["label"] for r in rows} == set(CLASSES)
-    with (repo / "data/predictions/ood.csv").open() as f:
-        ood = list(csv.DictReader(f))
-    assert len(ood) == len(PHOTOS) and {r["label"] for r in ood} == {""}  # ood_crops off: one image a photo
     detectors = json.loads((repo / "data/predictions/detectors.json").read_text())
     assert set(detectors["thresholds"]) == set(methods)
-    _check_unknown_metrics_against_the_predictions(repo, rows, ood, detectors)
 
     # The metrics files DVC compares hold the deciding numbers only; the full reports are beside them.
     report = json.loads((repo / "reports/test.json").read_text())["test"]
@@ -77,11 +78,20 @@ def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None
     assert json.loads(status.strip().splitlines()[-1]) == {}
 
 
-def _check_unknown_metrics_against_the_predictions(repo: Path, known: list, ood: list, detectors: dict) -> None:
+def test_unknown_metrics_agree_with_the_predictions(reproduced) -> None:
     """reports/unknown.json agrees with AUROC and rejection rates recomputed from the predictions CSVs;
     metrics/unknown.json holds the rates of the detector predict uses (unknown.method) only."""
     from sklearn.metrics import roc_auc_score
 
+    deb_route()  # the OOD branch ran (ood.evaluate auto): the project's routes are this machine's
+    repo, _, _ = reproduced
+    assert json.loads((repo / "reports/ood_data.json").read_text())["route"] in ("mirror", "system")
+    with (repo / "data/predictions/test.csv").open() as f:
+        known = list(csv.DictReader(f))
+    with (repo / "data/ood_predictions/ood.csv").open() as f:
+        ood = list(csv.DictReader(f))
+    assert len(ood) == len(PHOTOS) and {r["label"] for r in ood} == {""}  # ood.crops off: one image a photo
+    detectors = json.loads((repo / "data/predictions/detectors.json").read_text())
     unknown = json.loads((repo / "reports/unknown.json").read_text())
     method = yaml.safe_load((repo / "params.yaml").read_text())["unknown"]["method"]
     chosen = {k: unknown["methods"][method][k] for k in ("ood_photos_rejected", "ood_rejected", "known_rejected")}
@@ -156,12 +166,59 @@ def test_forced_repro_is_byte_identical(reproduced) -> None:
         "metrics/train.json",
         "models/model.pt",
         "models/model.onnx",
+        "data/ood_predictions/ood.csv",
+        "metrics/unknown.json",
     ]
     before = {f: (repo / f).read_bytes() for f in files}
     run(["dvc", "repro", "--force"], repo, env)
     for f in files:
         assert (repo / f).read_bytes() == before[f], f
     assert json.loads(run(["dvc", "status", "--json"], repo, env, stdout_only=True)) == {}
+
+
+def test_editing_the_ood_catalogue_touches_only_the_ood_branch(reproduced) -> None:
+    repo, env, _ = reproduced
+    catalogue = repo / "src/abcd/oodset/photos.py"
+    original = catalogue.read_bytes()
+    catalogue.write_bytes(original + b"# an edit\n")
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], repo, env, stdout_only=True))
+    finally:
+        catalogue.write_bytes(original)
+    assert set(status) == {"ood_data", "ood_evaluate"}, status  # report follows only if their outputs change
+
+
+def test_without_a_route_the_ood_branch_says_not_evaluated_and_the_classifier_stands(reproduced) -> None:
+    """ood.evaluate auto, both routes gone: the OOD branch re-runs and says why; no classifier stage re-runs,
+    its metrics stay, and the report and the plots render. Then the routes come back."""
+    deb_route()
+    repo, env, _ = reproduced
+    sources = repo / "data/ood_sources.yaml"
+    original = sources.read_bytes()
+    test_metrics = (repo / "metrics/test.json").read_bytes()
+    sources.write_text(yaml.safe_dump({"routes": {"mirror": str(repo / "absent"), "system": str(repo / "absent")}}))
+    try:
+        out = run(["dvc", "repro"], repo, env)
+        for stage in (*OOD_STAGES, "report"):
+            assert f"Running stage '{stage}'" in out, stage
+        for stage in STAGES:
+            assert f"Running stage '{stage}'" not in out, stage
+        assert "ood_data: not evaluated: no route to the OOD set's Debian photos (ood.use=auto)" in out
+        reason = json.loads((repo / "reports/ood_data.json").read_text())["reason"]
+        assert json.loads((repo / "metrics/unknown.json").read_text()) == {
+            "unknown": {"evaluated": False, "reason": reason}
+        }
+        assert json.loads((repo / "reports/unknown.json").read_text()) == {"evaluated": False, "reason": reason}
+        assert (repo / "metrics/test.json").read_bytes() == test_metrics
+        assert f"## Unknown detection\n\nNot evaluated: {reason}." in (repo / "reports/report.md").read_text()
+        (shown,) = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env, stdout_only=True)).values()
+        assert shown["data"]["metrics/unknown.json"]["data"]["unknown"]["evaluated"] is False  # a column, not an error
+        run(["dvc", "plots", "show", "-o", "plots_off"], repo, env)
+        assert json.loads(run(["dvc", "status", "--json"], repo, env, stdout_only=True)) == {}
+    finally:
+        sources.write_bytes(original)
+        run(["dvc", "repro"], repo, env)  # the OOD outputs back, from DVC's run cache
+    assert json.loads((repo / "reports/ood_data.json").read_text())["evaluated"] is True
 
 
 @pytest.mark.parametrize(
@@ -194,6 +251,8 @@ def _outputs(repo: Path) -> dict[str, bytes]:
         "data/prepared",
         "data/features",
         "data/ood",
+        "data/ood_features",
+        "data/ood_predictions",
         "data/predictions",
         "models",
         "metrics",
@@ -275,10 +334,11 @@ def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced, tm
     for name, lr in (("lr-low", "0.001"), ("lr-high", "0.5")):
         outs[name] = run(["dvc", "exp", "run", "-n", name, "-S", f"lr={lr}"], repo, env)
     for out in outs.values():
-        for stage in ("prepare", "ood_data", "featurize"):
+        # Not the backbone's passes: neither featurize's nor the OOD branch's own (ood_featurize).
+        for stage in ("prepare", "featurize", "ood_data", "ood_featurize"):
             assert f"Stage '{stage}' didn't change, skipping" in out
             assert f"Running stage '{stage}'" not in out
-        for stage in ("train", "test", "evaluate", "report"):
+        for stage in ("train", "export", "test", "evaluate", "ood_test", "ood_evaluate", "report"):
             assert f"Running stage '{stage}'" in out
 
     # The workspace now holds lr-high: metrics diff against HEAD shows the change, in a short table:

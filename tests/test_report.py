@@ -87,3 +87,13 @@ def test_report_says_where_the_head_started_and_how_the_backbone_was_used(repo: 
     text = render(DATA, {**TRAIN, "init": "random"}, TEST, tuned, [], UNKNOWN)
     assert "(last 2 blocks fine-tuned), head started from a random initialisation" in text
     assert "best epoch 3." in text
+
+
+def test_report_says_the_ood_branch_was_not_evaluated_and_why(repo: Path) -> None:
+    params = load_params(repo / "params.yaml")
+    off = {"evaluated": False, "reason": "ood.evaluate is false"}
+    text = render(DATA, TRAIN, TEST, params, [], off, {**off, "routes": {}})
+    assert "## Unknown detection\n\nNot evaluated: ood.evaluate is false." in text
+    assert "| macro F1 | 0.7333 |" in text  # the classifier's part as ever
+    on = render(DATA, TRAIN, TEST, params, [], UNKNOWN, {"evaluated": True, "route": "mirror"})
+    assert "The OOD set's Debian photos came through route `mirror`." in on

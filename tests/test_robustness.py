@@ -17,7 +17,18 @@ from PIL import Image
 
 from abcd.core.cli import run
 from abcd.data.images import ImageError, load_rgb
-from abcd.stages import evaluate, featurize, ood_data, prepare, report, test, train
+from abcd.stages import (
+    evaluate,
+    featurize,
+    ood_data,
+    ood_evaluate,
+    ood_featurize,
+    ood_test,
+    prepare,
+    report,
+    test,
+    train,
+)
 from tests.conftest import examples
 
 # Each example must finish well inside this (ms): a hang or a runaway decode fails the test.
@@ -118,71 +129,24 @@ def test_an_image_just_under_the_limit_decodes(tmp_path: Path) -> None:
 
 STAGES = {
     "prepare": (prepare.main, ["--sources", "data/sources.yaml", "--out", "o", "--report", "r.json"]),
-    "ood_data": (ood_data.main, ["--out", "o"]),
-    "featurize": (featurize.main, ["--data", "d", "--ood", "q", "--out", "o"]),
+    "featurize": (featurize.main, ["--data", "d", "--out", "o"]),
     "train": (
         train.main,
         [
-            "--features",
-            "f",
-            "--data",
-            "d",
-            "--model",
-            "m",
-            "--last",
-            "k",
-            "--logdir",
-            "l",
-            "--metrics",
-            "x",
-            "--report",
-            "r",
-            "--history",
-            "h",
+            *("--features", "f", "--data", "d", "--model", "m", "--last", "k", "--logdir", "l"),
+            *("--metrics", "x", "--report", "r", "--history", "h"),
         ],
     ),
-    "test": (
-        test.main,
+    "test": (test.main, ["--model", "m", "--data", "d", "--features", "f", "--out", "o", "--detectors", "j"]),
+    "evaluate": (evaluate.main, ["--predictions", "p", "--metrics", "m", "--report", "r", "--plots", "o"]),
+    "ood_data": (ood_data.main, ["--sources", "s.yaml", "--out", "o", "--report", "r.json"]),
+    "ood_featurize": (ood_featurize.main, ["--ood", "q", "--out", "o"]),
+    "ood_test": (ood_test.main, ["--model", "m", "--ood", "q", "--features", "f", "--out", "o"]),
+    "ood_evaluate": (
+        ood_evaluate.main,
         [
-            "--model",
-            "m",
-            "--data",
-            "d",
-            "--ood",
-            "q",
-            "--features",
-            "f",
-            "--out",
-            "o",
-            "--ood-out",
-            "u",
-            "--detectors",
-            "j",
-        ],
-    ),
-    "evaluate": (
-        evaluate.main,
-        [
-            "--predictions",
-            "p",
-            "--ood-predictions",
-            "u",
-            "--detectors",
-            "j",
-            "--ood",
-            "q",
-            "--metrics",
-            "m",
-            "--report",
-            "r",
-            "--unknown-metrics",
-            "x",
-            "--unknown-report",
-            "z",
-            "--plots",
-            "o",
-            "--unknown-plots",
-            "y",
+            *("--predictions", "p", "--detectors", "j", "--ood", "q", "--ood-predictions", "u"),
+            *("--metrics", "m", "--report", "r", "--plots", "o"),
         ],
     ),
     "report": (report.main, ["--reports", "r", "--plots", "p", "--out", "o"]),

@@ -1,4 +1,5 @@
-"""The test stage's two routes: cached features (frozen backbone) and the full model on images."""
+"""The test stages' two routes (test: the test split; ood_test: the OOD set): cached features (frozen backbone)
+and the full model on images."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import yaml
 
 from abcd.core.params import load_params
 from abcd.data.images import ImageDataset, Sample, write_manifest
+from abcd.data.ood_manifest import not_evaluated, write_not_evaluated
 from abcd.evaluation.predictions import read_predictions
 from abcd.features.engine import extract_features, make_loader, prepare_model, weights_fingerprint
 from abcd.features.runtime import resolve_runtime
@@ -20,6 +22,7 @@ from abcd.features.transforms import eval_transform
 from abcd.models.backbones import build_backbone
 from abcd.models.checkpoint import save_checkpoint
 from abcd.models.head import Classifier
+from abcd.stages import ood_test
 from abcd.stages import test as test_stage
 from tests.conftest import CLASSES, make_image
 
@@ -58,38 +61,54 @@ def project(tmp_path: Path, repo: Path) -> dict[str, Path]:
     features = tmp_path / "features"
     features.mkdir()
     write_split(features, "test", feats, labels, [s.path for s in samples])
-    ood = [Sample(p, None) for p in ood_paths]
-    ood_feats, ood_labels = extract_features(
-        module, make_loader(ImageDataset(ood, CLASSES, eval_transform(backbone.preprocess)), 3, runtime), runtime
-    )
-    write_split(features, "ood", ood_feats, ood_labels, ood_paths)
     meta = {
         "backbone": "efficientnet_lite0",
         "backbone_sha256": weights_fingerprint(backbone.module),
         "preprocess": backbone.preprocess.to_dict(),
         "precision": runtime.precision,
-        "classes": CLASSES,
     }
-    (features / "meta.json").write_text(json.dumps(meta))
-    return {"root": tmp_path, "params": params_path, "features": features}
+    (features / "meta.json").write_text(json.dumps({**meta, "classes": CLASSES}))
+    # What ood_featurize writes for the OOD set: no labels, so no classes in its meta.
+    ood = [Sample(p, None) for p in ood_paths]
+    ood_feats, ood_labels = extract_features(
+        module, make_loader(ImageDataset(ood, CLASSES, eval_transform(backbone.preprocess)), 3, runtime), runtime
+    )
+    ood_features = tmp_path / "ood_features"
+    write_split(ood_features, "ood", ood_feats, ood_labels, ood_paths)
+    (ood_features / "meta.json").write_text(json.dumps(meta))
+    return {"root": tmp_path, "params": params_path, "features": features, "ood_features": ood_features}
 
 
-def _run(project: dict[str, Path], features: Path, out: str, capsys) -> tuple[np.ndarray, str]:
+def _run(project: dict[str, Path], features: Path, out: str, capsys, ood_features: Path) -> tuple[np.ndarray, str]:
     root = project["root"]
-    args = ["--params", str(project["params"]), "--model", str(root / "model.pt"), "--data", str(root / "data")]
-    args += ["--ood", str(root / "ood"), "--ood-out", str(root / f"ood-{out}"), "--detectors", str(root / "d.json")]
-    test_stage.main([*args, "--features", str(features), "--out", str(root / out)])
-    ood = read_predictions(root / f"ood-{out}", labelled=False)
+    args = ["--params", str(project["params"]), "--model", str(root / "model.pt")]
+    test_stage.main([*args, "--data", str(root / "data"), "--detectors", str(root / "d.json"),
+                     "--features", str(features), "--out", str(root / out)])  # fmt: skip
+    ood_test.main(
+        [*args, "--ood", str(root / "ood"), "--features", str(ood_features), "--out", str(root / f"ood-{out}")]
+    )
+    ood = read_predictions(root / f"ood-{out}" / "ood.csv", labelled=False)
     assert len(ood.images) == 2 and (ood.labels == -1).all()
     return np.concatenate([read_predictions(root / out).probs, ood.probs]), capsys.readouterr().out
 
 
 def test_cached_features_give_the_full_models_probabilities(project, capsys) -> None:
-    cached, log_cached = _run(project, project["features"], "a.csv", capsys)
-    full, log_full = _run(project, project["root"] / "missing", "b.csv", capsys)
+    cached, log_cached = _run(project, project["features"], "a.csv", capsys, project["ood_features"])
+    missing = project["root"] / "missing"
+    full, log_full = _run(project, missing, "b.csv", capsys, missing)
     assert "test: 8 images, cached features" in log_cached and "ood: 2 images, cached features" in log_cached
     assert "running the backbone on the images" in log_full and "no cached test features" in log_full
+    assert "no cached ood features" in log_full
     np.testing.assert_allclose(cached, full, atol=1e-5)
+
+
+def test_ood_test_passes_on_why_the_ood_branch_is_off(tmp_path: Path, repo: Path, capsys) -> None:
+    """No checkpoint, no features: with the branch off, ood_test reads neither."""
+    write_not_evaluated(tmp_path / "ood", "ood.evaluate is false")
+    args = ["--params", str(repo / "params.yaml"), "--model", str(tmp_path / "none.pt"), "--ood", str(tmp_path / "ood")]
+    ood_test.main([*args, "--features", str(tmp_path / "none"), "--out", str(tmp_path / "out")])
+    assert not_evaluated(tmp_path / "out") == "ood.evaluate is false"
+    assert "ood_test: not evaluated: ood.evaluate is false" in capsys.readouterr().out
 
 
 def test_features_of_other_weights_are_not_used(project, capsys) -> None:
@@ -98,7 +117,7 @@ def test_features_of_other_weights_are_not_used(project, capsys) -> None:
     meta = json.loads(meta_path.read_text())
     meta["backbone_sha256"] = "0" * 64
     meta_path.write_text(json.dumps(meta))
-    _, log = _run(project, project["features"], "c.csv", capsys)
+    _, log = _run(project, project["features"], "c.csv", capsys, project["ood_features"])
     assert "backbone_sha256 differs" in log and "running the backbone" in log
 
 

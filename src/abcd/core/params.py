@@ -135,11 +135,21 @@ class UnknownParams(Schema):
     method: Annotated[str, UNKNOWN_METHODS]
     false_reject: Annotated[Number, Field(ge=0, lt=0.5, description="a fraction in [0, 0.5), e.g. 0.02")]
     knn_k: Count
-    ood_crops: bool
 
     def fit_kwargs(self) -> dict[str, Any]:
         """What fitting the detectors at train time reads (the method is chosen at predict time)."""
         return {"false_reject": self.false_reject, "knn_k": self.knn_k}
+
+
+class OodParams(Schema):
+    """The OOD branch (ood_data -> ood_featurize -> ood_test -> ood_evaluate): unknown detection measured
+    on photos that are none of the classes. The classifier's stages never read it."""
+
+    # auto: on iff a route to the Debian packages' photos exists; true: a missing route fails ood_data.
+    evaluate: Annotated[bool | Auto, Field(description="true, false or 'auto'")]
+    # Which route of the OOD sources file (data/ood_sources.yaml) to read, or auto: the first that has every file.
+    use: str
+    crops: bool  # besides each whole photo, its 4 quadrant crops
 
 
 class EvaluateParams(Schema):
@@ -174,6 +184,7 @@ class Params(Schema):
     evaluate: EvaluateParams
     predict: PredictParams
     unknown: UnknownParams
+    ood: OodParams
     serve: ServeParams
 
     @field_validator("classes")
@@ -199,6 +210,9 @@ def parse_params(data: Any) -> Params:
             "params: 'prepare.sources' moved to the sources file data/sources.yaml (as 'sets', beside "
             "'downloads'); params.yaml keeps 'prepare.use' to pick a set"
         )
+    unknown = data.get("unknown") if isinstance(data, dict) else None
+    if isinstance(unknown, dict) and "ood_crops" in unknown:
+        raise ParamsError("params: 'unknown.ood_crops' moved to 'ood.crops' (the OOD branch's own section)")
     return build(Params, data, "")
 
 

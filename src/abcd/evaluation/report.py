@@ -36,9 +36,16 @@ def _start(train: dict) -> str:
 
 
 def render(
-    data: dict, train: dict, test: dict, params: Params, plot_links: Sequence[tuple[str, str]], unknown: dict
+    data: dict,
+    train: dict,
+    test: dict,
+    params: Params,
+    plot_links: Sequence[tuple[str, str]],
+    unknown: dict,
+    ood_data: dict | None = None,
 ) -> str:
-    """The report as Markdown text; pure, so tests can check it without files."""
+    """The report as Markdown text; pure, so tests can check it without files. ``unknown`` and ``ood_data``
+    are the OOD branch's reports (ood_evaluate's, ood_data's), or say that it was not evaluated."""
     lines = [
         "# Ants, bees, cats and dogs: evaluation report",
         "",
@@ -49,7 +56,7 @@ def render(
         "",
         *_test_section(test["test"]),
         *_val_and_data_sections(train["val"], data["totals"]),
-        *_unknown_section(unknown, params.unknown.method),
+        *_unknown_section(unknown, params.unknown.method, ood_data or {}),
         "",
         "## Plots",
         "",
@@ -102,7 +109,10 @@ def _val_and_data_sections(v: dict, d: dict) -> list[str]:
     ]
 
 
-def _unknown_section(unknown: dict, method: str) -> list[str]:
+def _unknown_section(unknown: dict, method: str, ood_data: dict) -> list[str]:
+    if unknown.get("evaluated") is False:
+        return ["", "## Unknown detection", "", f"Not evaluated: {unknown['reason']}."]
+    route = f" The OOD set's Debian photos came through route `{ood_data['route']}`." if "route" in ood_data else ""
     lines = [
         "",
         "## Unknown detection",
@@ -111,7 +121,7 @@ def _unknown_section(unknown: dict, method: str) -> list[str]:
         f"({unknown['n_ood_photos']} distinct photos, the OOD set's report half); thresholds fitted on val for "
         f"{unknown['target_false_reject']:.0%} false rejects, except the original rule (`predict.threshold`). "
         f"Temperature {unknown['temperature']:.3f}: test ECE {_fmt(unknown['ece_test_before'])} before, "
-        f"{_fmt(unknown['ece_test_after'])} after. `unknown.method` (`{method}`) is what predict uses.",
+        f"{_fmt(unknown['ece_test_after'])} after. `unknown.method` (`{method}`) is what predict uses.{route}",
         "",
         "| method | AUROC | OOD rejected | OOD photos rejected | known test rejected | threshold |",
         "|---|---|---|---|---|---|",

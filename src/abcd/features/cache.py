@@ -1,7 +1,7 @@
 """Use featurize's cached features for a checkpoint only when they are provably its own.
 
-The test stage needs backbone features of the test and OOD images. With a
-frozen backbone, `featurize` has already computed them; recomputing would cost most of
+The test stages need backbone features of the test and OOD images. With a
+frozen backbone, `featurize` and `ood_featurize` have already computed them; recomputing would cost most of
 a head-only experiment. They are used only if the cache was made by the very same
 backbone weights (a sha256 of its state dict), preprocessing, precision and images;
 anything else (a fine-tuned backbone, another checkpoint) runs the backbone instead
@@ -34,8 +34,9 @@ def cached_features(
         "backbone_sha256": loaded.backbone_sha256,
         "preprocess": loaded.preprocess.to_dict(),
         "precision": runtime.precision,
-        "classes": loaded.classes,
     }
+    if "classes" in meta:  # featurize's labelled splits; the OOD set's features (ood_featurize) carry no labels
+        expected["classes"] = loaded.classes
     for key, value in expected.items():
         if meta.get(key) != value:
             return None, f"{meta_path}: {key} differs from the checkpoint's (fine-tuned or other backbone)"

@@ -107,6 +107,17 @@ def launch(module: str, argv: Sequence[str] | None, processes: int) -> int:
     return 0
 
 
+def run_stage(module: str, argv: Sequence[str] | None, params: RuntimeParams, work: Callable[..., None]) -> int:
+    """A stage's ``work(world, runtime)`` here, or, when :func:`should_launch` says so, this stage's command
+    (``python -m module argv``) launched as that many ranks, each of which comes back here as one rank."""
+    processes = should_launch(params.processes)
+    if processes:
+        return launch(module, argv, processes)
+    with joined(params) as (world, runtime):
+        work(world, runtime)
+    return 0
+
+
 @dataclass(frozen=True)
 class World:
     """This process's place among the ranks; the defaults are the single process of ``processes: 1``."""

@@ -1,10 +1,12 @@
-"""Run the frozen backbone once over every split's images and write pooled features (featurize's work)."""
+"""Run the frozen backbone once over every split's images and write pooled features (featurize's and
+ood_featurize's work)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,38 +21,57 @@ from abcd.features.engine import iter_features, make_loader, prepare_model, weig
 from abcd.features.runtime import Runtime, seed_everything
 from abcd.features.store import SplitWriter
 from abcd.features.transforms import eval_transform, train_transform
-from abcd.models.backbones import BACKBONE_WEIGHTS, build_backbone
+from abcd.models.backbones import BACKBONE_WEIGHTS, Backbone, build_backbone
+
+# One split's work: its images, the transform of its views, how many views, and the extra (eval) view or None.
+Job = tuple[list[Sample], Callable, int, Callable | None]
 
 
-def featurize(data: Path, ood: Path, out: Path, params: Params, world: World, runtime: Runtime) -> None:
-    """Every split's features -> ``out``. Each rank computes its shard of every split; rank 0 alone
-    writes, the same files in the same order as one process."""
-    seed_everything(params.seed)
+def featurize(data: Path, out: Path, params: Params, world: World, runtime: Runtime) -> None:
+    """The train, val and test splits' features -> ``out``, and the backbone's weights for train's checkpoint."""
+    manifests = {split: read_manifest(data / f"{split}.csv", params.classes) for split in ("train", "val", "test")}
+
+    def jobs(backbone: Backbone) -> dict[str, Job]:
+        evaluation = eval_transform(backbone.preprocess)
+        augmented = train_transform(backbone.preprocess, params.augment)
+        return {
+            "train": (manifests["train"], augmented, params.featurize.views, evaluation),
+            "val": (manifests["val"], evaluation, 1, None),
+            "test": (manifests["test"], evaluation, 1, None),
+        }
+
+    seed_everything(params.seed)  # the augmented views' draws
+    meta = {"views": params.featurize.views, "classes": params.classes}
+    _featurize(out, jobs, meta, params, world, runtime, save_weights=True)
+
+
+def featurize_ood(ood: Path, out: Path, params: Params, world: World, runtime: Runtime) -> None:
+    """The OOD set's features (eval view) -> ``out``: the OOD branch's own cache, apart from the classifier's."""
+    samples = [Sample(p, None) for p in read_ood_manifest(ood / "manifest.csv").paths]
+
+    def jobs(backbone: Backbone) -> dict[str, Job]:
+        return {"ood": (samples, eval_transform(backbone.preprocess), 1, None)}
+
+    _featurize(out, jobs, {}, params, world, runtime, save_weights=False)
+
+
+def _featurize(
+    out: Path,
+    jobs: Callable[[Backbone], dict[str, Job]],
+    meta: dict,
+    params: Params,
+    world: World,
+    runtime: Runtime,
+    save_weights: bool,
+) -> None:
+    """Each split of ``jobs`` -> ``out``, with meta.json (what test's cache check compares). Each rank computes
+    its shard of every split; rank 0 alone writes, the same files in the same order as one process."""
     backbone = build_backbone(params.model.backbone, pretrained=True)
     module = prepare_model(backbone.module, runtime)
-    manifests = {split: read_manifest(data / f"{split}.csv", params.classes) for split in ("train", "val", "test")}
-    manifests["ood"] = [Sample(p, None) for p in read_ood_manifest(ood / "manifest.csv")[0]]
-    evaluation = eval_transform(backbone.preprocess)
-    jobs = {
-        "train": (train_transform(backbone.preprocess, params.augment), params.featurize.views, evaluation),
-        "val": (evaluation, 1, None),
-        "test": (evaluation, 1, None),
-        "ood": (evaluation, 1, None),
-    }
     with atomic_dir(out) if world.is_main else contextlib.nullcontext(None) as tmp:
-        for split, (transform, views, extra) in jobs.items():
+        for split, (samples, transform, views, extra) in jobs(backbone).items():
             _featurize_split(
-                tmp,
-                split,
-                manifests[split],
-                transform,
-                views,
-                extra,
-                module,
-                params,
-                runtime,
-                backbone.num_features,
-                world,
+                tmp, split, samples, transform, views, extra, module, params, runtime, backbone.num_features, world
             )
         if not world.is_main:
             return
@@ -61,13 +82,12 @@ def featurize(data: Path, ood: Path, out: Path, params: Params, world: World, ru
             "preprocess": backbone.preprocess.to_dict(),
             "precision": runtime.precision,
             "device": str(runtime.device),
-            "views": params.featurize.views,
-            "classes": params.classes,
+            **meta,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        # The weights that made these features: train puts them in the checkpoint as they are.
-        state = {k: v.detach().cpu().contiguous() for k, v in backbone.module.state_dict().items()}
-        torch.save(state, tmp / BACKBONE_WEIGHTS)
+        if save_weights:  # the weights that made these features: train puts them in the checkpoint as they are
+            state = {k: v.detach().cpu().contiguous() for k, v in backbone.module.state_dict().items()}
+            torch.save(state, tmp / BACKBONE_WEIGHTS)
 
 
 def _featurize_split(

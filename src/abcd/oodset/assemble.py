@@ -1,9 +1,10 @@
-"""The OOD set from installed packages: real photos that are none of ants, bees, cats or dogs.
+"""The OOD set from packaged photos: real photos that are none of ants, bees, cats or dogs.
 
 Taken from files that pip packages (scikit-image, scikit-learn, matplotlib) and Debian packages
-(OpenCV's samples, Lomiri's
-wallpapers) ship: the list is src/abcd/oodset/photos.py. Each photo is written whole (its longer
-side at most MAX_SIDE) and, with ``unknown.ood_crops``, as its four quadrant crops; the
+(OpenCV's samples, wallpapers, documentation) ship: the list is src/abcd/oodset/photos.py. The Debian
+files are read through a route (src/abcd/oodset/routes.py: the mirror or the installed packages), the
+pip ones from the installed pip packages. Each photo is written whole (its longer
+side at most MAX_SIDE) and, with ``ood.crops``, as its four quadrant crops; the
 crops are NOT independent samples, so the manifest names the source photo of every row
 and the metrics count distinct photos. Each photo, with its crops, belongs to one half:
 ``selection`` (for choosing a detector and its settings) or ``report`` (for the reported
@@ -27,7 +28,8 @@ from abcd.core.errors import UserError
 from abcd.core.fileio import atomic_dir
 from abcd.data.images import load_rgb
 from abcd.data.ood_manifest import HALVES, MANIFEST_FIELDS
-from abcd.oodset.photos import DEB, DEB_PACKAGES, PHOTOS, OodPhoto
+from abcd.oodset.photos import DEB, PHOTOS, OodPhoto
+from abcd.oodset.routes import installed
 
 # Crops below this side would be upscaled several times by the backbone's resize: skip them.
 MIN_CROP_SIDE = 150
@@ -41,14 +43,14 @@ SPLIT_SEED = 20
 SPLIT_SEEDS = {1: SPLIT_SEED, 2: 21}
 
 
-def package_file(photo: OodPhoto) -> Path:
-    """The installed file, or a UserError naming the package to install."""
+def package_file(photo: OodPhoto, deb_root: Path = Path("/")) -> Path:
+    """The photo's file (a Debian one under the route ``deb_root``), or a UserError naming what is missing."""
     if photo.source == DEB:
-        path = Path(photo.relpath)
+        path = installed(deb_root, photo.relpath)
         if not path.is_file():
             raise UserError(
-                f"ood_data: {path} not found: install the Debian package {photo.package!r} "
-                f"(make system-deps, or: apt-get install {' '.join(DEB_PACKAGES)})"
+                f"ood_data: {path} not found: the Debian package {photo.package!r} is not under the route "
+                f"{deb_root} (data/ood_sources.yaml: the mirror, or / with the packages installed by make system-deps)"
             )
         return path
     spec = importlib.util.find_spec(photo.package)
@@ -121,9 +123,11 @@ def sources_markdown(photos: Sequence[OodPhoto], counts: dict[str, int], halves:
     return "\n".join(lines) + "\n"
 
 
-def build_ood_set(out: Path, crops: bool) -> int:
-    """Write the OOD set to ``out`` (images, manifest.csv, SOURCES.md) atomically; the number of images."""
-    files = {p.name: package_file(p) for p in PHOTOS}  # all missing packages fail before writing
+def build_ood_set(out: Path, crops: bool, deb_root: Path) -> int:
+    """Write the OOD set to ``out`` (images, manifest.csv, SOURCES.md) atomically; the number of images.
+
+    The same bytes from every route ``deb_root`` with the pinned files: nothing of the route is written."""
+    files = {p.name: package_file(p, deb_root) for p in PHOTOS}  # all missing files fail before writing
     halves = split_batches(PHOTOS)
     counts: dict[str, int] = {}
     with atomic_dir(out) as tmp:

@@ -1,9 +1,10 @@
 """Stage `report`: a Markdown summary of the workspace's run, for a pull-request comment.
 
 Metrics with their bootstrap confidence intervals, per-class scores, the data report
-and the plots as images (links relative to the report). It reads the full JSON reports
-(``reports/train.json``, ``test.json``, ``unknown.json``), not the metrics files: those hold
-only the numbers DVC compares.
+and the plots as images (links relative to the report). It reads the full JSON reports of
+both branches (``reports/data.json``, ``train.json``, ``test.json``; the OOD branch's ``ood_data.json``
+and ``unknown.json``, which may say it was not evaluated), not the metrics files: those hold only the
+numbers DVC compares.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         __doc__,
         argv,
         reads={
-            "reports": "directory with data/train/test/unknown.json (the full reports)",
+            "reports": "directory with data/train/test/ood_data/unknown.json (the full reports)",
             "plots": "plots directory",
         },
         writes={"out": "Markdown report"},
@@ -41,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         params,
         links,
         _read(args.reports / "unknown.json"),
+        _read(args.reports / "ood_data.json"),
     )
     atomic_write_text(args.out, text)
     print(f"report: {args.out}")
