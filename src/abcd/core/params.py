@@ -195,18 +195,36 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class ServeParams:
-    """Limits of the HTTP service (src/abcd/serving/app.py): larger uploads are refused with 413."""
+    """Limits, timeouts and batching of the HTTP service (src/abcd/serving/app.py, docs/deploy.md)."""
 
     max_file_mb: float
     max_files: int
+    max_request_mb: float
+    max_fields: int
+    pixels_in_flight: int
+    body_timeout_s: float
+    shutdown_timeout_s: int
+    batch_size: int
+    batch_wait_ms: float
 
     def __post_init__(self) -> None:
         check(self.max_file_mb > 0, "serve.max_file_mb", "a size in MB > 0, e.g. 20")
         check(self.max_files >= 1, "serve.max_files", "an integer >= 1, e.g. 32")
+        check(self.max_request_mb >= self.max_file_mb, "serve.max_request_mb", "a size in MB >= serve.max_file_mb")
+        check(self.max_fields >= 0, "serve.max_fields", "an integer >= 0, e.g. 16")
+        check(self.pixels_in_flight >= 1, "serve.pixels_in_flight", "an integer >= 1, e.g. 64000000")
+        check(self.body_timeout_s > 0, "serve.body_timeout_s", "seconds > 0, e.g. 30")
+        check(self.shutdown_timeout_s >= 0, "serve.shutdown_timeout_s", "whole seconds >= 0, e.g. 10")
+        check(self.batch_size >= 1, "serve.batch_size", "an integer >= 1, e.g. 2")
+        check(self.batch_wait_ms >= 0, "serve.batch_wait_ms", "milliseconds >= 0, e.g. 5")
 
     @property
     def max_file_bytes(self) -> int:
         return int(self.max_file_mb * 1_000_000)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.max_request_mb * 1_000_000)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import BinaryIO, Protocol, TypeVar
 
 import numpy as np
 
@@ -63,9 +63,11 @@ class ModelRuntime(Protocol):
         """(N, 3, S, S) -> (calibrated probabilities (N, C), :attr:`rule`'s unknown scores (N,)), float64."""
 
 
-def decode_upload(data: bytes, max_pixels: int | None) -> np.ndarray:
-    """Decode uploaded bytes with the same checks as prepare's (pixel and aspect limits, animation, any mode to RGB)."""
-    return load_rgb(io.BytesIO(data), max_pixels=max_pixels, allow_animated=False, max_aspect=MAX_ASPECT)
+def decode_upload(data: bytes | BinaryIO, max_pixels: int | None) -> np.ndarray:
+    """Decode an upload (bytes or a file object) with prepare's checks: pixel and aspect limits, no
+    animation, any mode to RGB."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    return load_rgb(source, max_pixels=max_pixels, allow_animated=False, max_aspect=MAX_ASPECT)
 
 
 def decode_file(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
