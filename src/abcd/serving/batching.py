@@ -4,10 +4,9 @@ Each upload goes to a thread pool, where its header is read and the image is adm
 :class:`PixelBudget` for its decoded size (first come, first served), then decoded and preprocessed
 in parallel with the forward passes (Pillow, OpenCV and onnxruntime release the GIL). It holds its
 share of the budget until its forward pass is done, so neither decoded images nor preprocessed
-ones waiting for a pass grow without bound. One thread runs the forward passes
-(:class:`Batcher`): it takes up to ``batch_size`` images queued by any request, and waits at most
-``wait_s`` for more only while other images are still being decoded, so a lone request is never
-held back.
+ones waiting for a pass grow without bound. The :class:`Batcher`'s threads run the forward passes:
+each takes up to ``batch_size`` images queued by any request, and waits at most ``wait_s`` for more
+only while other images are still being decoded, so a lone request is never held back.
 """
 
 from __future__ import annotations
@@ -35,14 +34,18 @@ _STREAM = re.compile(r" <[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 class Batcher:
-    """One thread running forward passes over images queued from any request."""
+    """``threads`` threads running forward passes over images queued from any request.
 
-    def __init__(self, runtime: ModelRuntime, batch_size: int, wait_s: float) -> None:
-        self.runtime, self.batch_size, self.wait_s = runtime, batch_size, wait_s
+    Two by default: onnxruntime's threads wait for the slowest of them at the end of each layer, and
+    with a second pass running the cores have work meanwhile (benchmarks/deploy.py, on 2 shared cores:
+    32 clients got 0.96-1.43 of the in-process ceiling with two, 0.84-1.06 with one)."""
+
+    def __init__(self, runtime: ModelRuntime, batch_size: int, wait_s: float, threads: int = 2) -> None:
+        self.runtime, self.batch_size, self.wait_s, self.threads = runtime, batch_size, wait_s, threads
         self._queue: deque[tuple[np.ndarray, Future[Prediction]]] = deque()
         self._cond = threading.Condition()
         self._coming = 0  # images being decoded: worth a short wait to share a pass
-        self._thread: threading.Thread | None = None
+        self._running: list[threading.Thread] = []
         self._closed = False
 
     def expect(self, n: int) -> None:
@@ -62,9 +65,10 @@ class Batcher:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the service is shutting down")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="forward", daemon=True)
-                self._thread.start()
+            if not self._running:
+                for _ in range(self.threads):
+                    self._running.append(threading.Thread(target=self._run, name="forward", daemon=True))
+                    self._running[-1].start()
             self._queue.append((x, done))
             self._cond.notify()
         return done
@@ -92,12 +96,12 @@ class Batcher:
                 done.set_result(prediction)
 
     def close(self) -> None:
-        """Run what is queued, then stop the thread."""
+        """Run what is queued, then stop the threads."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join()
+        for thread in self._running:
+            thread.join()
 
 
 class Inference:
