@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import select
 import socket
@@ -42,6 +43,12 @@ class Server:
                 return int(line.split()[1]) / 1024
         raise AssertionError("no VmHWM in /proc")
 
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS in /proc")
+
     def reset_peak(self) -> None:
         Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
 
@@ -50,14 +57,21 @@ class Server:
 
 
 @contextmanager
-def serve(model: Path, params: Path, *args: str, timeout: float = 120) -> Iterator[Server]:
-    """``python -m abcd.serving.app`` on a free port with this checkout's code, until /ready answers 200."""
+def serve(model: Path, params: Path, *args: str, factory: bool = False, timeout: float = 120) -> Iterator[Server]:
+    """``python -m abcd.serving.app`` (or, with ``factory``, ``uvicorn --factory`` on the app factory) on a
+    free port with this checkout's code, until /ready answers 200."""
     port = free_port()
     log = params.parent / f"serve-{port}.log"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "abcd.serving.app", "--port", str(port), "--model", str(model)]
+    if factory:
+        env.update(ABCD_SERVE_MODEL=str(model), ABCD_SERVE_PARAMS=str(params))
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "abcd.serving.app:create_app_from_env"]
+        cmd += ["--port", str(port)]
+    else:
+        cmd = [sys.executable, "-m", "abcd.serving.app", "--port", str(port), "--model", str(model)]
+        cmd += ["--params", str(params)]
     with log.open("wb") as out:
-        proc = subprocess.Popen([*cmd, "--params", str(params), *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*cmd, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(proc, port, log)
     try:
         deadline = time.monotonic() + timeout
@@ -93,6 +107,10 @@ def exchange(port: int, head: bytes, chunks: Iterable[bytes] = (), timeout: floa
             except OSError:  # closed on us: read what it said
                 break
         return read_response(sock)
+
+
+def body_json(response: bytes) -> dict:
+    return json.loads(response.partition(b"\r\n\r\n")[2])
 
 
 def read_response(sock: socket.socket) -> tuple[int, bytes]:

@@ -10,7 +10,7 @@ no animated files; CMYK, alpha and 16-bit converted to RGB). 200 when at least o
 image, 415 when none is (or the request is not multipart), 400 when it has no file, 413 past a
 limit of ``serve`` in params (file, files, request body, form fields), 408 when the client stops
 sending its body. ``GET /health``: liveness, with the model, classes, backbone, checkpoint
-version and limits; ``GET /ready``: 200 once a warm-up pass has run, else 503. ``GET /``: the
+version, limits and forward passes so far; ``GET /ready``: 200 once a warm-up pass has run, else 503. ``GET /``: the
 page (no CDN: it is one file served here). ``/docs`` only with ``--docs`` (its assets come from a CDN).
 The model is loaded once per worker; no torch is imported.
 """
@@ -165,6 +165,7 @@ def create_app(
                 "max_request_mb": limits.max_request_mb,
                 "max_pixels": max_pixels,
             },
+            "forward_passes": {"passes": inference.batcher.passes, "images": inference.batcher.images},
         }
 
     @app.get("/ready")

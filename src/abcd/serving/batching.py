@@ -47,6 +47,7 @@ class Batcher:
         self._coming = 0  # images being decoded: worth a short wait to share a pass
         self._running: list[threading.Thread] = []
         self._closed = False
+        self.passes = self.images = 0  # served so far: their ratio is the mean batch
 
     def expect(self, n: int) -> None:
         """``n`` images are on their way (decoding): while any is, a pass waits up to ``wait_s`` for them."""
@@ -82,7 +83,9 @@ class Batcher:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._cond.wait(left):
                     break
-            return [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+            batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+            self.passes, self.images = self.passes + bool(batch), self.images + len(batch)
+            return batch
 
     def _run(self) -> None:
         while batch := self._take():
