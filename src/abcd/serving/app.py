@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
@@ -89,6 +89,104 @@ def _form_error(err: HTTPException, limits: ServeParams) -> JSONResponse:
     return _error(400, detail)
 
 
+class Service:
+    """What the routes share: the model's rule and classes, the limits, the inference path, readiness."""
+
+    def __init__(self, model: OnnxClassifier, runtime: OnnxRuntime, limits: ServeParams, inference: Inference):
+        self.model, self.rule, self.classes = model, runtime.rule, model.classes
+        self.limits, self.inference = limits, inference
+        self.page = resources.files("abcd.serving").joinpath("static/index.html").read_text(encoding="utf-8")
+        self.ready = threading.Event()
+
+    @asynccontextmanager
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        async def warm_up() -> None:
+            await asyncio.to_thread(self.inference.warm_up)
+            self.ready.set()
+
+        warming = asyncio.create_task(warm_up())  # in the background: /health answers meanwhile
+        try:
+            yield
+        finally:
+            await warming
+            await asyncio.to_thread(self.inference.close)
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+# HEAD beside each GET, out of the OpenAPI schema (one operation per path there).
+routes = APIRouter()
+
+
+@routes.get("/", response_class=HTMLResponse)
+@routes.head("/", response_class=HTMLResponse, include_in_schema=False)
+async def index(request: Request) -> str:
+    return _service(request).page
+
+
+@routes.get("/health")
+@routes.head("/health", include_in_schema=False)
+async def health(request: Request) -> dict[str, Any]:
+    service = _service(request)
+    meta, limits, batcher = service.model.meta, service.limits, service.inference.batcher
+    return {
+        "status": "ok",
+        "model": service.model.path.name,
+        "classes": service.classes,
+        "backbone": meta["backbone"],
+        "checkpoint": meta["checkpoint"],
+        "method": service.rule.name,
+        "threshold": service.rule.threshold,
+        "limits": {
+            "max_file_mb": limits.max_file_mb,
+            "max_files": limits.max_files,
+            "max_request_mb": limits.max_request_mb,
+            "max_pixels": service.inference.max_pixels,
+        },
+        "forward_passes": {"passes": batcher.passes, "images": batcher.images},
+    }
+
+
+@routes.get("/ready")
+@routes.head("/ready", include_in_schema=False)
+async def readiness(request: Request) -> JSONResponse:
+    if _service(request).ready.is_set():
+        return JSONResponse({"ready": True})
+    return _error(503, "warming up", **{"Retry-After": "1"})
+
+
+@routes.post("/predict")
+async def predict(request: Request) -> JSONResponse:
+    service = _service(request)
+    limits = service.limits
+    kind, _ = parse_options_header(request.headers.get("content-type"))
+    if kind != b"multipart/form-data":
+        return _error(415, f"send multipart/form-data with one or more images in the field '{FIELD}'")
+    try:
+        form = await request.form(
+            max_files=limits.max_files, max_fields=limits.max_fields, max_part_size=MAX_FIELD_BYTES
+        )
+    except HTTPException as err:  # Starlette: malformed multipart, or a limit crossed
+        return _form_error(err, limits)
+    try:
+        uploads = [f for f in form.getlist(FIELD) if isinstance(f, UploadFile)]
+        request.state.files = len(uploads)
+        if not uploads:
+            return _error(400, f"no file in the field '{FIELD}'")
+        for upload in uploads:
+            if (upload.size or 0) > limits.max_file_bytes:
+                return _error(413, f"{upload.filename}: over {limits.max_file_mb:g} MB per file (serve.max_file_mb)")
+        found = await service.inference.classify([upload.file for upload in uploads])
+    finally:
+        await form.close()
+    results = [_result(upload.filename or "", service.classes, f) for upload, f in zip(uploads, found)]
+    if all(isinstance(f, str) for f in found):
+        return _error(415, "no file is a usable image", results)
+    return JSONResponse({"method": service.rule.name, "threshold": service.rule.threshold, "results": results})
+
+
 def create_app(
     model: OnnxClassifier,
     limits: ServeParams,
@@ -113,97 +211,20 @@ def create_app(
         threads=decode_threads or max(1, (os.cpu_count() or 1) // 4),
         input_size=model.preprocessing.input_size,
     )
-    rule, classes = runtime.rule, model.classes
-    page = resources.files("abcd.serving").joinpath("static/index.html").read_text(encoding="utf-8")
-    ready = threading.Event()
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async def warm_up() -> None:
-            await asyncio.to_thread(inference.warm_up)
-            ready.set()
-
-        warming = asyncio.create_task(warm_up())  # in the background: /health answers meanwhile
-        try:
-            yield
-        finally:
-            await warming
-            await asyncio.to_thread(inference.close)
-
+    service = Service(model, runtime, limits, inference)
     app = FastAPI(
         title="ants, bees, cats, dogs",
         version=model.meta["checkpoint"]["sha256"][:12],
-        lifespan=lifespan,
+        lifespan=service.lifespan,
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
     )
+    app.state.service = service
+    app.include_router(routes)
     app.add_middleware(BodyLimits, max_bytes=limits.max_request_bytes, timeout_s=limits.body_timeout_s)
     if access_log:
-        app.add_middleware(AccessLog)
-
-    # HEAD beside each GET, out of the OpenAPI schema (one operation per path there).
-    @app.get("/", response_class=HTMLResponse)
-    @app.head("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> str:
-        return page
-
-    @app.get("/health")
-    @app.head("/health", include_in_schema=False)
-    async def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "model": model.path.name,
-            "classes": classes,
-            "backbone": model.meta["backbone"],
-            "checkpoint": model.meta["checkpoint"],
-            "method": rule.name,
-            "threshold": rule.threshold,
-            "limits": {
-                "max_file_mb": limits.max_file_mb,
-                "max_files": limits.max_files,
-                "max_request_mb": limits.max_request_mb,
-                "max_pixels": max_pixels,
-            },
-            "forward_passes": {"passes": inference.batcher.passes, "images": inference.batcher.images},
-        }
-
-    @app.get("/ready")
-    @app.head("/ready", include_in_schema=False)
-    async def readiness() -> JSONResponse:
-        if ready.is_set():
-            return JSONResponse({"ready": True})
-        return _error(503, "warming up", **{"Retry-After": "1"})
-
-    @app.post("/predict")
-    async def predict(request: Request) -> JSONResponse:
-        kind, _ = parse_options_header(request.headers.get("content-type"))
-        if kind != b"multipart/form-data":
-            return _error(415, f"send multipart/form-data with one or more images in the field '{FIELD}'")
-        try:
-            form = await request.form(
-                max_files=limits.max_files, max_fields=limits.max_fields, max_part_size=MAX_FIELD_BYTES
-            )
-        except HTTPException as err:  # Starlette: malformed multipart, or a limit crossed
-            return _form_error(err, limits)
-        try:
-            uploads = [f for f in form.getlist(FIELD) if isinstance(f, UploadFile)]
-            request.state.files = len(uploads)
-            if not uploads:
-                return _error(400, f"no file in the field '{FIELD}'")
-            for upload in uploads:
-                if (upload.size or 0) > limits.max_file_bytes:
-                    return _error(
-                        413, f"{upload.filename}: over {limits.max_file_mb:g} MB per file (serve.max_file_mb)"
-                    )
-            found = await inference.classify([upload.file for upload in uploads])
-        finally:
-            await form.close()
-        results = [_result(upload.filename or "", classes, f) for upload, f in zip(uploads, found)]
-        if all(isinstance(f, str) for f in found):
-            return _error(415, "no file is a usable image", results)
-        return JSONResponse({"method": rule.name, "threshold": rule.threshold, "results": results})
-
+        app.add_middleware(AccessLog)  # outermost: it times the whole request, the limits' answers too
     return app
 
 
