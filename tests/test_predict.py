@@ -202,12 +202,3 @@ def test_a_thin_image_is_a_per_file_error_and_the_others_keep_their_answers(
     assert "aspect ratio 100000:1 is over the limit of 20:1" in bad["error"] and bad["prediction"] is None
     assert ok["error"] is None and ok["prediction"] in [*CLASSES, UNKNOWN]
     assert f"predict: {thin}: 1x100000 pixels" in err and "Traceback" not in err
-
-
-def test_preprocess_refuses_what_the_decoders_refuse(exported) -> None:
-    from abcd.serving.onnx_model import OnnxClassifier
-
-    model = OnnxClassifier(exported["onnx"])
-    assert model.preprocess(np.zeros((5, 100, 3), np.uint8)).shape == (3, 224, 224)
-    with pytest.raises(ValueError, match="aspect ratio 4000:1"):
-        model.preprocess(np.zeros((1, 4000, 3), np.uint8))

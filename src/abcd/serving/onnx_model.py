@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from abcd.core.errors import InvalidFileError, MissingFileError
-from abcd.core.preprocess import MAX_PIXEL_VALUE, Preprocess, aspect_problem
+from abcd.core.preprocess import MAX_PIXEL_VALUE, Preprocess
 from abcd.inference.pipeline import Rule
 
 ONNX_FORMAT = 1
@@ -38,14 +38,10 @@ def score_output(method: str) -> str:
 def preprocess(rgb: np.ndarray, pre: Preprocess) -> np.ndarray:
     """HxWx3 uint8 RGB -> (3, S, S) float32: resize the short side, centre-crop, normalise.
 
-    The same steps and rounding as albumentations' SmallestMaxSize, CenterCrop and Normalize. An
-    image past :data:`~abcd.core.preprocess.MAX_ASPECT` is a ValueError: its resize would be unbounded
-    (the decoders refuse such files first, with the reason per file).
+    The same steps and rounding as albumentations' SmallestMaxSize, CenterCrop and Normalize. The
+    decoders refuse images past :data:`~abcd.core.preprocess.MAX_ASPECT`, whose resize would be unbounded.
     """
     h, w = rgb.shape[:2]
-    thin = aspect_problem(w, h)
-    if thin is not None:
-        raise ValueError(thin)
     scale = pre.resize_size / min(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
     if (new_h, new_w) != (h, w):
