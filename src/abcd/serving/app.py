@@ -10,9 +10,9 @@ no animated files; CMYK, alpha and 16-bit converted to RGB). 200 when at least o
 image, 415 when none is (or the request is not multipart), 400 when it has no file, 413 past a
 limit of ``serve`` in params (file, files, request body, form fields), 408 when the client stops
 sending its body. ``GET /health``: liveness, with the model, classes, backbone, checkpoint
-version, limits and forward passes so far; ``GET /ready``: 200 once a warm-up pass has run, else 503. ``GET /``: the
-page (no CDN: it is one file served here). ``/docs`` only with ``--docs`` (its assets come from a CDN).
-The model is loaded once per worker; no torch is imported.
+version, limits and forward passes so far; ``GET /ready``: 200 once a warm-up pass has run, else
+503. ``GET /``: the page (no CDN: it is one file served here). ``/docs`` only with ``--docs`` (its
+assets come from a CDN). The model is loaded once per worker; no torch is imported.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from abcd.core.params import ServeParams, load_params
 from abcd.inference.pipeline import Prediction
 from abcd.serving.batching import Inference
 from abcd.serving.limits import MAX_FIELD_BYTES, BodyLimits
-from abcd.serving.logs import ACCESS_LOGS, AccessLog, log_config
+from abcd.serving.logs import ACCESS_LOGS, AccessLog, default_handlers, log_config
 from abcd.serving.onnx_model import OnnxClassifier, OnnxRuntime
 
 FIELD = "files"
@@ -230,6 +230,7 @@ def create_app(
 
 def create_app_from_env() -> FastAPI:
     """The app as ``abcd-serve`` builds it, from ``ABCD_SERVE_*`` (model, params, threads, access_log, docs)."""
+    default_handlers()
     params = load_params(Path(os.environ.get(ENV["params"], "params.yaml")))
     threads = int(os.environ.get(ENV["threads"]) or 0)  # onnxruntime's; 0: one per core
     model = OnnxClassifier(Path(os.environ.get(ENV["model"], "models/model.onnx")), threads, spin=False)

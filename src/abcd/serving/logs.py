@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import logging.config
 import time
 from typing import Any
 
@@ -69,3 +70,20 @@ def log_config(access_log: str) -> dict[str, Any]:
     config["loggers"]["abcd"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     config["loggers"]["abcd.serving.access"] = {"handlers": ["message"], "level": "INFO", "propagate": False}
     return config
+
+
+def default_handlers() -> None:
+    """Handlers for the ``abcd`` loggers where nothing configured them (``uvicorn --factory`` without
+    ``abcd-serve``'s :func:`log_config`): without one, Python drops their INFO lines."""
+    if logging.getLogger("abcd").handlers:
+        return
+    config = log_config("json")
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {k: config["formatters"][k] for k in ("default", "message")},
+            "handlers": {k: config["handlers"][k] for k in ("default", "message")},
+            "loggers": {k: config["loggers"][k] for k in ("abcd", "abcd.serving.access")},
+        }
+    )
