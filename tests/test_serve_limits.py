@@ -260,7 +260,11 @@ def test_the_app_factory_reads_its_settings_from_the_environment(exported, repo,
     monkeypatch.setenv("ABCD_SERVE_PARAMS", str(repo / "params.yaml"))
     monkeypatch.setenv("ABCD_SERVE_THREADS", "1")
     monkeypatch.setenv("ABCD_SERVE_DOCS", "1")
+    for name in ("abcd", "abcd.serving.access"):  # the factory gives them handlers: undone after the test
+        monkeypatch.setattr(logging.getLogger(name), "handlers", [])
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
     client = TestClient(create_app_from_env())
+    assert logging.getLogger("abcd").handlers and not logging.getLogger("abcd.serving.access").propagate
     assert client.get("/health").json()["limits"]["max_request_mb"] == 64
     assert client.get("/docs").status_code == 200
     files = [("files", ("a.png", image_bytes("PNG"), "image/png"))]
