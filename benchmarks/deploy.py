@@ -3,14 +3,21 @@
     python benchmarks/deploy.py [--repeats 5] [--requests 100] [--json out.json]
 
  1. parity on the test split: ONNX (onnxruntime, CPU) against the torch model in fp32: max abs
-    difference of the probabilities, same predictions, same unknown decisions (every method);
+    difference of the probabilities, same predictions, same unknown decisions (every method, at the
+    export's threshold);
  2. cold start: `python -m abcd.serving.predict ONE_PHOTO --runtime onnx|torch`, fresh processes,
     alternating, median of --repeats (start to exit: imports, model load, decode, forward);
  3. per-image latency of the forward pass at batch 1 and 12: onnxruntime, and torch as predict
     runs it (runtime.precision from params: bf16 where the CPU has it) and in fp32;
  4. the service: `python -m abcd.serving.app` in its own process, --requests concurrent POST /predict
     of mixed files (a good photo; a photo and a non-image; a non-image alone); requests/s,
-    p50/p95 latency, status codes, and whether each answer is the expected one.
+    p50/p95 latency, status codes, and whether each answer is the expected one;
+ 5. throughput against the in-process ceiling (benchmarks/serve_load.py): the same --photos test
+    photos decoded, preprocessed and classified in this process, no HTTP, at the best batch size and
+    onnxruntime setting; the service with 1 client, each request right after its decode and batch-1
+    forward in process (median latency against their sum + 15 ms: target <= 1), then --rounds of (a
+    ceiling pass of 64 photos, 32 clients sending 2 photos each, one per request), so that both see the same machine
+    load: photos/s of each (target for the ratio >= 0.95) and CPU time per photo.
 Needs the pipeline's outputs (models/model.pt, models/model.onnx, data/prepared): `dvc repro`.
 """
 
@@ -21,7 +28,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,9 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from serve_load import ENV, REPO, print_throughput, server, throughput
 
 METHODS = ("max_softmax", "energy", "knn", "mahalanobis_pp", "vim", "fusion")  # every registered detector
 
@@ -87,6 +91,7 @@ def cold_start(photo: Path, repeats: int) -> dict:
             proc = subprocess.run(
                 [sys.executable, "-m", "abcd.serving.predict", str(photo), "--runtime", runtime],
                 cwd=REPO,
+                env=ENV,
                 capture_output=True,
                 text=True,
             )
@@ -184,52 +189,43 @@ async def load_test(good: bytes, url: str, requests: int) -> dict:
 
 
 def serve_and_load(photo: Path, requests: int) -> dict:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "abcd.serving.app", "--port", str(port)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
-
-        for _ in range(600):
-            try:
-                httpx.get(url + "/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with server() as (url, _):
         return asyncio.run(load_test(photo.read_bytes(), url, requests))
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--photos", type=int, default=48, help="test photos for the throughput measurement")
+    parser.add_argument("--rounds", type=int, default=15, help="of (ceiling, service) for the throughput")
+    parser.add_argument("--only-throughput", action="store_true", help="measure 5. alone")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import csv
 
     with (REPO / "data/prepared/test.csv").open() as f:
-        photo = REPO / next(csv.DictReader(f))["path"]
-    result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "cold_start": cold_start(photo, args.repeats),
-        "latency": latency(photo, args.repeats),
-        "parity": parity(REPO / "data/prepared/test.csv"),
-        "serve": serve_and_load(photo, args.requests),
-    }
+        paths = [REPO / row["path"] for row in csv.DictReader(f)]
+    photo = paths[0]
+    result: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    if not args.only_throughput:
+        result["cold_start"] = cold_start(photo, args.repeats)
+        result["latency"] = latency(photo, args.repeats)
+        result["parity"] = parity(REPO / "data/prepared/test.csv")
+        result["serve"] = serve_and_load(photo, args.requests)
+    result["throughput"] = throughput([p.read_bytes() for p in paths[: args.photos]], args.rounds)
+    print("| measurement | value |\n|---|---|")
+    if not args.only_throughput:
+        print_deploy(result)
+    print_throughput(result["throughput"])
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def print_deploy(result: dict) -> None:
     cs, lat, par, srv = result["cold_start"], result["latency"], result["parity"], result["serve"]
     ratio = cs["onnx"]["median"] / cs["torch"]["median"]
-    print("| measurement | value |\n|---|---|")
     print(
         f"| cold start, one photo: onnx / torch | {cs['onnx']['median']:.2f} s / {cs['torch']['median']:.2f} s"
         f" = **{ratio:.2f}** |"
@@ -245,8 +241,6 @@ def main() -> None:
         f"p50 {srv['p50_s']:.2f} s, p95 {srv['p95_s']:.2f} s, status {srv['status_codes']}, "
         f"answers right: {srv['all_answers_right']} |"
     )
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

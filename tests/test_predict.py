@@ -176,3 +176,31 @@ def test_params_yaml_in_the_working_directory_still_sets_the_defaults(
     monkeypatch.chdir(tmp_path)
     assert main([str(image), "--checkpoint", str(checkpoints["standalone"]), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["method"] == "mahalanobis_pp"
+
+
+def test_aspect_rule_bounds_the_resize_of_every_accepted_image() -> None:
+    from abcd.core.preprocess import MAX_ASPECT, aspect_problem
+
+    assert aspect_problem(500, 146) is None and aspect_problem(20, 1) is None  # the data's thinnest is 3.4:1
+    assert "aspect ratio 21:1 is over the limit of 20:1" in aspect_problem(1, 21)
+    assert "100000:1" in aspect_problem(100000, 1)
+    # Accepted: the long side after the resize is at most MAX_ASPECT times the short side.
+    assert MAX_ASPECT * 292 * 292 * 3 < 6_000_000
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_a_thin_image_is_a_per_file_error_and_the_others_keep_their_answers(
+    runtime: str, exported, tmp_path: Path, repo: Path, capsys
+) -> None:
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (1, 100_000), "white").save(thin)
+    good = make_image(tmp_path / "good.jpg", size=(120, 90))
+    model = ["--onnx", str(exported["onnx"])] if runtime == "onnx" else ["--checkpoint", str(exported["checkpoint"])]
+    argv = [str(thin), str(good), "--runtime", runtime, *model, "--params", str(repo / "params.yaml")]
+    argv += ["--format", "json"]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    bad, ok = json.loads(out)["results"]
+    assert "aspect ratio 100000:1 is over the limit of 20:1" in bad["error"] and bad["prediction"] is None
+    assert ok["error"] is None and ok["prediction"] in [*CLASSES, UNKNOWN]
+    assert f"predict: {thin}: 1x100000 pixels" in err and "Traceback" not in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -14,12 +15,20 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from abcd.core.params import ServeParams
+from abcd.core.params import ServeParams, load_params
 from abcd.serving.app import create_app
 from abcd.serving.onnx_model import OnnxClassifier
-from tests.conftest import CLASSES, make_image
+from tests.conftest import CLASSES, REPO, make_image
 
-LIMITS = ServeParams(max_file_mb=0.05, max_files=4)  # 50 kB: a small test image fits, a big one does not
+
+def serve_limits(**changes) -> ServeParams:
+    """params.yaml's serve section with ``changes``."""
+    return load_params(REPO / "params.yaml").serve.model_copy(update=changes)
+
+
+LIMITS = serve_limits(
+    max_file_mb=0.05, max_files=4, max_request_mb=1, batch_size=3
+)  # 50 kB: a small image fits, a big one not
 
 
 def image_bytes(fmt: str = "JPEG", mode: str = "RGB", size: tuple[int, int] = (96, 72), seed: int = 0, **save) -> bytes:
@@ -44,7 +53,7 @@ def model(exported) -> OnnxClassifier:
 
 @pytest.fixture(scope="module")
 def client(model) -> TestClient:
-    return TestClient(create_app(model, LIMITS, max_pixels=200 * 200, batch_size=3))
+    return TestClient(create_app(model, LIMITS, max_pixels=200 * 200))
 
 
 def test_health_names_the_model(client: TestClient, exported) -> None:
@@ -166,10 +175,11 @@ def test_concurrent_mixed_requests_get_their_own_answers_and_no_5xx(client: Test
 def test_serve_command_reads_its_limits_from_params(tmp_path: Path, repo: Path) -> None:
     import yaml
 
-    from abcd.core.params import ParamsError, load_params
+    from abcd.core.params import ParamsError
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert load_params(repo / "params.yaml").serve == ServeParams(max_file_mb=20, max_files=32)
+    serve = load_params(repo / "params.yaml").serve
+    assert (serve.max_file_mb, serve.max_files, serve.max_request_mb, serve.body_timeout_s) == (20, 32, 64, 30)
     params["serve"]["max_files"] = 0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ParamsError, match=r"serve\.max_files"):
@@ -183,11 +193,11 @@ def test_serving_never_imports_torch_nor_albumentations(exported, repo: Path) ->
         "import io, json, sys\n"
         "from fastapi.testclient import TestClient\n"
         "from PIL import Image\n"
-        "from abcd.core.params import ServeParams\n"
+        "from abcd.core.params import load_params\n"
         "from abcd.serving.app import create_app\n"
         "from abcd.serving.onnx_model import OnnxClassifier\n"
-        f"model = OnnxClassifier({str(exported['onnx'])!r})\n"
-        "app = create_app(model, ServeParams(max_file_mb=1, max_files=2), max_pixels=None)\n"
+        "limits = load_params('params.yaml').serve\n"
+        f"app = create_app(OnnxClassifier({str(exported['onnx'])!r}), limits, max_pixels=None)\n"
         "buf = io.BytesIO()\n"
         "Image.new('RGB', (90, 70), 'orange').save(buf, 'PNG')\n"
         "r = TestClient(app).post('/predict', files=[('files', ('a.png', buf.getvalue(), 'image/png'))])\n"
@@ -195,7 +205,8 @@ def test_serving_never_imports_torch_nor_albumentations(exported, repo: Path) ->
         "print(json.dumps({'status': r.status_code, 'prediction': r.json()['results'][0]['prediction'], "
         "'imported': heavy}))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(repo / "src")}  # this checkout's code, whichever the venv installed
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["status"] == 200 and summary["prediction"] in [*CLASSES, "unknown"]

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from abcd.core.params import ServeParams
+from abcd.core.params import load_params
 from abcd.data.images import load_rgb
 from abcd.inference.pipeline import classify
 from abcd.serving.app import create_app
 from abcd.serving.onnx_model import OnnxClassifier, OnnxRuntime
 from tests.browser_utils import chromium, headless_chromium, live_server, upload_and_wait
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, REPO
 
 
 @pytest.fixture
@@ -37,9 +37,8 @@ def test_page_shows_the_class_of_a_photo_and_the_error_of_a_non_image(
 ) -> None:
     model = OnnxClassifier(exported["onnx"])
     # The original rule at threshold 0 never says unknown: the page must show a class name.
-    app = create_app(
-        model, ServeParams(max_file_mb=20, max_files=32), max_pixels=40_000_000, method="max_softmax", threshold=0.0
-    )
+    limits = load_params(REPO / "params.yaml").serve
+    app = create_app(model, limits, max_pixels=40_000_000, method="max_softmax", threshold=0.0)
     photo = sorted((shared_photos / "cats").iterdir())[0]
     bad = tmp_path / "notes.jpg"
     bad.write_text("this is not a picture")

@@ -30,26 +30,30 @@ from tests.conftest import make_image
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_without_params_yaml_serve_uses_the_models_batch_size_and_the_shipped_limits(
+def test_without_params_yaml_serve_uses_the_shipped_limits(
     tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shipped = yaml.safe_load((repo / "params.yaml").read_text())
     assert SERVE_LIMITS.model_dump() == shipped["serve"]
     assert shipped["prepare"]["max_pixels"] == MAX_PIXELS
     monkeypatch.chdir(tmp_path)
-    stored = {"method": "fusion", "rule_threshold": 0.6, "batch_size": 5, "runtime": None}
-    found = serve_settings(None, stored, "model.onnx")
-    assert (found.limits, found.max_pixels, found.batch_size) == (SERVE_LIMITS, MAX_PIXELS, 5)
-    assert found.source == "model.onnx (no params.yaml here)"
+    found = serve_settings(None)
+    assert (found.limits, found.max_pixels) == (SERVE_LIMITS, MAX_PIXELS)
+    assert found.source == "the values params.yaml ships with (no params.yaml here)"
 
 
 def test_a_params_file_sets_every_serve_setting(tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["serve"]["max_files"], params["prepare"]["max_pixels"], params["predict"]["batch_size"] = 3, 1000, 2
+    params["serve"]["max_files"], params["prepare"]["max_pixels"], params["serve"]["batch_size"] = 3, 1000, 4
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    found = serve_settings(None, None, "model.onnx")  # ./params.yaml, as inside the repo
-    assert (found.limits.max_files, found.max_pixels, found.batch_size, found.source) == (3, 1000, 2, "params.yaml")
+    found = serve_settings(None)  # ./params.yaml, as inside the repo
+    assert (found.limits.max_files, found.max_pixels, found.limits.batch_size, found.source) == (
+        3,
+        1000,
+        4,
+        "params.yaml",
+    )
 
 
 def skip_or_fail(message: str) -> None:
@@ -182,7 +186,12 @@ def test_serve_install_serves_and_predicts_without_torch(tmp_path: Path, request
     finally:
         server.terminate()
         server.wait(timeout=30)
-    limits = {"max_file_mb": SERVE_LIMITS.max_file_mb, "max_files": SERVE_LIMITS.max_files, "max_pixels": MAX_PIXELS}
+    limits = {
+        "max_file_mb": SERVE_LIMITS.max_file_mb,
+        "max_files": SERVE_LIMITS.max_files,
+        "max_request_mb": SERVE_LIMITS.max_request_mb,
+        "max_pixels": MAX_PIXELS,
+    }
     assert health["limits"] == limits
     assert response.status_code == 200, response.text
     found, not_image = response.json()["results"]

@@ -160,14 +160,31 @@ class EvaluateParams(Schema):
 
 
 class ServeParams(Schema):
-    """Limits of the HTTP service (src/abcd/serving/app.py): larger uploads are refused with 413."""
+    """Limits, timeouts and batching of the HTTP service (src/abcd/serving/app.py, docs/deploy.md)."""
 
     max_file_mb: Annotated[Number, Field(gt=0, description="a size in MB > 0, e.g. 20")]
     max_files: Annotated[int, Field(ge=1, description="an integer >= 1, e.g. 32")]
+    max_request_mb: Annotated[Number, Field(gt=0, description="a size in MB >= serve.max_file_mb")]
+    max_fields: Annotated[int, Field(ge=0, description="an integer >= 0, e.g. 16")]
+    pixels_in_flight: Annotated[int, Field(ge=1, description="an integer >= 1, e.g. 64000000")]
+    body_timeout_s: Annotated[Number, Field(gt=0, description="seconds > 0, e.g. 30")]
+    shutdown_timeout_s: Annotated[int, Field(ge=0, description="whole seconds >= 0, e.g. 10")]
+    batch_size: Count
+    batch_wait_ms: Annotated[Number, Field(ge=0, description="milliseconds >= 0, e.g. 5")]
+
+    @field_validator("max_request_mb")
+    @classmethod
+    def _at_least_one_file(cls, mb: float, info: ValidationInfo) -> float:
+        check(mb >= info.data.get("max_file_mb", mb), "a size in MB >= serve.max_file_mb")
+        return mb
 
     @property
     def max_file_bytes(self) -> int:
         return int(self.max_file_mb * 1_000_000)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.max_request_mb * 1_000_000)
 
 
 class Params(Schema):

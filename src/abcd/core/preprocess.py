@@ -18,6 +18,24 @@ from abcd.core.registry import INTERPOLATIONS
 # Both pipelines take pixel values in [0, 255]: mean and std are given on [0, 1].
 MAX_PIXEL_VALUE = 255.0
 
+# The resize scales the short side to ``resize_size`` whatever the long side, so a thin image grows
+# by its aspect ratio: 1x4000 pixels would become 292x1,168,000 (1 GB). Every decoder of the project
+# (prepare, predict, serve) refuses images thinner than this, so the resized image of any accepted
+# file is at most resize_size x (resize_size * MAX_ASPECT) pixels (292 x 5840: 5 MB). 20:1 keeps
+# panoramas; the model sees only the centre square of one anyway.
+MAX_ASPECT = 20.0
+
+
+def aspect_problem(width: int, height: int, max_aspect: float = MAX_ASPECT) -> str | None:
+    """Why a ``width`` x ``height`` image is too thin to preprocess, or None when it is not."""
+    ratio = max(width, height) / max(1, min(width, height))
+    if ratio <= max_aspect:
+        return None
+    return (
+        f"{width}x{height} pixels: aspect ratio {ratio:.0f}:1 is over the limit of {max_aspect:g}:1 "
+        "(preprocessing scales the short side, so the long side would grow by as much)"
+    )
+
 
 @dataclass(frozen=True)
 class Preprocess:

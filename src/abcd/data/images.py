@@ -8,12 +8,13 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image
 
 from abcd.core.errors import InvalidFileError, MissingFileError, UserError
+from abcd.core.preprocess import aspect_problem
 
 # pandas is imported by the table functions alone: decoding (predict, serve) must work in the
 # serve-only install, which has no pandas (pyproject.toml: the serve extra).
@@ -83,10 +84,16 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def load_rgb(path: str | Path, max_pixels: int | None = None, allow_animated: bool = True) -> np.ndarray:
+def load_rgb(
+    path: str | Path | BinaryIO,
+    max_pixels: int | None = None,
+    allow_animated: bool = True,
+    max_aspect: float | None = None,
+) -> np.ndarray:
     """Fully decode an image file into an HxWx3 uint8 RGB array.
 
-    ``Image.open`` only reads the header, so the pixel limit is checked before any
+    ``Image.open`` only reads the header, so the pixel limit (and, given ``max_aspect``, the
+    aspect-ratio limit of :func:`abcd.core.preprocess.aspect_problem`) is checked before any
     memory is spent on a decompression bomb; the conversion then forces the whole decode,
     so a truncated JPEG raises here rather than half-way through training. Any mode
     (grayscale, palette, CMYK, alpha, 16-bit) ends as 8-bit RGB (see :func:`to_rgb`).
@@ -104,6 +111,9 @@ def load_rgb(path: str | Path, max_pixels: int | None = None, allow_animated: bo
                         f"{img.width}x{img.height} pixels exceeds the limit of {max_pixels} (prepare.max_pixels)",
                         "too_large",
                     )
+                thin = None if max_aspect is None else aspect_problem(img.width, img.height, max_aspect)
+                if thin is not None:
+                    raise ImageError(path, thin, "too_large")
                 frames = getattr(img, "n_frames", 1)
                 if not allow_animated and frames > 1:
                     raise ImageError(path, f"animated image ({frames} frames)", "animated")

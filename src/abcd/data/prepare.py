@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from abcd.core.params import PrepareParams, SplitParams
+from abcd.core.preprocess import MAX_ASPECT
 from abcd.data.dedupe import Item, dhash, find_duplicates
 from abcd.data.images import (
     ImageError,
@@ -71,7 +72,7 @@ class Inspected:
 
 
 def inspect_files(files: Sequence[File], max_pixels: int) -> Inspected:
-    """Validate every file (extension, full decode, pixel limit, not animated) and hash the valid ones."""
+    """Validate every file (extension, full decode, pixel and aspect limits, not animated) and hash the valid ones."""
     out = Inspected()
     for f in files:
         if not has_image_extension(f.path):
@@ -80,7 +81,7 @@ def inspect_files(files: Sequence[File], max_pixels: int) -> Inspected:
             continue
         t0 = time.perf_counter()
         try:
-            rgb = load_rgb(f.path, max_pixels, allow_animated=False)
+            rgb = load_rgb(f.path, max_pixels, allow_animated=False, max_aspect=MAX_ASPECT)
         except ImageError as err:
             out.skipped.append(Skipped(f.key, err.reason, err.kind))
             continue

@@ -1,12 +1,13 @@
 """The inference path's runtime-free steps and the loop that drives a runtime; no torch, no albumentations.
 
-    decode (:func:`abcd.data.images.load_rgb`, :func:`decode_upload`)
+    decode (:func:`decode_file`, :func:`decode_upload`: prepare's rules and the aspect limit)
     -> ``runtime.preprocess(rgb)`` -> ``runtime.run(batch)`` -> (probabilities, unknown scores)
-    -> :func:`decide`
+    -> :func:`decide` (:func:`predict_batch`)
 
 :func:`classify` runs it on decoded images for any :class:`ModelRuntime`: the checkpoint on
 torch (``abcd.inference.torch_model.TorchRuntime``) or the export on onnxruntime
-(``abcd.serving.onnx_model.OnnxRuntime``). ``abcd-predict`` and ``abcd-serve`` both call it.
+(``abcd.serving.onnx_model.OnnxRuntime``). ``abcd-predict`` calls it; ``abcd-serve`` preprocesses
+each upload on its own and runs :func:`predict_batch` on batches gathered across requests.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from pathlib import Path
+from typing import BinaryIO, Protocol, TypeVar
 
 import numpy as np
 
+from abcd.core.preprocess import MAX_ASPECT
 from abcd.data.images import load_rgb
 
 UNKNOWN = "unknown"
@@ -60,9 +63,16 @@ class ModelRuntime(Protocol):
         """(N, 3, S, S) -> (calibrated probabilities (N, C), :attr:`rule`'s unknown scores (N,)), float64."""
 
 
-def decode_upload(data: bytes, max_pixels: int | None) -> np.ndarray:
-    """Decode uploaded bytes with the same checks as prepare's (pixel limit, animation, any mode to RGB)."""
-    return load_rgb(io.BytesIO(data), max_pixels=max_pixels, allow_animated=False)
+def decode_upload(data: bytes | BinaryIO, max_pixels: int | None) -> np.ndarray:
+    """Decode an upload (bytes or a file object) with prepare's checks: pixel and aspect limits, no
+    animation, any mode to RGB."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    return load_rgb(source, max_pixels=max_pixels, allow_animated=False, max_aspect=MAX_ASPECT)
+
+
+def decode_file(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an image file for prediction: any mode to RGB, the first frame of an animation, the aspect limit."""
+    return load_rgb(path, max_pixels=max_pixels, max_aspect=MAX_ASPECT)
 
 
 def decide(probs: np.ndarray, scores: np.ndarray, threshold: float, classes: Sequence[str]) -> list[str]:
@@ -75,11 +85,16 @@ def batches(items: Sequence[T], size: int) -> Iterator[list[T]]:
         yield list(items[i : i + size])
 
 
+def predict_batch(runtime: ModelRuntime, batch: np.ndarray) -> list[Prediction]:
+    """One :class:`Prediction` per preprocessed image of ``batch`` (N, 3, S, S): one forward pass."""
+    probs, scores = runtime.run(batch)
+    labels = decide(probs, scores, runtime.rule.threshold, runtime.classes)
+    return [Prediction(label, p, float(s)) for label, p, s in zip(labels, probs, scores)]
+
+
 def classify(runtime: ModelRuntime, images: Sequence[np.ndarray], batch_size: int) -> list[Prediction]:
     """One :class:`Prediction` per decoded RGB image, in order, ``batch_size`` images per forward pass."""
     out: list[Prediction] = []
     for chunk in batches(images, batch_size):
-        probs, scores = runtime.run(np.stack([runtime.preprocess(rgb) for rgb in chunk]))
-        labels = decide(probs, scores, runtime.rule.threshold, runtime.classes)
-        out.extend(Prediction(label, p, float(s)) for label, p, s in zip(labels, probs, scores))
+        out.extend(predict_batch(runtime, np.stack([runtime.preprocess(rgb) for rgb in chunk])))
     return out

@@ -38,7 +38,8 @@ def score_output(method: str) -> str:
 def preprocess(rgb: np.ndarray, pre: Preprocess) -> np.ndarray:
     """HxWx3 uint8 RGB -> (3, S, S) float32: resize the short side, centre-crop, normalise.
 
-    The same steps and rounding as albumentations' SmallestMaxSize, CenterCrop and Normalize.
+    The same steps and rounding as albumentations' SmallestMaxSize, CenterCrop and Normalize. The
+    decoders refuse images past :data:`~abcd.core.preprocess.MAX_ASPECT`, whose resize would be unbounded.
     """
     h, w = rgb.shape[:2]
     scale = pre.resize_size / min(h, w)
@@ -56,14 +57,19 @@ def preprocess(rgb: np.ndarray, pre: Preprocess) -> np.ndarray:
 class OnnxClassifier:
     """An exported model loaded once; :meth:`run` classifies preprocessed batches."""
 
-    def __init__(self, path: str | Path, threads: int = 0) -> None:
+    def __init__(self, path: str | Path, threads: int = 0, spin: bool = True) -> None:
+        """``threads``: onnxruntime's intra-op threads (0: one per core); ``spin``: whether they busy-wait
+        between parallel sections, fastest when nothing else runs, wasted cores when other threads
+        (the service's decoding) share them."""
         import onnxruntime as ort  # here, not at import: its import is a third of predict's cold start
 
         path = Path(path)
         if not path.is_file():
             raise MissingFileError(f"ONNX model not found: {path} (export it with: dvc repro export)")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per core
+        options.intra_op_num_threads = threads
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types for a bad file

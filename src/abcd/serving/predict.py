@@ -44,7 +44,7 @@ from abcd.core.cli import run
 from abcd.core.errors import UserError
 from abcd.core.registry import UNKNOWN_METHODS
 from abcd.data.images import IMAGE_EXTENSIONS, ImageError, load_rgb
-from abcd.inference.pipeline import UNKNOWN, ModelRuntime, Rule, batches, classify
+from abcd.inference.pipeline import UNKNOWN, ModelRuntime, Rule, batches, classify, decode_file
 from abcd.serving.settings import Settings, settings
 
 # torch and the modules that import it are imported where the torch runtime runs: with
@@ -103,7 +103,7 @@ def classify_files(runtime: ModelRuntime, paths: Sequence[str], batch_size: int)
         images, ok = [], []
         for path in chunk:
             try:
-                images.append(load_rgb(path))
+                images.append(decode_file(path))
                 ok.append(Result(path))
             except ImageError as err:
                 results.append(Result(path, error=err.reason))

@@ -62,26 +62,34 @@ def settings(params_path: Path | None, stored: Mapping[str, Any] | None, model_s
 
 # Serve's limits where no params file is around (a serve-only install beside a copied model.onnx):
 # the model does not store them, so these are the values params.yaml ships with (a test checks).
-SERVE_LIMITS = ServeParams(max_file_mb=20, max_files=32)
+SERVE_LIMITS = ServeParams(
+    max_file_mb=20,
+    max_files=32,
+    max_request_mb=64,
+    max_fields=16,
+    pixels_in_flight=64_000_000,
+    body_timeout_s=30,
+    shutdown_timeout_s=10,
+    batch_size=2,
+    batch_wait_ms=5,
+)
 MAX_PIXELS = 40_000_000  # prepare.max_pixels
 
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """What the HTTP service reads besides the model: its upload limits, the decode limit, the batch size."""
+    """What the HTTP service reads besides the model: its limits and batching, the decode limit."""
 
     limits: ServeParams  # serve.*
     max_pixels: int  # prepare.max_pixels
-    batch_size: int  # predict.batch_size
     source: str
 
 
-def serve_settings(params_path: Path | None, stored: Mapping[str, Any] | None, model_source: str) -> ServeSettings:
-    """From ``params_path`` (must exist), else ./params.yaml if present, else the model's ``stored``
-    batch size with :data:`SERVE_LIMITS` and :data:`MAX_PIXELS`."""
+def serve_settings(params_path: Path | None) -> ServeSettings:
+    """From ``params_path`` (must exist), else ./params.yaml if present, else :data:`SERVE_LIMITS` and
+    :data:`MAX_PIXELS`."""
     params_path = params_file(params_path)
     if params_path is not None:
         p = load_params(params_path)
-        return ServeSettings(p.serve, p.prepare.max_pixels, p.predict.batch_size, str(params_path))
-    batch_size = settings(None, stored, model_source).batch_size
-    return ServeSettings(SERVE_LIMITS, MAX_PIXELS, batch_size, f"{model_source} (no params.yaml here)")
+        return ServeSettings(p.serve, p.prepare.max_pixels, str(params_path))
+    return ServeSettings(SERVE_LIMITS, MAX_PIXELS, "the values params.yaml ships with (no params.yaml here)")
