@@ -11,11 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from abcd.core.registry import BACKBONES, CLASS_WEIGHTS, HEAD_INITS, OPTIMIZERS, SCHEDULERS, UNKNOWN_METHODS
-from abcd.core.schema import Number, Pair, ParamsError, Schema, build, check
+from abcd.core.schema import Number, Pair, ParamsError, Schema, build, check, read_yaml
 
 # The constraints that several keys share; each field's description is what its error says it must be.
 Count = Annotated[int, Field(ge=1, description="an integer >= 1")]
@@ -235,13 +234,7 @@ def parse_params(data: Any) -> Params:
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"params: file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ParamsError(f"params: {path} is not valid YAML: {err}") from err
+    data = read_yaml(path, "params", error=ParamsError)
     try:
         return parse_params(data)
     except ParamsError as err:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import difflib
 import types
 import typing
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
 
+import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
@@ -175,3 +177,24 @@ def _plural(tp: Any) -> str:
     tp, _ = _unwrap(tp)
     names = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
     return names.get(tp, "mappings" if isinstance(tp, type) and issubclass(tp, BaseModel) else "values")
+
+
+def read_yaml(path: str | Path, what: str, hint: str = "", error: type[Exception] = UserError) -> Any:
+    """The YAML file ``path`` parsed, or ``error`` saying "<what>: file not found" or "not valid YAML"."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what}: file not found: {path}" + (f" ({hint})" if hint else ""))
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise error(f"{what}: {path} is not valid YAML: {err}") from None
+
+
+def load_file(cls: type[M], path: str | Path, what: str, hint: str, error: type[Exception] = UserError) -> M:
+    """A YAML file other than params.yaml validated as ``cls``: every error in one line naming the file."""
+    data = read_yaml(path, what, hint, error)
+    try:
+        return build(cls, data)
+    except ParamsError as err:
+        # The schema's messages start "params: "; this file is not params.yaml, so say which file it is.
+        raise error(f"{what}: {str(err).removeprefix('params: ')} (in {path})") from None

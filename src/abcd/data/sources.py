@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import AfterValidator, Field
 
 from abcd.core.errors import UserError
 from abcd.core.fileio import atomic_dir, atomic_file
-from abcd.core.schema import ParamsError, Schema, build, check
+from abcd.core.schema import Schema, check, load_file
 
 ENV_USE = "ABCD_DATA"  # overrides prepare.use
 CHUNK = 1 << 20
@@ -82,16 +81,7 @@ class SourcesFile(Schema):
 def load_sources(path: str | Path) -> SourcesFile:
     """Read and validate the sources file's shape. Which classes a set's folders name is checked only for
     the set prepare reads (:func:`class_mismatch`): the other sets may serve another class list."""
-    path = Path(path)
-    if not path.is_file():
-        raise SourceError(f"sources: file not found: {path} (a YAML file of named source sets, docs/data.md)")
-    try:
-        return build(SourcesFile, yaml.safe_load(path.read_text()))
-    except yaml.YAMLError as err:
-        raise SourceError(f"sources: {path} is not valid YAML: {err}") from None
-    except ParamsError as err:
-        # The schema's messages start "params: "; this file is not params.yaml, so say which file it is.
-        raise SourceError(f"sources: {str(err).removeprefix('params: ')} (in {path})") from None
+    return load_file(SourcesFile, path, "sources", "a YAML file of named source sets, docs/data.md", SourceError)
 
 
 def resolve_path(location: str, cwd: Path) -> Path:

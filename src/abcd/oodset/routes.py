@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field
 
 from abcd.core.errors import UserError
-from abcd.core.schema import ParamsError, Schema, build
+from abcd.core.schema import Schema, load_file
 from abcd.data.sources import resolve_path, sha256_file
 from abcd.oodset.photos import DEB, OodPhoto
 from abcd.oodset.pins import DEB_SHA256, DEB_VERSIONS
@@ -35,15 +34,7 @@ class OodSourcesFile(Schema):
 
 
 def load_ood_sources(path: str | Path) -> OodSourcesFile:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"OOD sources file not found: {path} (routes to the OOD photos, docs/data.md)")
-    try:
-        return build(OodSourcesFile, yaml.safe_load(path.read_text()))
-    except yaml.YAMLError as err:
-        raise UserError(f"{path} is not valid YAML: {err}") from None
-    except ParamsError as err:
-        raise UserError(f"OOD sources: {str(err).removeprefix('params: ')} (in {path})") from None
+    return load_file(OodSourcesFile, path, "OOD sources", "routes to the OOD photos, docs/data.md")
 
 
 def installed(root: Path, relpath: str) -> Path:
