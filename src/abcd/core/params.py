@@ -149,6 +149,12 @@ class EvaluateParams(Schema):
     worst_mistakes: Annotated[int, Field(ge=0, description="an integer >= 0")]
 
 
+class QuantizeParams(Schema):
+    """The int8 model (stage quantize, src/abcd/serving/quantize.py)."""
+
+    calibration_images: Count  # training images that set the activation ranges
+
+
 class ServeParams(Schema):
     """Limits of the HTTP service (src/abcd/serving/app.py): larger uploads are refused with 413."""
 
@@ -174,6 +180,7 @@ class Params(Schema):
     evaluate: EvaluateParams
     predict: PredictParams
     unknown: UnknownParams
+    quantize: QuantizeParams
     serve: ServeParams
 
     @field_validator("classes")
