@@ -10,8 +10,10 @@
     runs it (runtime.precision from params: bf16 where the CPU has it) and in fp32;
  4. the service: `python -m abcd.serving.app` in its own process, --requests concurrent POST /predict
     of mixed files (a good photo; a photo and a non-image; a non-image alone); requests/s,
-    p50/p95 latency, status codes, and whether each answer is the expected one.
-Needs the pipeline's outputs (models/model.pt, models/model.onnx, data/prepared): `dvc repro`.
+    p50/p95 latency, status codes, and whether each answer is the expected one;
+ 5. the int8 model against the fp32 one: its gates and speed (benchmarks/int8.py, which runs it alone).
+Needs the pipeline's outputs (models/model.pt, models/model.onnx, models/model.int8.onnx, data/prepared,
+data/ood): `dvc repro`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+import int8  # benchmarks/int8.py, beside this script
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,6 +229,7 @@ def main() -> None:
         "latency": latency(photo, args.repeats),
         "parity": parity(REPO / "data/prepared/test.csv"),
         "serve": serve_and_load(photo, args.requests),
+        "int8": {"gates": int8.gate_report(), "speed": int8.speed(args.repeats * 4)},
     }
     cs, lat, par, srv = result["cold_start"], result["latency"], result["parity"], result["serve"]
     ratio = cs["onnx"]["median"] / cs["torch"]["median"]
@@ -245,6 +249,7 @@ def main() -> None:
         f"p50 {srv['p50_s']:.2f} s, p95 {srv['p95_s']:.2f} s, status {srv['status_codes']}, "
         f"answers right: {srv['all_answers_right']} |"
     )
+    print("\n".join(int8.rows(result["int8"]["gates"], result["int8"]["speed"])))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
