@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from abcd.core.schema import ParamsError
 from abcd.ood.base import threshold_for_false_reject
 from abcd.serving.export import calibrate, graph_outputs, write_metadata
 from abcd.serving.gates import F1_TOLERANCE, MIN_AGREEMENT, gates
 from abcd.serving.onnx_model import OnnxClassifier, file_sha256
-from abcd.serving.quantize import BACKBONE_SCOPE, quantize_onnx
+from abcd.serving.quantize import BACKBONE_SCOPE, backbone_nodes, module_scope, quantize_onnx
 from tests.conftest import CLASSES, REPO, make_image
 
 FALSE_REJECT = 0.2  # of 9 val images: rank ceil(10 * 0.8) = 8, one rejected
@@ -63,6 +64,17 @@ def test_only_the_backbone_is_quantized(quantized) -> None:
     dequantize = {n.output[0]: n for n in int8.node if n.op_type == "DequantizeLinear"}
     for conv in convs:
         assert initializers[dequantize[conv.input[1]].input[0]].data_type == onnx.TensorProto.INT8
+
+
+def test_keep_fp32_names_backbone_modules_and_refuses_one_it_lacks(exported) -> None:
+    every = backbone_nodes(exported["onnx"])
+    kept = backbone_nodes(exported["onnx"], ["conv_stem", "blocks.0"])
+    left_out = set(every) - set(kept)
+    assert module_scope("blocks.0") == "/backbone/blocks/blocks.0/"
+    assert left_out and all(n.startswith(("/backbone/conv_stem/", "/backbone/blocks/blocks.0/")) for n in left_out)
+    assert any(n.startswith("/backbone/blocks/blocks.1/") for n in kept)
+    with pytest.raises(ParamsError, match=r"quantize\.keep_fp32.*no module 'layer1'"):
+        backbone_nodes(exported["onnx"], ["layer1"])
 
 
 def test_int8_metadata_names_its_fp32_source_and_thresholds_are_its_own(quantized) -> None:

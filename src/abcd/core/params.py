@@ -153,6 +153,9 @@ class QuantizeParams(Schema):
     """The int8 model (stage quantize, src/abcd/serving/quantize.py)."""
 
     calibration_images: Count  # training images that set the activation ranges
+    # Backbone modules left in fp32 (timm's module paths, e.g. conv_stem, blocks.0); the stage fails on a name
+    # the exported backbone does not have.
+    keep_fp32: list[str]
 
 
 class ServeParams(Schema):

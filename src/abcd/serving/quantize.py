@@ -1,14 +1,16 @@
-"""The exported graph in int8: onnxruntime's static quantization, and the gates it must pass against fp32.
+"""The exported graph in int8: onnxruntime's static quantization, calibrated on training images.
 
 :func:`quantize_onnx` runs ``onnxruntime.quantization.quantize_static`` (QDQ format, int8 weights per
 output channel, uint8 activations: the U8S8 pair onnxruntime's x86 kernels run with VNNI) on the fp32
-export. Only the backbone's nodes are quantized (:data:`BACKBONE_SCOPE`): the head, the temperature
-and every detector's distances and covariance products stay fp32. Quantizing them too would put the
-kNN, Mahalanobis and ViM scores, whose thresholds sit on differences far below their values' range
-(Mahalanobis++ about 4000), on a 256-level grid. The activation ranges come from MinMax calibration
-on training images only, decoded and preprocessed as predict does (:class:`ImageReader`); the val
-images then recalibrate every detector's threshold through the int8 graph (``export.calibrate``), as
-the export does for fp32. Test and OOD images are never read here: ``abcd.serving.gates`` is the
+export. Only the backbone's nodes are quantized (:data:`BACKBONE_SCOPE`), less the modules named in
+``quantize.keep_fp32``: the head, the temperature and every detector's distances and covariance
+products stay fp32. Quantized with the rest, those put ViM's and the fusion's scores on a 256-level
+grid: the fusion then decided like fp32 on 6% of the OOD images. The early, high-resolution backbone
+layers stay fp32 because in int8 they moved the fusion score on val the most (docs/deploy.md). The
+activation ranges come from MinMax calibration (the histogram methods held 24 GB for 200 images) on
+training images only, decoded and preprocessed as predict does (:class:`ImageReader`); the val images
+then recalibrate every detector's threshold through the int8 graph (``export.calibrate``), as the
+export does for fp32. Test and OOD images are never read here: ``abcd.serving.gates`` is the
 evaluation, run by ``benchmarks/deploy.py`` and a test.
 """
 
@@ -24,6 +26,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from abcd.core.errors import InvalidFileError
 from abcd.core.fileio import atomic_file
 from abcd.core.preprocess import Preprocess
+from abcd.core.schema import ParamsError
 from abcd.data.images import load_rgb
 from abcd.serving.export import calibrate, write_metadata
 from abcd.serving.onnx_model import OnnxClassifier, file_sha256, preprocess
@@ -45,23 +48,43 @@ class ImageReader(CalibrationDataReader):
         return None if path is None else {self.input_name: preprocess(load_rgb(path), self.pre)[None]}
 
 
-def backbone_nodes(path: Path) -> list[str]:
-    """The names of the nodes under :data:`BACKBONE_SCOPE` in the ONNX file ``path``."""
+def module_scope(module: str) -> str:
+    """The node-name prefix of a backbone module (``"blocks.0"``): torch.onnx.export names a node by every
+    level of its module path, ``/backbone/blocks/blocks.0/blocks.0.1/conv_pw/Conv``."""
+    parts = module.split(".")
+    return BACKBONE_SCOPE + "".join(".".join(parts[: i + 1]) + "/" for i in range(len(parts)))
+
+
+def backbone_nodes(path: Path, keep_fp32: Sequence[str] = ()) -> list[str]:
+    """The names of the nodes under :data:`BACKBONE_SCOPE` in the ONNX file ``path``, but those of the backbone
+    modules in ``keep_fp32`` (timm's module paths, e.g. ``conv_stem``, ``blocks.0``)."""
     import onnx
 
     nodes = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node]
     found = [n for n in nodes if n.startswith(BACKBONE_SCOPE)]
     if not found:
         raise InvalidFileError(f"{path}: no node under {BACKBONE_SCOPE!r}: not exported by this project's export stage")
-    return found
+    scopes = {m: module_scope(m) for m in keep_fp32}
+    absent = [m for m, scope in scopes.items() if not any(n.startswith(scope) for n in found)]
+    if absent:
+        raise ParamsError(
+            f"params: 'quantize.keep_fp32': {path}'s backbone has no module {', '.join(map(repr, absent))} "
+            "(name modules as timm does, e.g. conv_stem, blocks.0)"
+        )
+    return [n for n in found if not any(n.startswith(scope) for scope in scopes.values())]
 
 
 def quantize_onnx(
-    fp32: Path, out: Path, calibration_images: Sequence[Path], val_images: Sequence[Path]
+    fp32: Path,
+    out: Path,
+    calibration_images: Sequence[Path],
+    val_images: Sequence[Path],
+    keep_fp32: Sequence[str] = (),
 ) -> Mapping[str, Any]:
     """Write ``fp32``'s int8 model to ``out`` (atomically), thresholds recalibrated on ``val_images``; its metadata.
 
-    ``calibration_images`` (training images) set the activation ranges. The metadata is ``fp32``'s,
+    ``calibration_images`` (training images) set the activation ranges; the backbone modules in
+    ``keep_fp32`` stay fp32 (:func:`backbone_nodes`). The metadata is ``fp32``'s,
     with its own thresholds and ``quantization``: the precision, the fp32 file's name and sha256,
     its thresholds and the number of calibration images.
     """
@@ -76,6 +99,7 @@ def quantize_onnx(
         "weights": "int8 per channel",
         "activations": "uint8",
         "nodes": f"backbone ({BACKBONE_SCOPE}*)",
+        "kept_fp32": list(keep_fp32),
         "calibration": {"method": "minmax", "images": len(calibration_images), "on": "training images"},
         "fp32": {"file": fp32.name, "sha256": file_sha256(fp32), "thresholds": source.meta["thresholds"]},
     }
@@ -88,7 +112,7 @@ def quantize_onnx(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
-            nodes_to_quantize=backbone_nodes(fp32),
+            nodes_to_quantize=backbone_nodes(fp32, keep_fp32),
             calibrate_method=CalibrationMethod.MinMax,
         )
         write_metadata(tmp, {**source.meta, "quantization": quantization})

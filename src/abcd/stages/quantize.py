@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     count = min(params.quantize.calibration_images, len(train))
     chosen = np.sort(np.random.default_rng(params.seed).choice(len(train), count, replace=False))
     val = [s.path for s in read_manifest(args.data / "val.csv", params.classes)]
-    meta = quantize_onnx(args.model, args.out, [train[i] for i in chosen], val)
+    meta = quantize_onnx(args.model, args.out, [train[i] for i in chosen], val, params.quantize.keep_fp32)
     method, fp32 = meta["method"], meta["quantization"]["fp32"]["thresholds"]
     moved = f"{method} threshold {fp32[method]:.4g} -> {meta['thresholds'][method]:.4g}" if method in fp32 else ""
     size = args.out.stat().st_size / 2**20
