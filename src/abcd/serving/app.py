@@ -1,6 +1,6 @@
-"""HTTP service: the exported model (models/model.onnx) behind FastAPI on uvicorn, and a page to try it.
+"""HTTP service: the exported model (by default the int8 one) behind FastAPI on uvicorn, and a page to try it.
 
-    abcd-serve [--host 127.0.0.1] [--port 8000] [--model models/model.onnx] [--params params.yaml]   # or: make serve
+    abcd-serve [--host 127.0.0.1] [--port 8000] [--model models/model.int8.onnx] [--params params.yaml]  # make serve
 
 ``POST /predict``: multipart upload, one or more images in the field ``files``. Per file: the
 class or ``unknown``, its probability, every class probability, the unknown score, or an
@@ -35,6 +35,7 @@ from abcd.core.params import ServeParams
 from abcd.data.images import ImageError
 from abcd.inference.pipeline import Prediction, classify, decode_upload
 from abcd.serving.onnx_model import OnnxClassifier, OnnxRuntime
+from abcd.serving.predict import DEFAULT_ONNX
 from abcd.serving.settings import serve_settings
 
 FIELD = "files"
@@ -177,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--model", type=Path, default=Path("models/model.onnx"), help="exported by: dvc repro export")
+    parser.add_argument(
+        "--model", type=Path, default=Path(DEFAULT_ONNX), help="int8 (dvc repro quantize) or fp32 (models/model.onnx)"
+    )
     parser.add_argument(
         "--params",
         type=Path,

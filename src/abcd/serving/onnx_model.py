@@ -61,7 +61,7 @@ class OnnxClassifier:
 
         path = Path(path)
         if not path.is_file():
-            raise MissingFileError(f"ONNX model not found: {path} (export it with: dvc repro export)")
+            raise MissingFileError(f"ONNX model not found: {path} (made by: dvc repro)")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per core
         try:
