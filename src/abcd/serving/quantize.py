@@ -48,6 +48,12 @@ class ImageReader(CalibrationDataReader):
         return None if path is None else {self.input_name: preprocess(load_rgb(path), self.pre)[None]}
 
 
+def calibration_sample(train: Sequence[Path], count: int, seed: int) -> list[Path]:
+    """``count`` of the training images (all when fewer), a seeded sample in manifest order."""
+    count = min(count, len(train))
+    return [train[i] for i in np.sort(np.random.default_rng(seed).choice(len(train), count, replace=False))]
+
+
 def module_scope(module: str) -> str:
     """The node-name prefix of a backbone module (``"blocks.0"``): torch.onnx.export names a node by every
     level of its module path, ``/backbone/blocks/blocks.0/blocks.0.1/conv_pw/Conv``."""

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from abcd.core.cli import run, stage_args
 from abcd.core.params import load_params
 from abcd.data.images import read_manifest
-from abcd.serving.quantize import quantize_onnx
+from abcd.serving.quantize import calibration_sample, quantize_onnx
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -29,14 +27,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     params = load_params(args.params)
     train = [s.path for s in read_manifest(args.data / "train.csv", params.classes)]
-    count = min(params.quantize.calibration_images, len(train))
-    chosen = np.sort(np.random.default_rng(params.seed).choice(len(train), count, replace=False))
+    calibration = calibration_sample(train, params.quantize.calibration_images, params.seed)
     val = [s.path for s in read_manifest(args.data / "val.csv", params.classes)]
-    meta = quantize_onnx(args.model, args.out, [train[i] for i in chosen], val, params.quantize.keep_fp32)
+    meta = quantize_onnx(args.model, args.out, calibration, val, params.quantize.keep_fp32)
     method, fp32 = meta["method"], meta["quantization"]["fp32"]["thresholds"]
     moved = f"{method} threshold {fp32[method]:.4g} -> {meta['thresholds'][method]:.4g}" if method in fp32 else ""
     size = args.out.stat().st_size / 2**20
-    print(f"quantize: {args.model} -> {args.out} ({size:.1f} MiB; {count} calibration images; {moved})")
+    print(f"quantize: {args.model} -> {args.out} ({size:.1f} MiB; {len(calibration)} calibration images; {moved})")
 
 
 if __name__ == "__main__":
