@@ -32,7 +32,8 @@ pytestmark = pytest.mark.slow
 
 def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None:
     repo, env, out = reproduced
-    for stage in ("validate", "prepare", "featurize", "train", "export", "test", "evaluate", "ood_data", "report"):
+    stages = ("validate", "prepare", "featurize", "train", "export", "quantize", "test", "evaluate", "ood_data")
+    for stage in (*stages, "report"):
         assert f"Running stage '{stage}'" in out
     data = json.loads((repo / "reports/data.json").read_text())["totals"]
     assert data == {"found": 24, "kept": 24, "skipped": 0, "train": 16, "val": 4, "test": 4}
@@ -156,6 +157,7 @@ def test_forced_repro_is_byte_identical(reproduced) -> None:
         "metrics/train.json",
         "models/model.pt",
         "models/model.onnx",
+        "models/model.int8.onnx",
     ]
     before = {f: (repo / f).read_bytes() for f in files}
     run(["dvc", "repro", "--force"], repo, env)
