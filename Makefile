@@ -39,8 +39,8 @@ DECIDING := ^(test\.f1_macro|test\.log_loss|unknown\.ood_photos_rejected|unknown
 exps: install  ## the readable `dvc exp show`: make exps [ARGS="-A --sort-by test.f1_macro"]
 	dvc exp show --only-changed --keep '$(DECIDING)' --drop '^(src|data|models|plots|reports)/' $(ARGS)
 
-serve: install  ## the exported model (dvc repro makes it) behind HTTP: http://127.0.0.1:8000/
-	python -m abcd.serving.app $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+serve: install  ## the int8 model (dvc repro makes it) behind HTTP: http://127.0.0.1:8000/; MODEL=models/model.onnx for fp32
+	python -m abcd.serving.app $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL))
 
 # Two loops. `make test` (what CI runs) is lint, then every test with each property test's full example count:
 # at most 20 minutes on 2 cores without bf16. `make test-fast` is lint, then every test not marked slow with

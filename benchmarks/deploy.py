@@ -18,7 +18,9 @@
     forward in process (median latency against their sum + 15 ms: target <= 1), then --rounds of (a
     ceiling pass of 64 photos, 32 clients sending 2 photos each, one per request), so that both see the same machine
     load: photos/s of each (target for the ratio >= 0.95) and CPU time per photo.
-Needs the pipeline's outputs (models/model.pt, models/model.onnx, data/prepared): `dvc repro`.
+ 6. the int8 model against the fp32 one: its gates and speed (benchmarks/int8.py, which runs it alone).
+Needs the pipeline's outputs (models/model.pt, models/model.onnx, models/model.int8.onnx, data/prepared,
+data/ood): `dvc repro`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+import int8  # benchmarks/int8.py, beside this script
 import numpy as np
 from serve_load import ENV, REPO, print_throughput, server, throughput
 
@@ -200,6 +203,9 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=48, help="test photos for the throughput measurement")
     parser.add_argument("--rounds", type=int, default=15, help="of (ceiling, service) for the throughput")
     parser.add_argument("--only-throughput", action="store_true", help="measure 5. alone")
+    parser.add_argument(
+        "--model", type=Path, default=REPO / "models/model.int8.onnx", help="the ONNX file of 5. (int8: the default)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -214,10 +220,12 @@ def main() -> None:
         result["latency"] = latency(photo, args.repeats)
         result["parity"] = parity(REPO / "data/prepared/test.csv")
         result["serve"] = serve_and_load(photo, args.requests)
-    result["throughput"] = throughput([p.read_bytes() for p in paths[: args.photos]], args.rounds)
+        result["int8"] = {"gates": int8.gate_report(), "speed": int8.speed(args.repeats * 4)}
+    result["throughput"] = throughput([p.read_bytes() for p in paths[: args.photos]], args.rounds, args.model)
     print("| measurement | value |\n|---|---|")
     if not args.only_throughput:
         print_deploy(result)
+        print("\n".join(int8.rows(result["int8"]["gates"], result["int8"]["speed"])))
     print_throughput(result["throughput"])
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -53,14 +53,14 @@ def server(*args: str) -> Iterator[tuple[str, int]]:
 class Ceiling:
     """The photos in this process, no HTTP: decoded, preprocessed and classified in batches, sequentially."""
 
-    def __init__(self, photos: list[bytes]) -> None:
+    def __init__(self, photos: list[bytes], model_path: Path) -> None:
         from abcd.core.params import load_params
         from abcd.serving.onnx_model import OnnxClassifier, OnnxRuntime
 
         self.photos, self.max_pixels = photos, load_params(REPO / "params.yaml").prepare.max_pixels
         self.runtimes = {}
         for spin in (True, False):  # onnxruntime's threads busy-waiting or not: the faster counts
-            model = OnnxClassifier(REPO / "models/model.onnx", spin=spin)
+            model = OnnxClassifier(model_path, spin=spin)
             self.runtimes[spin] = OnnxRuntime(model, model.detector())
 
     def prepare(self, photo: bytes, spin: bool) -> np.ndarray:
@@ -190,18 +190,18 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def throughput(photos: list[bytes], rounds: int, clients: int = 32, per_client: int = 2) -> dict:
+def throughput(photos: list[bytes], rounds: int, model: Path, clients: int = 32, per_client: int = 2) -> dict:
     """The service against the in-process ceiling, side by side: once the ceiling's best configuration is
     found, 1 client (interleaved with its in-process parts), then ``rounds`` of (a ceiling pass, ``clients``
     sending ``per_client`` photos each, the same photos): short alternating runs see the same machine load
     (other jobs come and go), and each side's photos/s is its photos over its seconds, all rounds together."""
-    ceiling = Ceiling(photos)
+    ceiling = Ceiling(photos, model)
     spin, size = ceiling.best()
     requests = post_requests(photos)
     n = clients * per_client
     totals = {"ceiling": np.zeros(3), "service": np.zeros(3)}  # photos, seconds, CPU seconds
     ratios = []
-    with server() as (url, pid):
+    with server("--model", str(model)) as (url, pid):
         port = int(url.rsplit(":", 1)[1])
         http_load(port, requests, clients, 1)  # warm-up: connections, the service's buffers
         one = one_client(ceiling, spin, port, requests)

@@ -37,6 +37,7 @@ DELAY = {
     "featurize": 3.0,
     "train": 2.0,
     "export": 1.0,
+    "quantize": 1.0,
     "test": 0.3,
     "evaluate": 0.3,
     "report": 0.0,

@@ -31,7 +31,7 @@ from tests.pipeline_utils import copy_project, run
 pytestmark = pytest.mark.slow
 
 
-STAGES = ("validate", "prepare", "featurize", "train", "export", "test", "evaluate")
+STAGES = ("validate", "prepare", "featurize", "train", "export", "quantize", "test", "evaluate")
 OOD_STAGES = ("ood_data", "ood_featurize", "ood_test", "ood_evaluate")
 
 
@@ -168,6 +168,7 @@ def test_forced_repro_is_byte_identical(reproduced) -> None:
         "models/model.onnx",
         "data/ood_predictions/ood.csv",
         "metrics/unknown.json",
+        "models/model.int8.onnx",
     ]
     before = {f: (repo / f).read_bytes() for f in files}
     run(["dvc", "repro", "--force"], repo, env)
@@ -532,7 +533,7 @@ def test_onnx_export_matches_torch_fp32_on_the_test_split_and_ood_set(reproduced
     """The exported model against the checkpoint in fp32: probabilities, classes and every unknown decision."""
     from abcd.data.images import load_rgb
     from abcd.data.ood_manifest import read_ood_manifest
-    from abcd.serving.onnx_model import OnnxClassifier
+    from abcd.serving.onnx_model import OnnxClassifier, file_sha256
     from tests.test_export import METHODS, torch_fp32
 
     repo, env, _ = reproduced
@@ -553,12 +554,15 @@ def test_onnx_export_matches_torch_fp32_on_the_test_split_and_ood_set(reproduced
         threshold = model.detector(method).threshold
         assert ((onnx_scores > threshold) == (scores[method] > threshold)).all(), method
 
-    # predict's default runtime is the export (it was made from models/model.pt): the same answer.
+    # predict's default runtime is the int8 export (made from models/model.pt): its answer.
     out = run(
         [sys.executable, "-m", "abcd.serving.predict", str(paths[0]), "--format", "json"], repo, env, stdout_only=True
     )
     (row,) = json.loads(out)["results"]
-    assert [row["probabilities"][c] for c in CLASSES] == pytest.approx(list(probs[0]), abs=1e-4)
+    int8 = OnnxClassifier(repo / "models/model.int8.onnx")
+    assert int8.meta["quantization"]["fp32"]["sha256"] == file_sha256(repo / "models/model.onnx")
+    int8_probs, _ = int8.run(batch[:1], default)
+    assert [row["probabilities"][c] for c in CLASSES] == pytest.approx(list(int8_probs[0]), abs=1e-5)
 
 
 def test_model_artifact_from_a_local_clone_predicts_on_its_own(reproduced, tmp_path: Path) -> None:

@@ -158,6 +158,15 @@ class EvaluateParams(Schema):
     worst_mistakes: Annotated[int, Field(ge=0, description="an integer >= 0")]
 
 
+class QuantizeParams(Schema):
+    """The int8 model (stage quantize, src/abcd/serving/quantize.py)."""
+
+    calibration_images: Count  # training images that set the activation ranges
+    # Backbone modules left in fp32 (timm's module paths, e.g. conv_stem, blocks.0); the stage fails on a name
+    # the exported backbone does not have.
+    keep_fp32: list[str]
+
+
 class ServeParams(Schema):
     """Limits, timeouts and batching of the HTTP service (src/abcd/serving/app.py, docs/deploy.md)."""
 
@@ -201,6 +210,7 @@ class Params(Schema):
     predict: PredictParams
     unknown: UnknownParams
     ood: OodParams
+    quantize: QuantizeParams
     serve: ServeParams
 
     @field_validator("classes")

@@ -1,6 +1,6 @@
-"""HTTP service: the exported model (models/model.onnx) behind FastAPI on uvicorn, and a page to try it.
+"""HTTP service: the exported model (by default the int8 one) behind FastAPI on uvicorn, and a page to try it.
 
-    abcd-serve [--host 127.0.0.1] [--port 8000] [--model models/model.onnx] [--params params.yaml] [--workers N]
+    abcd-serve [--host 127.0.0.1] [--port 8000] [--model models/model.int8.onnx] [--params params.yaml] [--workers N]
     uvicorn --factory abcd.serving.app:create_app_from_env   # settings from ABCD_SERVE_* (docs/deploy.md)
 
 (``make serve`` runs the first.)
@@ -43,6 +43,7 @@ from abcd.serving.batching import Inference
 from abcd.serving.limits import MAX_FIELD_BYTES, BodyLimits
 from abcd.serving.logs import ACCESS_LOGS, AccessLog, default_handlers, log_config
 from abcd.serving.onnx_model import OnnxClassifier, OnnxRuntime
+from abcd.serving.predict import DEFAULT_ONNX
 from abcd.serving.settings import params_file, serve_settings
 
 FIELD = "files"
@@ -256,7 +257,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--model", type=Path, default=Path("models/model.onnx"), help="exported by: dvc repro export")
+    parser.add_argument(
+        "--model", type=Path, default=Path(DEFAULT_ONNX), help="int8 (dvc repro quantize) or fp32 (models/model.onnx)"
+    )
     parser.add_argument(
         "--params",
         type=Path,

@@ -125,8 +125,6 @@ def export_onnx(
 
     With ``val_images``, the thresholds are calibrated on this graph's own scores of them (:func:`calibrate`).
     """
-    import onnx
-
     graph = InferenceGraph(loaded)
     size = loaded.preprocess.input_size
     example = torch.zeros(2, 3, size, size)
@@ -143,7 +141,7 @@ def export_onnx(
             opset_version=OPSET,
             dynamo=False,
         )
-        _write_metadata(onnx, tmp, metadata)
+        write_metadata(tmp, metadata)
         written = OnnxClassifier(tmp)
         check_parity(graph, written, size)
         if val_images:
@@ -151,11 +149,14 @@ def export_onnx(
             if false_reject is None:
                 raise InvalidFileError("the checkpoint has no unknown_false_reject: retrain it (dvc repro train)")
             metadata = calibrate(written, val_images, float(false_reject))
-            _write_metadata(onnx, tmp, metadata)
+            write_metadata(tmp, metadata)
     return metadata
 
 
-def _write_metadata(onnx: Any, path: Path, metadata: Mapping[str, Any]) -> None:
+def write_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
+    """Replace the ONNX file's metadata with ``metadata`` (JSON under :data:`META_KEY`)."""
+    import onnx
+
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
@@ -171,13 +172,8 @@ def calibrate(model: OnnxClassifier, images: Sequence[Path], false_reject: float
     ``model.preprocess``): a known image is rejected on this route with probability at most
     ``false_reject``, whatever precision train's features had.
     """
-    names = list(model.meta["thresholds"])
-    scores: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for i in range(0, len(images), batch_size):
-        batch = np.stack([model.preprocess(load_rgb(p)) for p in images[i : i + batch_size]])
-        for name, s in zip(names, model.session.run([score_output(n) for n in names], {model.input_name: batch})):
-            scores[name].append(s.astype(np.float64))
-    thresholds = {n: threshold_for_false_reject(np.concatenate(scores[n]), false_reject) for n in names}
+    outputs = graph_outputs(model, images, batch_size)
+    thresholds = {n: threshold_for_false_reject(outputs[n], false_reject) for n in model.meta["thresholds"]}
     calibration = {
         "on": "validation images through this graph",
         "images": len(images),
@@ -185,6 +181,19 @@ def calibrate(model: OnnxClassifier, images: Sequence[Path], false_reject: float
         "checkpoint_thresholds": model.meta["thresholds"],
     }
     return {**model.meta, "thresholds": thresholds, "threshold_calibration": calibration}
+
+
+def graph_outputs(model: OnnxClassifier, images: Sequence[Path], batch_size: int = 16) -> dict[str, np.ndarray]:
+    """``model``'s probabilities (key :data:`PROBABILITIES`) and every thresholded detector's score (key: its
+    name) for ``images``, decoded and preprocessed as predict does (``load_rgb``, ``model.preprocess``); float64."""
+    names = list(model.meta["thresholds"])
+    fetch = [PROBABILITIES, *(score_output(n) for n in names)]
+    out: dict[str, list[np.ndarray]] = {n: [] for n in (PROBABILITIES, *names)}
+    for i in range(0, len(images), batch_size):
+        batch = np.stack([model.preprocess(load_rgb(p)) for p in images[i : i + batch_size]])
+        for name, values in zip(out, model.session.run(fetch, {model.input_name: batch})):
+            out[name].append(values.astype(np.float64))
+    return {n: np.concatenate(v) if v else np.zeros(0) for n, v in out.items()}
 
 
 def check_parity(graph: InferenceGraph, exported: OnnxClassifier, size: int, n: int = 3) -> float:

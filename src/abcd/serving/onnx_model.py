@@ -65,9 +65,11 @@ class OnnxClassifier:
 
         path = Path(path)
         if not path.is_file():
-            raise MissingFileError(f"ONNX model not found: {path} (export it with: dvc repro export)")
+            raise MissingFileError(f"ONNX model not found: {path} (made by: dvc repro)")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        # Errors only: on the int8 graph, onnxruntime warns once per unused initializer it drops (hundreds).
+        options.log_severity_level = 3
         if not spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:

@@ -1,0 +1,129 @@
+"""The exported graph in int8: onnxruntime's static quantization, calibrated on training images.
+
+:func:`quantize_onnx` runs ``onnxruntime.quantization.quantize_static`` (QDQ format, int8 weights per
+output channel, uint8 activations: the U8S8 pair onnxruntime's x86 kernels run with VNNI) on the fp32
+export. Only the backbone's nodes are quantized (:data:`BACKBONE_SCOPE`), less the modules named in
+``quantize.keep_fp32``: the head, the temperature and every detector's distances and covariance
+products stay fp32. Quantized with the rest, those put ViM's and the fusion's scores on a 256-level
+grid: the fusion then decided like fp32 on 6% of the OOD images. The early, high-resolution backbone
+layers stay fp32 because in int8 they moved the fusion score on val the most (docs/deploy.md). The
+activation ranges come from MinMax calibration (the histogram methods held 24 GB for 200 images) on
+training images only, decoded and preprocessed as predict does (:class:`ImageReader`); the val images
+then recalibrate every detector's threshold through the int8 graph (``export.calibrate``), as the
+export does for fp32. Test and OOD images are never read here: ``abcd.serving.gates`` is the
+evaluation, run by ``benchmarks/deploy.py`` and a test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+from abcd.core.errors import InvalidFileError
+from abcd.core.fileio import atomic_file
+from abcd.core.preprocess import Preprocess
+from abcd.core.schema import ParamsError
+from abcd.data.images import load_rgb
+from abcd.serving.export import calibrate, write_metadata
+from abcd.serving.onnx_model import OnnxClassifier, file_sha256, preprocess
+
+# torch.onnx.export names each node after the module that made it: InferenceGraph's backbone is
+# ``self.model.backbone``, whose nodes are named "/backbone/...".
+BACKBONE_SCOPE = "/backbone/"
+
+
+class ImageReader(CalibrationDataReader):
+    """Image files as onnxruntime's calibration data: one preprocessed image per call."""
+
+    def __init__(self, paths: Sequence[Path], pre: Preprocess, input_name: str) -> None:
+        self.input_name, self.pre = input_name, pre
+        self._paths: Iterator[Path] = iter(paths)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        path = next(self._paths, None)
+        return None if path is None else {self.input_name: preprocess(load_rgb(path), self.pre)[None]}
+
+
+def calibration_sample(train: Sequence[Path], count: int, seed: int) -> list[Path]:
+    """``count`` of the training images (all when fewer), a seeded sample in manifest order."""
+    count = min(count, len(train))
+    return [train[i] for i in np.sort(np.random.default_rng(seed).choice(len(train), count, replace=False))]
+
+
+def module_scope(module: str) -> str:
+    """The node-name prefix of a backbone module (``"blocks.0"``): torch.onnx.export names a node by every
+    level of its module path, ``/backbone/blocks/blocks.0/blocks.0.1/conv_pw/Conv``."""
+    parts = module.split(".")
+    return BACKBONE_SCOPE + "".join(".".join(parts[: i + 1]) + "/" for i in range(len(parts)))
+
+
+def backbone_nodes(path: Path, keep_fp32: Sequence[str] = ()) -> list[str]:
+    """The names of the nodes under :data:`BACKBONE_SCOPE` in the ONNX file ``path``, but those of the backbone
+    modules in ``keep_fp32`` (timm's module paths, e.g. ``conv_stem``, ``blocks.0``)."""
+    import onnx
+
+    nodes = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node]
+    found = [n for n in nodes if n.startswith(BACKBONE_SCOPE)]
+    if not found:
+        raise InvalidFileError(f"{path}: no node under {BACKBONE_SCOPE!r}: not exported by this project's export stage")
+    scopes = {m: module_scope(m) for m in keep_fp32}
+    absent = [m for m, scope in scopes.items() if not any(n.startswith(scope) for n in found)]
+    if absent:
+        raise ParamsError(
+            f"params: 'quantize.keep_fp32': {path}'s backbone has no module {', '.join(map(repr, absent))} "
+            "(name modules as timm does, e.g. conv_stem, blocks.0)"
+        )
+    return [n for n in found if not any(n.startswith(scope) for scope in scopes.values())]
+
+
+def quantize_onnx(
+    fp32: Path,
+    out: Path,
+    calibration_images: Sequence[Path],
+    val_images: Sequence[Path],
+    keep_fp32: Sequence[str] = (),
+) -> Mapping[str, Any]:
+    """Write ``fp32``'s int8 model to ``out`` (atomically), thresholds recalibrated on ``val_images``; its metadata.
+
+    ``calibration_images`` (training images) set the activation ranges; the backbone modules in
+    ``keep_fp32`` stay fp32 (:func:`backbone_nodes`). The metadata is ``fp32``'s,
+    with its own thresholds and ``quantization``: the precision, the fp32 file's name and sha256,
+    its thresholds and the number of calibration images.
+    """
+    source = OnnxClassifier(fp32)
+    calibrated = source.meta.get("threshold_calibration")
+    if not calibrated:
+        raise InvalidFileError(f"{fp32}: its thresholds were not calibrated on val images: export it again")
+    if not calibration_images:
+        raise InvalidFileError("no calibration images: quantize.calibration_images must be >= 1")
+    quantization = {
+        "precision": "int8",
+        "weights": "int8 per channel",
+        "activations": "uint8",
+        "nodes": f"backbone ({BACKBONE_SCOPE}*)",
+        "kept_fp32": list(keep_fp32),
+        "calibration": {"method": "minmax", "images": len(calibration_images), "on": "training images"},
+        "fp32": {"file": fp32.name, "sha256": file_sha256(fp32), "thresholds": source.meta["thresholds"]},
+    }
+    with atomic_file(out) as tmp:
+        quantize_static(
+            str(fp32),
+            str(tmp),
+            ImageReader(calibration_images, source.preprocessing, source.input_name),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_quantize=backbone_nodes(fp32, keep_fp32),
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        write_metadata(tmp, {**source.meta, "quantization": quantization})
+        meta = calibrate(OnnxClassifier(tmp), val_images, float(calibrated["false_reject"]))
+        # The record of what train set, as in the fp32 file; the fp32 graph's own are in quantization.
+        meta["threshold_calibration"]["checkpoint_thresholds"] = calibrated["checkpoint_thresholds"]
+        write_metadata(tmp, meta)
+    return meta

@@ -1,0 +1,186 @@
+"""The int8 model: what stage quantize writes, and the gates it must pass against the fp32 export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from abcd.core.schema import ParamsError
+from abcd.ood.base import threshold_for_false_reject
+from abcd.serving.export import calibrate, graph_outputs, write_metadata
+from abcd.serving.gates import F1_TOLERANCE, MIN_AGREEMENT, gates
+from abcd.serving.onnx_model import OnnxClassifier, file_sha256
+from abcd.serving.quantize import BACKBONE_SCOPE, backbone_nodes, module_scope, quantize_onnx
+from tests.conftest import CLASSES, REPO, make_image
+
+FALSE_REJECT = 0.2  # of 9 val images: rank ceil(10 * 0.8) = 8, one rejected
+
+
+@pytest.fixture(scope="module")
+def quantized(exported, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """conftest's fp32 export with thresholds calibrated on 9 val images (as the export stage leaves it), and
+    its int8 model calibrated on 4 "training" images."""
+    tmp = tmp_path_factory.mktemp("quantized")
+    val = [make_image(tmp / f"val{i}.png", seed=50 + i, size=(80 + 5 * i, 90)) for i in range(9)]
+    train = [make_image(tmp / f"train{i}.png", seed=10 + i, size=(120, 100 + i)) for i in range(4)]
+    fp32 = tmp / "model.onnx"
+    shutil.copy(exported["onnx"], fp32)
+    write_metadata(fp32, calibrate(OnnxClassifier(fp32), val, FALSE_REJECT))
+    int8 = tmp / "model.int8.onnx"
+    meta = quantize_onnx(fp32, int8, train, val)
+    return {"fp32": fp32, "int8": int8, "meta": meta, "val": val, "tmp": tmp}
+
+
+def test_only_the_backbone_is_quantized(quantized) -> None:
+    import onnx
+
+    fp32, int8 = onnx.load(str(quantized["fp32"])).graph, onnx.load(str(quantized["int8"])).graph
+    dq_suffix = "_DequantizeLinear_Output"  # quantize_static's name for a dequantized copy of a tensor
+
+    def rest(graph: onnx.GraphProto) -> dict[str, tuple[str, list[str]]]:
+        """The nodes after the backbone (head, temperature, detectors): op and inputs, read through a DQ."""
+        return {
+            n.name: (n.op_type, [i.removesuffix(dq_suffix) for i in n.input])
+            for n in graph.node
+            if not n.name.startswith(BACKBONE_SCOPE) and n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+        }
+
+    # The head, temperature and detector math: the fp32 graph's nodes, unchanged, reading fp32 tensors.
+    assert rest(int8) == rest(fp32)
+    produced_by = {o: n.name for n in int8.node for o in n.output}
+    quantizers = [n for n in int8.node if n.op_type == "QuantizeLinear"]
+    # Only the backbone's tensors (the image input, weights and activations) are quantized.
+    sources = [produced_by.get(q.input[0], BACKBONE_SCOPE) for q in quantizers]
+    assert sources and all(s.startswith(BACKBONE_SCOPE) for s in sources)
+    # Every convolution is the backbone's and reads int8 weights.
+    initializers = {i.name: i for i in int8.initializer}
+    convs = [n for n in int8.node if n.op_type == "Conv"]
+    assert convs and all(n.name.startswith(BACKBONE_SCOPE) for n in convs)
+    dequantize = {n.output[0]: n for n in int8.node if n.op_type == "DequantizeLinear"}
+    for conv in convs:
+        assert initializers[dequantize[conv.input[1]].input[0]].data_type == onnx.TensorProto.INT8
+
+
+def test_keep_fp32_names_backbone_modules_and_refuses_one_it_lacks(exported) -> None:
+    every = backbone_nodes(exported["onnx"])
+    kept = backbone_nodes(exported["onnx"], ["conv_stem", "blocks.0"])
+    left_out = set(every) - set(kept)
+    assert module_scope("blocks.0") == "/backbone/blocks/blocks.0/"
+    assert left_out and all(n.startswith(("/backbone/conv_stem/", "/backbone/blocks/blocks.0/")) for n in left_out)
+    assert any(n.startswith("/backbone/blocks/blocks.1/") for n in kept)
+    with pytest.raises(ParamsError, match=r"quantize\.keep_fp32.*no module 'layer1'"):
+        backbone_nodes(exported["onnx"], ["layer1"])
+
+
+def test_int8_metadata_names_its_fp32_source_and_thresholds_are_its_own(quantized) -> None:
+    fp32, int8 = OnnxClassifier(quantized["fp32"]), OnnxClassifier(quantized["int8"])
+    assert int8.meta == quantized["meta"]
+    q = int8.meta["quantization"]
+    assert q["precision"] == "int8" and q["calibration"]["images"] == 4
+    sha = file_sha256(quantized["fp32"])
+    assert q["fp32"] == {"file": "model.onnx", "sha256": sha, "thresholds": fp32.meta["thresholds"]}
+    # The rest is the fp32 file's: predict's default check (exported from models/model.pt) holds for both.
+    same = ("classes", "preprocess", "temperature", "method", "max_softmax_threshold", "predict", "checkpoint")
+    assert {k: int8.meta[k] for k in same} == {k: fp32.meta[k] for k in same}
+    cal = int8.meta["threshold_calibration"]
+    assert cal["images"] == 9 and cal["false_reject"] == FALSE_REJECT
+    assert cal["checkpoint_thresholds"] == fp32.meta["threshold_calibration"]["checkpoint_thresholds"]
+    scores = graph_outputs(int8, quantized["val"])
+    for name, threshold in int8.meta["thresholds"].items():
+        assert threshold == pytest.approx(threshold_for_false_reject(scores[name], FALSE_REJECT), rel=1e-6)
+
+
+def test_quantize_refuses_an_export_without_val_calibrated_thresholds(exported, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not calibrated on val images"):
+        quantize_onnx(exported["onnx"], tmp_path / "x.onnx", [make_image(tmp_path / "t.png")], [])
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_gates_pass_a_model_against_itself_and_fail_one_that_decides_otherwise(quantized) -> None:
+    tmp = quantized["tmp"]
+    test = [make_image(tmp / f"test{i}.png", seed=200 + i, size=(100, 90)) for i in range(6)]
+    ood = [make_image(tmp / f"ood{i}.png", seed=300 + i, size=(90, 100)) for i in range(6)]
+    fp32 = OnnxClassifier(quantized["fp32"])
+    probs = graph_outputs(fp32, test)["probabilities"]
+    labels = probs.argmax(1)
+    same = gates(fp32, fp32, test, labels, ood)
+    assert same["passed"] and same["f1"]["delta"] == 0.0 and same["f1"]["fp32"] == same["f1"]["int8"] > 0
+    assert all(v == 1.0 for split in same["agreement"].values() for v in split.values())
+    # The same graph with the method's threshold below every score: everything unknown.
+    method = fp32.meta["method"]
+    shifted = tmp / "shifted.onnx"
+    shutil.copy(quantized["fp32"], shifted)
+    write_metadata(shifted, {**fp32.meta, "thresholds": {**fp32.meta["thresholds"], method: -1e9}})
+    report = gates(fp32, OnnxClassifier(shifted), test, labels, ood)
+    assert not report["passed"] and report["f1"]["delta"] == 0.0
+    scores = graph_outputs(fp32, test)[method]
+    assert report["agreement"]["test"][method] == pytest.approx(np.mean(scores > fp32.detector(method).threshold))
+
+
+def test_predict_and_serve_take_the_int8_model_by_path(quantized, capsys) -> None:
+    from fastapi.testclient import TestClient
+
+    from abcd.serving import predict
+    from abcd.serving.app import create_app
+    from abcd.serving.settings import SERVE_LIMITS
+
+    tmp, int8 = quantized["tmp"], OnnxClassifier(quantized["int8"])
+    images = [make_image(tmp / "predict" / f"{i}.png", seed=400 + i, size=(110, 95)) for i in range(3)]
+    # --runtime onnx: without it predict checks the file against ./models/model.pt, which this fixture is not from.
+    args = ["--runtime", "onnx", "--model", str(quantized["int8"]), "--params", str(REPO / "params.yaml")]
+    args += ["--format", "json"]
+    assert predict.main([str(tmp / "predict"), *args]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    method = doc["method"]  # unknown.method in params.yaml
+    out = graph_outputs(int8, images)
+    assert doc["threshold"] == pytest.approx(int8.detector(method).threshold)  # the int8 file's own threshold
+    by_name = {Path(r["path"]).name: r for r in doc["results"]}
+    for path, score in zip(images, out[method]):
+        assert by_name[path.name]["unknown_score"] == pytest.approx(score, rel=1e-5, abs=1e-5)
+    client = TestClient(create_app(int8, SERVE_LIMITS, max_pixels=None))
+    assert client.get("/health").json()["model"] == "model.int8.onnx"
+    answer = client.post("/predict", files=[("files", ("a.png", images[0].read_bytes(), "image/png"))]).json()
+    assert answer["threshold"] == pytest.approx(int8.detector().threshold)
+    assert answer["results"][0]["unknown_score"] == pytest.approx(out[method][0], rel=1e-5, abs=1e-5)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow  # the test split and the OOD set through both models
+def test_the_int8_model_is_the_default_only_if_it_passes_the_gates() -> None:
+    """models/model.int8.onnx against models/model.onnx on the test split and the OOD set (dvc repro).
+
+    The gates' verdict decides the default model of predict and serve (docs/deploy.md); the fp32
+    F1 the gates compute is evaluate's, so both judge the same model on the same images.
+    """
+    from abcd.serving import app, predict
+
+    fp32_path, int8_path = REPO / "models/model.onnx", REPO / "models/model.int8.onnx"
+    test_csv, ood_csv = REPO / "data/prepared/test.csv", REPO / "data/ood/manifest.csv"
+    missing = [str(p.relative_to(REPO)) for p in (fp32_path, int8_path, test_csv, ood_csv) if not p.exists()]
+    if missing:
+        pytest.skip(f"the pipeline's outputs are not here ({', '.join(missing)}): dvc pull or dvc repro")
+    fp32, int8 = OnnxClassifier(fp32_path), OnnxClassifier(int8_path)
+    if int8.meta["quantization"]["fp32"]["sha256"] != file_sha256(fp32_path):
+        pytest.skip("models/model.int8.onnx is not quantized from this models/model.onnx: dvc repro quantize")
+    test = _rows(test_csv)
+    labels = np.array([CLASSES.index(r["label"]) for r in test])
+    ood = [REPO / r["path"] for r in _rows(ood_csv)]
+    report = gates(fp32, int8, [REPO / r["path"] for r in test], labels, ood)
+    metrics = json.loads((REPO / "metrics/test.json").read_text())["test"]
+    assert report["f1"]["fp32"] == pytest.approx(metrics["f1_macro"], abs=1e-9)
+    method = report["method"]
+    within = abs(report["f1"]["delta"]) <= F1_TOLERANCE and all(
+        report["agreement"][s][method] >= MIN_AGREEMENT for s in ("test", "ood")
+    )
+    assert report["passed"] == within
+    int8_default = "model.int8.onnx" in predict.DEFAULT_ONNX or "model.int8.onnx" in Path(app.__file__).read_text()
+    assert report["passed"] or not int8_default, report
