@@ -47,9 +47,9 @@ def variant(name: str, out: Path) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from abcd.core.params import load_params
-    from abcd.serving.export import calibrate, graph_outputs, write_metadata
+    from abcd.serving.export import calibrate, write_metadata
     from abcd.serving.gates import gates
-    from abcd.serving.onnx_model import PROBABILITIES, OnnxClassifier
+    from abcd.serving.onnx_model import PROBABILITIES, OnnxClassifier, graph_outputs
     from abcd.serving.quantize import ImageReader, backbone_nodes, calibration_sample
 
     params = load_params(REPO / "params.yaml")

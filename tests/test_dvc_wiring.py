@@ -9,9 +9,11 @@ up to date; a declared folder it does not import re-runs it for nothing.
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib
 import itertools
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -174,7 +176,7 @@ def test_registry_targets_are_in_the_folders_of_their_users(reg: registry.Regist
 
 
 CLASSIFIER = ("prepare", "featurize", "train", "export", "quantize", "test", "evaluate")
-OOD_BRANCH = ("ood_data", "ood_featurize", "ood_test", "ood_evaluate")
+OOD_BRANCH = ("ood_data", "ood_featurize", "ood_test", "ood_evaluate", "int8_gates")
 # What only the OOD branch may read: the OOD photos' routes, their catalogue, and the branch's outputs.
 OOD_ONLY = ("data/ood_sources.yaml", "src/abcd/oodset", "data/ood", "data/ood_features", "data/ood_predictions")
 
@@ -214,3 +216,16 @@ def test_editing_the_ood_catalogue_reruns_only_the_ood_branch_and_the_report() -
     assert downstream <= {*OOD_BRANCH, "report"}, downstream
     # The OOD images' backbone pass does not wait for training.
     assert _upstream("ood_featurize") == {"validate", "ood_data"}
+
+
+def test_the_committed_results_are_the_ones_the_lock_records() -> None:
+    """Every output git tracks (metrics, reports, markers) has the md5 dvc.lock recorded when its stage ran, so
+    metrics/*.json are the results of the models and data the lock pins (metrics/int8.json decides the default
+    model: tests/test_quantize.py)."""
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    git = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True)
+    tracked = set(git.stdout.split())
+    outs = {o["path"]: o["md5"] for stage in lock.values() for o in stage.get("outs", []) if o["path"] in tracked}
+    assert "metrics/int8.json" in outs and "metrics/test.json" in outs
+    differ = [p for p, md5 in outs.items() if hashlib.md5((REPO / p).read_bytes()).hexdigest() != md5]
+    assert not differ, f"edited after dvc repro (run it and commit dvc.lock): {differ}"

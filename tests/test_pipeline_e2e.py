@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 
 STAGES = ("validate", "prepare", "featurize", "train", "export", "quantize", "test", "evaluate")
-OOD_STAGES = ("ood_data", "ood_featurize", "ood_test", "ood_evaluate")
+OOD_STAGES = ("ood_data", "ood_featurize", "ood_test", "ood_evaluate", "int8_gates")
 
 
 def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None:
@@ -210,6 +210,9 @@ def test_without_a_route_the_ood_branch_says_not_evaluated_and_the_classifier_st
             "unknown": {"evaluated": False, "reason": reason}
         }
         assert json.loads((repo / "reports/unknown.json").read_text()) == {"evaluated": False, "reason": reason}
+        int8 = json.loads((repo / "metrics/int8.json").read_text())["int8"]
+        assert int8["passed"] is None and int8["ood"] == {"evaluated": False, "reason": reason}
+        assert "ood_agreement" not in int8 and 0 <= int8["test_agreement"] <= 1
         assert (repo / "metrics/test.json").read_bytes() == test_metrics
         assert f"## Unknown detection\n\nNot evaluated: {reason}." in (repo / "reports/report.md").read_text()
         (shown,) = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env, stdout_only=True)).values()
@@ -363,8 +366,9 @@ def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced, tm
     assert "lr-low" in table and "lr-high" in table
     header = next(csv.reader([table.splitlines()[0]]))
     assert not any("per_class" in c or "methods." in c for c in header), header  # reports' numbers stay out
-    # The deciding numbers: best epoch and val loss, test 9, the chosen detector's 3 (no image counts).
-    assert len([leaf for metrics in low.values() for leaf in _leaves(metrics)]) == 14, low
+    # The deciding numbers: best epoch and val loss, test 9, the chosen detector's 3 (no image counts), the int8
+    # model's verdict, F1 change and agreement on test and OOD.
+    assert len([leaf for metrics in low.values() for leaf in _leaves(metrics)]) == 18, low
 
     run(["dvc", "plots", "diff", "lr-low", "lr-high", "-o", "plots_diff"], repo, env)
     page = (repo / "plots_diff" / "index.html").read_text()

@@ -18,11 +18,18 @@ from torch import nn
 from abcd.core.errors import InvalidFileError
 from abcd.core.fileio import atomic_file
 from abcd.core.registry import UNKNOWN_METHODS
-from abcd.data.images import load_rgb
 from abcd.models.checkpoint import CHECKPOINT_FORMAT, LoadedModel
 from abcd.ood.base import Fusion, Method, threshold_for_false_reject
 from abcd.ood.detectors import Detector, detector_from_extra
-from abcd.serving.onnx_model import META_KEY, ONNX_FORMAT, PROBABILITIES, OnnxClassifier, file_sha256, score_output
+from abcd.serving.onnx_model import (
+    META_KEY,
+    ONNX_FORMAT,
+    PROBABILITIES,
+    OnnxClassifier,
+    file_sha256,
+    graph_outputs,
+    score_output,
+)
 
 OPSET = 18
 
@@ -181,19 +188,6 @@ def calibrate(model: OnnxClassifier, images: Sequence[Path], false_reject: float
         "checkpoint_thresholds": model.meta["thresholds"],
     }
     return {**model.meta, "thresholds": thresholds, "threshold_calibration": calibration}
-
-
-def graph_outputs(model: OnnxClassifier, images: Sequence[Path], batch_size: int = 16) -> dict[str, np.ndarray]:
-    """``model``'s probabilities (key :data:`PROBABILITIES`) and every thresholded detector's score (key: its
-    name) for ``images``, decoded and preprocessed as predict does (``load_rgb``, ``model.preprocess``); float64."""
-    names = list(model.meta["thresholds"])
-    fetch = [PROBABILITIES, *(score_output(n) for n in names)]
-    out: dict[str, list[np.ndarray]] = {n: [] for n in (PROBABILITIES, *names)}
-    for i in range(0, len(images), batch_size):
-        batch = np.stack([model.preprocess(load_rgb(p)) for p in images[i : i + batch_size]])
-        for name, values in zip(out, model.session.run(fetch, {model.input_name: batch})):
-            out[name].append(values.astype(np.float64))
-    return {n: np.concatenate(v) if v else np.zeros(0) for n, v in out.items()}
 
 
 def check_parity(graph: InferenceGraph, exported: OnnxClassifier, size: int, n: int = 3) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from abcd.core.errors import InvalidFileError, MissingFileError
 from abcd.core.preprocess import MAX_PIXEL_VALUE, Preprocess
+from abcd.data.images import load_rgb
 from abcd.inference.pipeline import Rule
 
 ONNX_FORMAT = 1
@@ -140,3 +142,16 @@ class OnnxRuntime:
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.model.run(batch, self.rule.name)
+
+
+def graph_outputs(model: OnnxClassifier, images: Sequence[Path], batch_size: int = 16) -> dict[str, np.ndarray]:
+    """``model``'s probabilities (key :data:`PROBABILITIES`) and every thresholded detector's score (key: its
+    name) for ``images``, decoded and preprocessed as predict does (``load_rgb``, ``model.preprocess``); float64."""
+    names = list(model.meta["thresholds"])
+    fetch = [PROBABILITIES, *(score_output(n) for n in names)]
+    out: dict[str, list[np.ndarray]] = {n: [] for n in (PROBABILITIES, *names)}
+    for i in range(0, len(images), batch_size):
+        batch = np.stack([model.preprocess(load_rgb(p)) for p in images[i : i + batch_size]])
+        for name, values in zip(out, model.session.run(fetch, {model.input_name: batch})):
+            out[name].append(values.astype(np.float64))
+    return {n: np.concatenate(v) if v else np.zeros(0) for n, v in out.items()}

@@ -5,7 +5,7 @@ QDQ int8, activation ranges from ``quantize.calibration_images`` training images
 the train split; never test or OOD images). Every detector's threshold is then calibrated again on the
 val images through the int8 graph, at the rate the fp32 export used. The metadata is the fp32 file's,
 with ``quantization`` naming the precision and the fp32 file and its sha256. Whether the int8 model
-may replace the fp32 one is judged on test and OOD images by ``benchmarks/deploy.py`` (docs/deploy.md).
+may replace the fp32 one is judged on test and OOD images by stage ``int8_gates`` (docs/deploy.md).
 """
 
 from __future__ import annotations
