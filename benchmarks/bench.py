@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import platform
@@ -151,8 +152,8 @@ def naive_baseline(params, backbone, data: Path, epochs: int, measure_epochs: in
     }
 
 
-def bench_project(dest: Path, backbone: str) -> Path:
-    """A copy of the repo on the default (full) data, with ``backbone``."""
+def bench_project(dest: Path, backbone: str, precision: str | None = None) -> Path:
+    """A copy of the repo on the default (full) data, with ``backbone`` (and ``precision``, if given)."""
     copy_repo(dest)
     sources = yaml.safe_load((dest / "data" / "sources.yaml").read_text())
     # The copy lives elsewhere: make the local source sets' relative paths absolute.
@@ -164,6 +165,8 @@ def bench_project(dest: Path, backbone: str) -> Path:
     (dest / "data" / "sources.yaml").write_text(yaml.safe_dump(sources, sort_keys=False))
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["model"]["backbone"] = backbone
+    if precision is not None:
+        params["runtime"]["precision"] = precision
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return dest
 
@@ -184,10 +187,13 @@ def stage_rss(repo: Path, env: dict[str, str], only: tuple[str, ...] = ()) -> di
     for name, stage in stages.items():
         if only and name not in only:
             continue
+        # dvc.yaml's commands start with environment assignments (PYTHONPATH=src): into env, not argv.
+        argv = shlex.split(stage["cmd"])
+        assigned = dict(a.split("=", 1) for a in itertools.takewhile(lambda a: "=" in a and a[0] != "-", argv))
         launched = subprocess.run(
-            [sys.executable, "-c", _LAUNCH, *shlex.split(stage["cmd"])],
+            [sys.executable, "-c", _LAUNCH, *argv[len(assigned) :]],
             cwd=repo,
-            env=env,
+            env={**env, **assigned},
             capture_output=True,
             text=True,
             check=True,
@@ -217,6 +223,12 @@ def main() -> None:
     )
     parser.add_argument("--naive-epochs", type=int, default=None, help="epochs to measure (default: all)")
     parser.add_argument("--precision-check", action="store_true", help="also run the pipeline with fp32 features")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default=None,
+        help="runtime.precision of the copy the pipeline runs in (fp32: the timing of a CPU without bf16)",
+    )
     parser.add_argument(
         "--pipeline-only", action="store_true", help="only the full repro, the lr experiments and the stages (3-5)"
     )
@@ -260,7 +272,7 @@ def main() -> None:
             rows.append((f"1. ceiling {name} (img/s)", f"{rate:.1f} at batch {batch} (by batch: {by_batch})"))
 
         # Full pipeline from scratch in a copy of the repo (also prepares the data for 2 and 3).
-        repo = bench_project(Path(tmp) / "repo", args.backbone)
+        repo = bench_project(Path(tmp) / "repo", args.backbone, args.precision)
         run(["git", "init", "-q"], repo, env)
         run(["git", "add", "-A"], repo, env)
         run(["git", "commit", "-qm", "bench"], repo, env)
@@ -321,7 +333,7 @@ def main() -> None:
 
         # 5. time and peak RSS per stage (each stage's command on its own); the head-only experiment
         # runs the last four.
-        head = ("train", "test", "evaluate", "report")
+        head = ("train", "export", "quantize", "test", "evaluate", "int8_gates", "report")
         stages = stage_rss(repo, env, only=head if args.pipeline_only else ())
         for name, (secs, mib) in stages.items():
             rows.append((f"5. stage {name}: time (s), peak RSS (MiB)", f"{secs:.1f}, {mib:.0f}"))
