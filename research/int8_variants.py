@@ -44,13 +44,12 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def variant(name: str, out: Path) -> dict:
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from abcd.core.params import load_params
     from abcd.serving.export import calibrate, write_metadata
     from abcd.serving.gates import gates
     from abcd.serving.onnx_model import PROBABILITIES, OnnxClassifier, graph_outputs
-    from abcd.serving.quantize import ImageReader, backbone_nodes, calibration_sample
+    from abcd.serving.quantize import backbone_nodes, calibration_sample, quantize_nodes
 
     params = load_params(REPO / "params.yaml")
     fp32_path = REPO / "models/model.onnx"
@@ -62,18 +61,7 @@ def variant(name: str, out: Path) -> dict:
     train = [REPO / r["path"] for r in _rows(REPO / "data/prepared/train.csv")]
     images = calibration_sample(train, params.quantize.calibration_images, params.seed)
     start = time.perf_counter()
-    quantize_static(
-        str(fp32_path),
-        str(out),
-        ImageReader(images, fp32.preprocessing, fp32.input_name),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        nodes_to_quantize=nodes,
-        op_types_to_quantize=op_types,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
+    quantize_nodes(fp32_path, out, images, nodes, op_types)
     seconds = time.perf_counter() - start
     write_metadata(out, fp32.meta)
     val = [REPO / r["path"] for r in _rows(REPO / "data/prepared/val.csv")]

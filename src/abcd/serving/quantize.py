@@ -80,6 +80,31 @@ def backbone_nodes(path: Path, keep_fp32: Sequence[str] = ()) -> list[str]:
     return [n for n in found if not any(n.startswith(scope) for scope in scopes.values())]
 
 
+def quantize_nodes(
+    fp32: Path,
+    out: Path,
+    calibration_images: Sequence[Path],
+    nodes: Sequence[str],
+    op_types: Sequence[str] | None = None,
+) -> None:
+    """``quantize_static`` of the ``nodes`` of ``fp32`` (of ``op_types`` only, if given) into ``out``: QDQ, int8
+    weights per channel, uint8 activations (the pair onnxruntime's x86 kernels run with VNNI), MinMax ranges
+    over ``calibration_images``. No metadata: :func:`quantize_onnx` writes it."""
+    source = OnnxClassifier(fp32)
+    quantize_static(
+        str(fp32),
+        str(out),
+        ImageReader(calibration_images, source.preprocessing, source.input_name),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        nodes_to_quantize=list(nodes),
+        op_types_to_quantize=list(op_types) if op_types is not None else None,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+
+
 def quantize_onnx(
     fp32: Path,
     out: Path,
@@ -110,17 +135,7 @@ def quantize_onnx(
         "fp32": {"file": fp32.name, "sha256": file_sha256(fp32), "thresholds": source.meta["thresholds"]},
     }
     with atomic_file(out) as tmp:
-        quantize_static(
-            str(fp32),
-            str(tmp),
-            ImageReader(calibration_images, source.preprocessing, source.input_name),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            nodes_to_quantize=backbone_nodes(fp32, keep_fp32),
-            calibrate_method=CalibrationMethod.MinMax,
-        )
+        quantize_nodes(fp32, tmp, calibration_images, backbone_nodes(fp32, keep_fp32))
         write_metadata(tmp, {**source.meta, "quantization": quantization})
         meta = calibrate(OnnxClassifier(tmp), val_images, float(calibrated["false_reject"]))
         # The record of what train set, as in the fp32 file; the fp32 graph's own are in quantization.
