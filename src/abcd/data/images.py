@@ -244,7 +244,8 @@ def write_manifest(path: Path, samples: Sequence[Sample]) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame([(s.path, s.label) for s in samples], columns=list(MANIFEST_FIELDS))
-    frame.to_csv(path, index=False, lineterminator="\r\n")  # csv.writer's line ends, as before: same bytes
+    # CRLF, the csv module's default line end: the committed CSVs keep their bytes.
+    frame.to_csv(path, index=False, lineterminator="\r\n")
 
 
 def read_manifest(path: Path, classes: Sequence[str], root: Path = Path(".")) -> list[Sample]:

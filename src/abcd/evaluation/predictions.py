@@ -65,7 +65,8 @@ def write_predictions(
         columns=columns(classes, list(scores)),
     )
     with atomic_file(path) as tmp:
-        frame.to_csv(tmp, index=False, lineterminator="\r\n")  # csv.writer's line ends, as before: same bytes
+        # CRLF, the csv module's default line end: the committed CSVs keep their bytes.
+        frame.to_csv(tmp, index=False, lineterminator="\r\n")
 
 
 def read_predictions(path: Path, labelled: bool = True) -> Predictions:

@@ -1,6 +1,6 @@
 """Several processes (ranks) for featurize and fine-tuning: ``torch.distributed``, launched by torchrun.
 
-``runtime.processes: 1`` (the default) runs a stage as one process, as before: no launch and
+``runtime.processes: 1`` (the default) runs a stage as one plain process: no launch and
 no process group. With N > 1 (or ``auto`` on a machine with several GPUs) the stage command
 relaunches itself as N local ranks through ``torch.distributed.run`` (torchrun's own code: a
 c10d rendezvous on a free localhost port) and waits for them, so DVC still sees one command.

@@ -5,7 +5,7 @@
     <features>/<split>/labels.npy         int64 (N,), -1 where there is no label (OOD)
     <features>/<split>/paths.npy          str (N,), the image paths, in manifest order
 
-Why not one ``.npz`` per split (as before): ``np.load`` of an npz reads whole arrays into
+Why not one ``.npz`` per split: ``np.load`` of an npz reads whole arrays into
 memory, so train's and test's peak RSS grew with the number of photos. A plain ``.npy`` is
 memory-mapped: pages are read when touched and can be dropped again by the OS. featurize
 writes them batch by batch (:class:`SplitWriter`), so it never holds a split's features either.

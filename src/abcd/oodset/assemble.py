@@ -10,8 +10,8 @@ and the metrics count distinct photos. Each photo, with its crops, belongs to on
 ``selection`` (for choosing a detector and its settings) or ``report`` (for the reported
 numbers only), a split made once with a fixed seed, stratified by category. Photos come in
 batches (``OodPhoto.batch``): each batch is split on its own with its own seed (SPLIT_SEEDS),
-so that adding a batch moves no earlier photo between halves (batch 1's report half had been
-read when batch 2 was added). Nothing here is used to fit a threshold: the set is for evaluation only.
+so that adding a batch moves no earlier photo between halves (a report half already looked at
+stays unseen by any choice). Nothing here is used to fit a threshold: the set is for evaluation only.
 """
 
 from __future__ import annotations
