@@ -13,8 +13,9 @@ Measured in one run, medians of repeats where repeated:
  3. the original project's loop (fp32 backbone forward on freshly decoded and augmented
     images every epoch, same epochs and data) against `dvc repro` from scratch, with test
     macro F1 of both;
- 4. an lr-only experiment (`dvc exp run -S lr=...`, the literal command: it re-runs the head's
-    stages train, test, evaluate, report) after the full repro (median of three learning rates),
+ 4. an lr-only experiment (`dvc exp run -S lr=...`, the literal command: it re-runs the stages
+    downstream of the head: train, export, quantize, test, evaluate, ood_test, ood_evaluate, int8_gates,
+    report) after the full repro (median of three learning rates),
     as a fraction of the full repro (target: at most 1/3), and its fixed floor: a `dvc exp run`
     that runs nothing, plus starting train (torch and an optimizer, which imports torch._dynamo)
     and test (torch) processes;
@@ -331,14 +332,13 @@ def main() -> None:
             )
             run(["git", "checkout", "--", "params.yaml"], repo, env)
 
-        # 5. time and peak RSS per stage (each stage's command on its own); the head-only experiment
-        # runs the last four.
-        head = ("train", "export", "quantize", "test", "evaluate", "int8_gates", "report")
+        # 5. time and peak RSS per stage (each stage's command on its own): those a head-only experiment runs.
+        head = ("train", "export", "quantize", "test", "evaluate", "ood_test", "ood_evaluate", "int8_gates", "report")
         stages = stage_rss(repo, env, only=head if args.pipeline_only else ())
         for name, (secs, mib) in stages.items():
             rows.append((f"5. stage {name}: time (s), peak RSS (MiB)", f"{secs:.1f}, {mib:.0f}"))
         head_s = sum(stages[name][0] for name in head if name in stages)
-        rows.append(("5. the head's stages (train + test + evaluate + report) on their own (s)", f"{head_s:.1f}"))
+        rows.append((f"5. the head's stages ({' + '.join(head)}) on their own (s)", f"{head_s:.1f}"))
         if not args.pipeline_only:
             featurize_ranks(repo, env, [int(n) for n in args.ranks.split(",")], max(1, args.repeats // 2), rows)
 

@@ -34,14 +34,14 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def gate_report() -> dict:
-    from abcd.serving.gates import gates
+    from abcd.serving.gates import gates_on_images
     from abcd.serving.onnx_model import OnnxClassifier
 
     fp32, int8 = OnnxClassifier(FP32), OnnxClassifier(INT8)
     test = _rows(REPO / "data/prepared/test.csv")  # manifest paths are relative to the repo
     labels = np.array([fp32.classes.index(r["label"]) for r in test])
     ood = [REPO / r["path"] for r in _rows(REPO / "data/ood/manifest.csv")]
-    return gates(fp32, int8, [REPO / r["path"] for r in test], labels, ood)
+    return gates_on_images(fp32, int8, [REPO / r["path"] for r in test], labels, ood)
 
 
 def speed(repeats: int) -> dict:

@@ -43,11 +43,10 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def variant(name: str, out: Path) -> dict:
-    import onnx
-
     from abcd.core.params import load_params
-    from abcd.serving.export import calibrate, write_metadata
-    from abcd.serving.gates import gates
+    from abcd.serving.export import calibrate
+    from abcd.serving.gates import gates_on_images
+    from abcd.serving.graphs import load, write_metadata
     from abcd.serving.onnx_model import PROBABILITIES, OnnxClassifier, graph_outputs
     from abcd.serving.quantize import backbone_nodes, calibration_sample, quantize_nodes
 
@@ -55,25 +54,24 @@ def variant(name: str, out: Path) -> dict:
     fp32_path = REPO / "models/model.onnx"
     fp32 = OnnxClassifier(fp32_path)
     op_types, scope, keep = VARIANTS[name]
-    nodes = (
-        backbone_nodes(fp32_path, keep) if scope == "backbone" else [n.name for n in onnx.load(fp32_path).graph.node]
-    )
+    graph = load(fp32_path)
+    nodes = backbone_nodes(graph, keep) if scope == "backbone" else [n.name for n in graph.graph.node]
     train = [REPO / r["path"] for r in _rows(REPO / "data/prepared/train.csv")]
     images = calibration_sample(train, params.quantize.calibration_images, params.seed)
     start = time.perf_counter()
-    quantize_nodes(fp32_path, out, images, nodes, op_types)
+    quantize_nodes(fp32_path, out, images, fp32.preprocessing, nodes, op_types)
     seconds = time.perf_counter() - start
     write_metadata(out, fp32.meta)
     val = [REPO / r["path"] for r in _rows(REPO / "data/prepared/val.csv")]
     false_reject = fp32.meta["threshold_calibration"]["false_reject"]
-    write_metadata(out, calibrate(OnnxClassifier(out), val, false_reject))
+    write_metadata(out, calibrate(fp32.meta, graph_outputs(OnnxClassifier(out), val), false_reject))
     int8 = OnnxClassifier(out)
     method = fp32.meta["method"]
     a, b = graph_outputs(fp32, val), graph_outputs(int8, val)
     test = _rows(REPO / "data/prepared/test.csv")
     labels = np.array([fp32.classes.index(r["label"]) for r in test])
     ood = [REPO / r["path"] for r in _rows(REPO / "data/ood/manifest.csv")]
-    report = gates(fp32, int8, [REPO / r["path"] for r in test], labels, ood)
+    report = gates_on_images(fp32, int8, [REPO / r["path"] for r in test], labels, ood)
     return {
         "kept_fp32": keep,
         "quantize_s": seconds,

@@ -175,10 +175,17 @@ def test_registry_targets_are_in_the_folders_of_their_users(reg: registry.Regist
         assert reg.get(n) is getattr(importlib.import_module(module), attribute)
 
 
-CLASSIFIER = ("prepare", "featurize", "train", "export", "quantize", "test", "evaluate")
-OOD_BRANCH = ("ood_data", "ood_featurize", "ood_test", "ood_evaluate", "int8_gates")
+CLASSIFIER = ("prepare", "featurize", "train", "onnx_backbone", "export", "quantize", "test", "evaluate")
+OOD_BRANCH = ("ood_data", "ood_featurize", "ood_test", "ood_evaluate", "ood_onnx_features", "int8_gates")
 # What only the OOD branch may read: the OOD photos' routes, their catalogue, and the branch's outputs.
-OOD_ONLY = ("data/ood_sources.yaml", "src/abcd/oodset", "data/ood", "data/ood_features", "data/ood_predictions")
+OOD_ONLY = (
+    "data/ood_sources.yaml",
+    "src/abcd/oodset",
+    "data/ood",
+    "data/ood_features",
+    "data/ood_predictions",
+    "data/ood_onnx_features",
+)
 
 
 def _paths(stage: dict, *keys: str) -> set[str]:

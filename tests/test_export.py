@@ -25,7 +25,7 @@ from abcd.ood.base import threshold_for_false_reject
 from abcd.ood.detectors import detector_from_extra, head_logits
 from abcd.ood.fit import fit_inference_extras
 from abcd.serving.export import OPSET, InferenceGraph, calibrate, export_metadata, export_onnx
-from abcd.serving.onnx_model import OnnxClassifier, OnnxRuntime, preprocess
+from abcd.serving.onnx_model import OnnxClassifier, OnnxRuntime, graph_outputs, preprocess
 from tests.conftest import CLASSES, REPO, make_image
 
 METHODS = tuple(UNKNOWN_METHODS)  # the graph computes every registered detector
@@ -184,7 +184,8 @@ def test_thresholds_are_calibrated_on_the_graphs_own_val_scores(exported, tmp_pa
     assert cal["images"] == 9 and cal["false_reject"] == 0.2
     assert cal["checkpoint_thresholds"] == pytest.approx(checkpoint_thresholds)
     # calibrate() on its own gives the same metadata; without the rate a checkpoint cannot be calibrated.
-    assert calibrate(model, val, 0.2)["thresholds"] == pytest.approx(model.meta["thresholds"])
+    again = calibrate(model.meta, graph_outputs(model, val), 0.2)
+    assert again["thresholds"] == pytest.approx(model.meta["thresholds"])
     del loaded.extra["unknown_false_reject"]
     with pytest.raises(ValueError, match="no unknown_false_reject"):
         export_onnx(loaded, tmp_path / "x.onnx", export_metadata(loaded, exported["checkpoint"], "fusion", 0.6), val)

@@ -5,14 +5,16 @@ With the metadata predict and serve read beside the graph.
 
 from __future__ import annotations
 
-import json
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
+from onnx import ModelProto
 from torch import nn
 
 from abcd.core.errors import InvalidFileError
@@ -21,15 +23,10 @@ from abcd.core.registry import UNKNOWN_METHODS
 from abcd.models.checkpoint import CHECKPOINT_FORMAT, LoadedModel
 from abcd.ood.base import Fusion, Method, threshold_for_false_reject
 from abcd.ood.detectors import Detector, detector_from_extra
-from abcd.serving.onnx_model import (
-    META_KEY,
-    ONNX_FORMAT,
-    PROBABILITIES,
-    OnnxClassifier,
-    file_sha256,
-    graph_outputs,
-    score_output,
-)
+from abcd.serving.backbone_store import feature_cache, stored_fp32
+from abcd.serving.graphs import FEATURES, IMAGE, backbone_part, compose_parts, set_metadata, write_metadata
+from abcd.serving.onnx_model import ONNX_FORMAT, PROBABILITIES, OnnxClassifier, file_sha256, score_output
+from abcd.serving.parts import Part, features, head_outputs
 
 OPSET = 18
 
@@ -125,69 +122,108 @@ def _predict_defaults(loaded: LoadedModel, method: str, max_softmax_threshold: f
     return {**stored, "method": method, "rule_threshold": float(max_softmax_threshold), "runtime": None}
 
 
-def export_onnx(
-    loaded: LoadedModel, out: Path, metadata: Mapping[str, Any], val_images: Sequence[Path] = ()
-) -> Mapping[str, Any]:
-    """Trace the graph with a dynamic batch axis and write it, metadata included, atomically; return the metadata.
+class BackboneGraph(nn.Module):
+    """The backbone alone, image batch -> fp32 features: the graph's backbone part, traced on its own."""
 
-    With ``val_images``, the thresholds are calibrated on this graph's own scores of them (:func:`calibrate`).
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone.float().eval()  # its nodes are named "/backbone/..." as in InferenceGraph
+        self.eval()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.backbone(image).float()
+
+
+class HeadGraph(nn.Module):
+    """An InferenceGraph from the features on: the graph's head part."""
+
+    def __init__(self, graph: InferenceGraph) -> None:
+        super().__init__()
+        self.graph = graph
+        self.eval()
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.graph.from_features(features)
+
+
+def trace(module: nn.Module, example: torch.Tensor, input_name: str, outputs: Sequence[str]) -> ModelProto:
+    """``module`` traced to ONNX with a dynamic batch axis on its input and every output."""
+    buffer = io.BytesIO()
+    # dynamo=False: the TorchScript-based exporter needs no onnxscript and traces this plain CNN exactly.
+    torch.onnx.export(
+        module,
+        (example,),
+        buffer,
+        input_names=[input_name],
+        output_names=list(outputs),
+        dynamic_axes={input_name: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def backbone_graph(backbone: nn.Module, input_size: int) -> ModelProto:
+    """The backbone part: ``backbone`` traced alone (image -> features), as :func:`abcd.serving.graphs.backbone_part`
+    would cut it from a model, so that it hashes the same alone and inside one."""
+    traced = trace(BackboneGraph(backbone), torch.zeros(2, 3, input_size, input_size), IMAGE, [FEATURES])
+    return backbone_part(traced)
+
+
+def export_onnx(
+    loaded: LoadedModel,
+    out: Path,
+    metadata: Mapping[str, Any],
+    val_images: Sequence[Path] = (),
+    store: Path | None = None,
+) -> tuple[Mapping[str, Any], dict[str, str]]:
+    """Write the graph, metadata included, atomically; return the metadata and where its backbone part and val
+    features came from.
+
+    The graph is the backbone part composed with the head part (``abcd.serving.graphs``): the backbone part is
+    stage onnx_backbone's (``store``) when it was traced from this checkpoint's backbone weights, else traced
+    here. With ``val_images``, the thresholds are calibrated on this graph's own scores of them (:func:`calibrate`).
     """
     graph = InferenceGraph(loaded)
     size = loaded.preprocess.input_size
-    example = torch.zeros(2, 3, size, size)
+    backbone, origin = stored_fp32(store, loaded.backbone_sha256, loaded.preprocess)
+    if backbone is None:
+        backbone, origin = backbone_graph(graph.model.backbone, size), f"traced here ({origin})"
     outputs = [PROBABILITIES, *(score_output(m) for m in graph.methods)]
+    head = trace(HeadGraph(graph), torch.zeros(2, loaded.num_features), FEATURES, outputs)
+    proto = compose_parts(backbone, head)
+    origins = {"backbone part": origin}
     with atomic_file(out) as tmp:
-        # dynamo=False: the TorchScript-based exporter needs no onnxscript and traces this plain CNN exactly.
-        torch.onnx.export(
-            graph,
-            (example,),
-            str(tmp),
-            input_names=["image"],
-            output_names=outputs,
-            dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-        write_metadata(tmp, metadata)
-        written = OnnxClassifier(tmp)
-        check_parity(graph, written, size)
+        set_metadata(proto, metadata)
+        onnx.save(proto, str(tmp))
+        check_parity(graph, OnnxClassifier(tmp), size)
         if val_images:
             false_reject = loaded.extra.get("unknown_false_reject")
             if false_reject is None:
                 raise InvalidFileError("the checkpoint has no unknown_false_reject: retrain it (dvc repro train)")
-            metadata = calibrate(written, val_images, float(false_reject))
+            cache = feature_cache(store)
+            val, origins["val features"] = features(Part(backbone), val_images, loaded.preprocess, "val", cache)
+            metadata = calibrate(metadata, head_outputs(Part(head), metadata, val), float(false_reject))
             write_metadata(tmp, metadata)
-    return metadata
+    return metadata, origins
 
 
-def write_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
-    """Replace the ONNX file's metadata with ``metadata`` (JSON under :data:`META_KEY`)."""
-    import onnx
-
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps(dict(metadata))
-    onnx.save(proto, str(path))
-
-
-def calibrate(model: OnnxClassifier, images: Sequence[Path], false_reject: float, batch_size: int = 16) -> dict:
-    """``model``'s metadata with every threshold set on its own scores of ``images`` (the val split).
+def calibrate(meta: Mapping[str, Any], outputs: Mapping[str, np.ndarray], false_reject: float) -> dict:
+    """``meta`` (a model's metadata) with every threshold set on the model's own ``outputs`` for the val images.
 
     The split-conformal rank train uses (:func:`abcd.ood.base.threshold_for_false_reject`), applied
     to the scores this graph computes from the images as predict decodes them (``load_rgb``,
-    ``model.preprocess``): a known image is rejected on this route with probability at most
-    ``false_reject``, whatever precision train's features had.
+    ``preprocess``; ``graph_outputs``, or ``abcd.serving.parts`` by the graph's parts): a known image is
+    rejected on this route with probability at most ``false_reject``, whatever precision train's features had.
     """
-    outputs = graph_outputs(model, images, batch_size)
-    thresholds = {n: threshold_for_false_reject(outputs[n], false_reject) for n in model.meta["thresholds"]}
+    thresholds = {n: threshold_for_false_reject(outputs[n], false_reject) for n in meta["thresholds"]}
     calibration = {
         "on": "validation images through this graph",
-        "images": len(images),
+        "images": len(outputs[PROBABILITIES]),
         "false_reject": false_reject,
-        "checkpoint_thresholds": model.meta["thresholds"],
+        "checkpoint_thresholds": meta["thresholds"],
     }
-    return {**model.meta, "thresholds": thresholds, "threshold_calibration": calibration}
+    return {**meta, "thresholds": thresholds, "threshold_calibration": calibration}
 
 
 def check_parity(graph: InferenceGraph, exported: OnnxClassifier, size: int, n: int = 3) -> float:

@@ -39,30 +39,42 @@ def check_source(fp32: OnnxClassifier, int8: OnnxClassifier) -> None:
 def gates(
     fp32: OnnxClassifier,
     int8: OnnxClassifier,
-    test: Sequence[Path],
+    outputs: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
     labels: np.ndarray,
-    ood: Sequence[Path] | None,
-    batch_size: int = 16,
 ) -> dict[str, Any]:
-    """``int8`` against ``fp32``: test macro F1 of each, and per detector the fraction of test and of OOD
-    images both decide alike (each at its own thresholds); ``passed`` judges ``fp32``'s ``method``, and is
-    None when there is no OOD set (``ood`` None) to judge it on."""
+    """``int8`` against ``fp32`` from their ``outputs[split]["fp32" | "int8"]`` (``graph_outputs``' keys) on the
+    test images (split ``"test"``, with ``labels``) and the OOD images (``"ood"``, absent without an OOD set):
+    test macro F1 of each, and per detector the fraction of images both decide alike (each at its own
+    thresholds); ``passed`` judges ``fp32``'s ``method``, and is None without an OOD set to judge it on."""
     k, method = len(fp32.classes), fp32.meta["method"]
-    report: dict[str, Any] = {"method": method, "images": {"test": len(test)}, "agreement": {}}
-    splits = [("test", test)] + ([("ood", ood)] if ood is not None else [])
-    for split, paths in splits:
-        report["images"][split] = len(paths)
-        out = {name: graph_outputs(model, paths, batch_size) for name, model in (("fp32", fp32), ("int8", int8))}
+    report: dict[str, Any] = {"method": method, "images": {}, "agreement": {}}
+    for split, out in outputs.items():
+        report["images"][split] = len(out["fp32"][PROBABILITIES])
         if split == "test":
             f1 = {name: f1_macro(labels, o[PROBABILITIES].argmax(1), k) for name, o in out.items()}
             report["f1"] = {**f1, "delta": f1["int8"] - f1["fp32"]}
         a, b = decisions(fp32, out["fp32"]), decisions(int8, out["int8"])
         report["agreement"][split] = {n: float(np.mean(a[n] == b[n])) for n in a}
     passed = abs(report["f1"]["delta"]) <= F1_TOLERANCE and all(
-        report["agreement"][s][method] >= MIN_AGREEMENT for s, _ in splits
+        report["agreement"][s][method] >= MIN_AGREEMENT for s in outputs
     )
-    report["passed"] = passed if ood is not None else None
+    report["passed"] = passed if "ood" in outputs else None
     return report
+
+
+def gates_on_images(
+    fp32: OnnxClassifier,
+    int8: OnnxClassifier,
+    test: Sequence[Path],
+    labels: np.ndarray,
+    ood: Sequence[Path] | None,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """:func:`gates` with each whole graph run on the ``test`` and ``ood`` images (None: no OOD set)."""
+    splits = {"test": test, **({"ood": ood} if ood is not None else {})}
+    models = {"fp32": fp32, "int8": int8}
+    outputs = {s: {n: graph_outputs(m, paths, batch_size) for n, m in models.items()} for s, paths in splits.items()}
+    return gates(fp32, int8, outputs, labels)
 
 
 def deciding(report: Mapping[str, Any]) -> dict[str, Any]:

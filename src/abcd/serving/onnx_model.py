@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,19 @@ def preprocess(rgb: np.ndarray, pre: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(((crop - mean) / std).transpose(2, 0, 1))
 
 
+def make_session(model: str | bytes, threads: int = 0, spin: bool = True) -> Any:
+    """An onnxruntime CPU session of the ONNX file at ``model`` (or its bytes); see :class:`OnnxClassifier`."""
+    import onnxruntime as ort  # here, not at import: its import is a third of predict's cold start
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # Errors only: on the int8 graph, onnxruntime warns once per unused initializer it drops (hundreds).
+    options.log_severity_level = 3
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 class OnnxClassifier:
     """An exported model loaded once; :meth:`run` classifies preprocessed batches."""
 
@@ -63,19 +76,11 @@ class OnnxClassifier:
         """``threads``: onnxruntime's intra-op threads (0: one per core); ``spin``: whether they busy-wait
         between parallel sections, fastest when nothing else runs, wasted cores when other threads
         (the service's decoding) share them."""
-        import onnxruntime as ort  # here, not at import: its import is a third of predict's cold start
-
         path = Path(path)
         if not path.is_file():
             raise MissingFileError(f"ONNX model not found: {path} (made by: dvc repro)")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        # Errors only: on the int8 graph, onnxruntime warns once per unused initializer it drops (hundreds).
-        options.log_severity_level = 3
-        if not spin:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = make_session(str(path), threads, spin)
         except Exception as err:  # onnxruntime raises its own exception types for a bad file
             raise InvalidFileError(f"{path}: not a loadable ONNX model ({type(err).__name__}: {err})") from None
         props = self.session.get_modelmeta().custom_metadata_map
@@ -144,14 +149,31 @@ class OnnxRuntime:
         return self.model.run(batch, self.rule.name)
 
 
+def image_batches(images: Sequence[Path], pre: Preprocess, batch_size: int = 16) -> Iterator[np.ndarray]:
+    """``images`` decoded and preprocessed as predict does (``load_rgb``, :func:`preprocess`), in batches."""
+    for i in range(0, len(images), batch_size):
+        yield np.stack([preprocess(load_rgb(p), pre) for p in images[i : i + batch_size]])
+
+
+def run_batches(session: Any, fetch: Sequence[str], feed: str, batches: Iterable[np.ndarray]) -> list[np.ndarray]:
+    """``session``'s outputs ``fetch`` for every batch fed to input ``feed``, concatenated over the batches."""
+    out: list[list[np.ndarray]] = [[] for _ in fetch]
+    for batch in batches:
+        for parts, values in zip(out, session.run(list(fetch), {feed: batch})):
+            parts.append(values)
+    return [np.concatenate(parts) if parts else np.zeros(0, np.float32) for parts in out]
+
+
+def output_names(meta: Mapping[str, Any]) -> dict[str, str]:
+    """The graph output of the probabilities (key :data:`PROBABILITIES`) and of every thresholded detector's
+    score (key: its name), for a model with metadata ``meta``."""
+    return {PROBABILITIES: PROBABILITIES, **{n: score_output(n) for n in meta["thresholds"]}}
+
+
 def graph_outputs(model: OnnxClassifier, images: Sequence[Path], batch_size: int = 16) -> dict[str, np.ndarray]:
     """``model``'s probabilities (key :data:`PROBABILITIES`) and every thresholded detector's score (key: its
     name) for ``images``, decoded and preprocessed as predict does (``load_rgb``, ``model.preprocess``); float64."""
-    names = list(model.meta["thresholds"])
-    fetch = [PROBABILITIES, *(score_output(n) for n in names)]
-    out: dict[str, list[np.ndarray]] = {n: [] for n in (PROBABILITIES, *names)}
-    for i in range(0, len(images), batch_size):
-        batch = np.stack([model.preprocess(load_rgb(p)) for p in images[i : i + batch_size]])
-        for name, values in zip(out, model.session.run(fetch, {model.input_name: batch})):
-            out[name].append(values.astype(np.float64))
-    return {n: np.concatenate(v) if v else np.zeros(0) for n, v in out.items()}
+    names = output_names(model.meta)
+    batches = image_batches(images, model.preprocessing, batch_size)
+    values = run_batches(model.session, list(names.values()), model.input_name, batches)
+    return {key: v.astype(np.float64) for key, v in zip(names, values)}

@@ -11,16 +11,23 @@ activation ranges come from MinMax calibration (the histogram methods held 24 GB
 training images only, decoded and preprocessed as predict does (:class:`ImageReader`); the val images
 then recalibrate every detector's threshold through the int8 graph (``export.calibrate``), as the
 export does for fp32. Test and OOD images are never read here: ``abcd.serving.gates`` is the
-evaluation, run by ``benchmarks/deploy.py`` and a test.
+evaluation, run by stage ``int8_gates``.
+
+The backbone part is quantized alone (:func:`quantize_backbone`) and composed with the fp32 model's head
+part: the activation ranges of backbone nodes do not depend on the head, and with a frozen backbone the
+int8 backbone is stage ``onnx_backbone``'s, made once per backbone (``abcd.serving.backbone_store``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import ModelProto
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from abcd.core.errors import InvalidFileError
@@ -28,8 +35,11 @@ from abcd.core.fileio import atomic_file
 from abcd.core.preprocess import Preprocess
 from abcd.core.schema import ParamsError
 from abcd.data.images import load_rgb
-from abcd.serving.export import calibrate, write_metadata
+from abcd.serving.backbone_store import feature_cache, stored_int8
+from abcd.serving.export import calibrate
+from abcd.serving.graphs import IMAGE, backbone_part, compose_parts, head_part, load, set_metadata
 from abcd.serving.onnx_model import OnnxClassifier, file_sha256, preprocess
+from abcd.serving.parts import Part, features, head_outputs
 
 # torch.onnx.export names each node after the module that made it: InferenceGraph's backbone is
 # ``self.model.backbone``, whose nodes are named "/backbone/...".
@@ -61,20 +71,17 @@ def module_scope(module: str) -> str:
     return BACKBONE_SCOPE + "".join(".".join(parts[: i + 1]) + "/" for i in range(len(parts)))
 
 
-def backbone_nodes(path: Path, keep_fp32: Sequence[str] = ()) -> list[str]:
-    """The names of the nodes under :data:`BACKBONE_SCOPE` in the ONNX file ``path``, but those of the backbone
-    modules in ``keep_fp32`` (timm's module paths, e.g. ``conv_stem``, ``blocks.0``)."""
-    import onnx
-
-    nodes = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node]
-    found = [n for n in nodes if n.startswith(BACKBONE_SCOPE)]
+def backbone_nodes(backbone: ModelProto, keep_fp32: Sequence[str] = ()) -> list[str]:
+    """The names of the nodes under :data:`BACKBONE_SCOPE` in ``backbone`` (a model or its backbone part), but those
+    of the backbone modules in ``keep_fp32`` (timm's module paths, e.g. ``conv_stem``, ``blocks.0``)."""
+    found = [n.name for n in backbone.graph.node if n.name.startswith(BACKBONE_SCOPE)]
     if not found:
-        raise InvalidFileError(f"{path}: no node under {BACKBONE_SCOPE!r}: not exported by this project's export stage")
+        raise InvalidFileError(f"no node under {BACKBONE_SCOPE!r}: not exported by this project's export stage")
     scopes = {m: module_scope(m) for m in keep_fp32}
     absent = [m for m, scope in scopes.items() if not any(n.startswith(scope) for n in found)]
     if absent:
         raise ParamsError(
-            f"params: 'quantize.keep_fp32': {path}'s backbone has no module {', '.join(map(repr, absent))} "
+            f"params: 'quantize.keep_fp32': the backbone has no module {', '.join(map(repr, absent))} "
             "(name modules as timm does, e.g. conv_stem, blocks.0)"
         )
     return [n for n in found if not any(n.startswith(scope) for scope in scopes.values())]
@@ -84,17 +91,17 @@ def quantize_nodes(
     fp32: Path,
     out: Path,
     calibration_images: Sequence[Path],
+    pre: Preprocess,
     nodes: Sequence[str],
     op_types: Sequence[str] | None = None,
 ) -> None:
     """``quantize_static`` of the ``nodes`` of ``fp32`` (of ``op_types`` only, if given) into ``out``: QDQ, int8
     weights per channel, uint8 activations (the pair onnxruntime's x86 kernels run with VNNI), MinMax ranges
-    over ``calibration_images``. No metadata: :func:`quantize_onnx` writes it."""
-    source = OnnxClassifier(fp32)
+    over ``calibration_images`` preprocessed with ``pre``. No metadata: :func:`quantize_onnx` writes it."""
     quantize_static(
         str(fp32),
         str(out),
-        ImageReader(calibration_images, source.preprocessing, source.input_name),
+        ImageReader(calibration_images, pre, IMAGE),
         quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
@@ -105,14 +112,36 @@ def quantize_nodes(
     )
 
 
+def quantization_settings(calibration_images: Sequence[Path], keep_fp32: Sequence[str]) -> dict[str, Any]:
+    """What decides the int8 backbone besides the fp32 one: the stored int8 part is used only for equal settings."""
+    return {"calibration_images": [str(p) for p in calibration_images], "keep_fp32": list(keep_fp32)}
+
+
+def quantize_backbone(
+    backbone: ModelProto, calibration_images: Sequence[Path], pre: Preprocess, keep_fp32: Sequence[str] = ()
+) -> ModelProto:
+    """The fp32 backbone part in int8 (:func:`quantize_nodes` of its nodes less ``keep_fp32``'s), as a part."""
+    if not calibration_images:
+        raise InvalidFileError("no calibration images: quantize.calibration_images must be >= 1")
+    nodes = backbone_nodes(backbone, keep_fp32)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(backbone, str(fp32))
+        quantize_nodes(fp32, int8, calibration_images, pre, nodes)
+        # As a part: without the nodes quantization left unused, so that it hashes as it will inside the model.
+        return backbone_part(load(int8))
+
+
 def quantize_onnx(
     fp32: Path,
     out: Path,
     calibration_images: Sequence[Path],
     val_images: Sequence[Path],
     keep_fp32: Sequence[str] = (),
-) -> Mapping[str, Any]:
-    """Write ``fp32``'s int8 model to ``out`` (atomically), thresholds recalibrated on ``val_images``; its metadata.
+    store: Path | None = None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Write ``fp32``'s int8 model to ``out`` (atomically), thresholds recalibrated on ``val_images``; its
+    metadata, and where its int8 backbone and val features came from (``store``, stage onnx_backbone's, or made).
 
     ``calibration_images`` (training images) set the activation ranges; the backbone modules in
     ``keep_fp32`` stay fp32 (:func:`backbone_nodes`). The metadata is ``fp32``'s,
@@ -125,6 +154,14 @@ def quantize_onnx(
         raise InvalidFileError(f"{fp32}: its thresholds were not calibrated on val images: export it again")
     if not calibration_images:
         raise InvalidFileError("no calibration images: quantize.calibration_images must be >= 1")
+    model = load(fp32)
+    backbone, head = Part(backbone_part(model)), Part(head_part(model))
+    settings = quantization_settings(calibration_images, keep_fp32)
+    int8_backbone, origin = stored_int8(store, backbone.sha256, settings)
+    if int8_backbone is None:
+        int8_backbone = quantize_backbone(backbone.proto, calibration_images, source.preprocessing, keep_fp32)
+        origin = f"quantized here ({origin})"
+    int8 = Part(int8_backbone)
     quantization = {
         "precision": "int8",
         "weights": "int8 per channel",
@@ -134,11 +171,13 @@ def quantize_onnx(
         "calibration": {"method": "minmax", "images": len(calibration_images), "on": "training images"},
         "fp32": {"file": fp32.name, "sha256": file_sha256(fp32), "thresholds": source.meta["thresholds"]},
     }
+    meta = {**source.meta, "quantization": quantization}
+    val, val_origin = features(int8, val_images, source.preprocessing, "val", feature_cache(store))
+    meta = calibrate(meta, head_outputs(head, meta, val), float(calibrated["false_reject"]))
+    # The record of what train set, as in the fp32 file; the fp32 graph's own are in quantization.
+    meta["threshold_calibration"]["checkpoint_thresholds"] = calibrated["checkpoint_thresholds"]
+    proto = compose_parts(int8_backbone, head.proto)
     with atomic_file(out) as tmp:
-        quantize_nodes(fp32, tmp, calibration_images, backbone_nodes(fp32, keep_fp32))
-        write_metadata(tmp, {**source.meta, "quantization": quantization})
-        meta = calibrate(OnnxClassifier(tmp), val_images, float(calibrated["false_reject"]))
-        # The record of what train set, as in the fp32 file; the fp32 graph's own are in quantization.
-        meta["threshold_calibration"]["checkpoint_thresholds"] = calibrated["checkpoint_thresholds"]
-        write_metadata(tmp, meta)
-    return meta
+        set_metadata(proto, meta)
+        onnx.save(proto, str(tmp))
+    return meta, {"int8 backbone": origin, "val features": val_origin}

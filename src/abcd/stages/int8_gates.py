@@ -5,6 +5,10 @@ model): test macro F1 within ``F1_TOLERANCE`` of fp32's, and the same unknown de
 ``unknown.method``, each model at its own thresholds) on at least ``MIN_AGREEMENT`` of the test images and
 of the OOD images. An evaluation, like test and ood_evaluate: nothing is fitted on these images. With the
 OOD branch off (``--ood`` holds the reason) the OOD gate is not evaluated and the verdict is null.
+
+Each model's outputs come from its backbone part's features and its head part (``abcd.serving.parts``):
+the features of stages onnx_backbone (test) and ood_onnx_features (OOD) where each model's backbone part
+is the very graph that made them, else computed here.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from abcd.core.fileio import atomic_write_text
 from abcd.core.params import load_params
 from abcd.data.images import read_manifest
 from abcd.data.ood_manifest import not_evaluated, read_ood_manifest
+from abcd.serving.backbone_store import feature_cache
 from abcd.serving.gates import F1_TOLERANCE, MIN_AGREEMENT, check_source, deciding, gates
 from abcd.serving.onnx_model import OnnxClassifier
+from abcd.serving.parts import ModelParts
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -32,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "int8": "int8 ONNX model (stage quantize)",
             "data": "prepared dataset (the test split)",
             "ood": "OOD set, or the reason it is not evaluated",
+            "backbone": "backbone store (stage onnx_backbone): the test images' features",
+            "ood-features": "the OOD images' features (stage ood_onnx_features)",
         },
         writes={"metrics": "metrics JSON: the verdict and the deciding numbers", "report": "every detector's"},
     )
@@ -41,8 +49,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     test = read_manifest(args.data / "test.csv", params.classes)
     labels = np.array([params.classes.index(s.label) for s in test])
     reason = not_evaluated(args.ood)
-    ood = None if reason is not None else read_ood_manifest(args.ood / "manifest.csv").paths
-    report = gates(fp32, int8, [s.path for s in test], labels, ood)
+    splits = {"test": ([s.path for s in test], feature_cache(args.backbone))}
+    if reason is None:
+        splits["ood"] = (read_ood_manifest(args.ood / "manifest.csv").paths, args.ood_features)
+    models = {"fp32": ModelParts(fp32), "int8": ModelParts(int8)}
+    outputs: dict[str, dict] = {split: {} for split in splits}
+    for split, (paths, cache) in splits.items():
+        for name, parts in models.items():
+            outputs[split][name], origin = parts.outputs(paths, split, cache)
+            print(f"int8_gates: {name} {split} features: {origin}")
+    report = gates(fp32, int8, outputs, labels)
     report["rule"] = {"f1_tolerance": F1_TOLERANCE, "min_agreement": MIN_AGREEMENT}
     metrics = deciding(report)
     if reason is not None:

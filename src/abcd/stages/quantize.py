@@ -6,6 +6,10 @@ the train split; never test or OOD images). Every detector's threshold is then c
 val images through the int8 graph, at the rate the fp32 export used. The metadata is the fp32 file's,
 with ``quantization`` naming the precision and the fp32 file and its sha256. Whether the int8 model
 may replace the fp32 one is judged on test and OOD images by stage ``int8_gates`` (docs/deploy.md).
+
+Only the backbone part is quantized, and composed with the fp32 model's head part: with a frozen backbone
+the int8 backbone part and its val features are stage onnx_backbone's (``--backbone``), used only for a
+model whose backbone part is the very graph they were made from, with the same calibration settings.
 """
 
 from __future__ import annotations
@@ -22,14 +26,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = stage_args(
         __doc__,
         argv,
-        reads={"model": "fp32 ONNX model (stage export)", "data": "prepared dataset (train and val images)"},
+        reads={
+            "model": "fp32 ONNX model (stage export)",
+            "data": "prepared dataset (train and val images)",
+            "backbone": "backbone store (stage onnx_backbone): its int8 ONNX part and val features",
+        },
         writes={"out": "int8 ONNX model"},
     )
     params = load_params(args.params)
     train = [s.path for s in read_manifest(args.data / "train.csv", params.classes)]
     calibration = calibration_sample(train, params.quantize.calibration_images, params.seed)
     val = [s.path for s in read_manifest(args.data / "val.csv", params.classes)]
-    meta = quantize_onnx(args.model, args.out, calibration, val, params.quantize.keep_fp32)
+    meta, origins = quantize_onnx(args.model, args.out, calibration, val, params.quantize.keep_fp32, args.backbone)
+    for what, origin in origins.items():
+        print(f"quantize: {what}: {origin}")
     method, fp32 = meta["method"], meta["quantization"]["fp32"]["thresholds"]
     moved = f"{method} threshold {fp32[method]:.4g} -> {meta['thresholds'][method]:.4g}" if method in fp32 else ""
     size = args.out.stat().st_size / 2**20
