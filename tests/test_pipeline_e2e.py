@@ -31,8 +31,8 @@ from tests.pipeline_utils import copy_project, run
 pytestmark = pytest.mark.slow
 
 
-STAGES = ("validate", "prepare", "featurize", "train", "export", "quantize", "test", "evaluate")
-OOD_STAGES = ("ood_data", "ood_featurize", "ood_test", "ood_evaluate", "int8_gates")
+STAGES = ("validate", "prepare", "featurize", "train", "onnx_backbone", "export", "quantize", "test", "evaluate")
+OOD_STAGES = ("ood_data", "ood_featurize", "ood_test", "ood_evaluate", "ood_onnx_features", "int8_gates")
 
 
 def test_repro_runs_every_stage_and_writes_parseable_outputs(reproduced) -> None:
@@ -338,12 +338,18 @@ def test_lr_experiments_rerun_only_what_depends_on_lr_and_compare(reproduced, tm
     for name, lr in (("lr-low", "0.001"), ("lr-high", "0.5")):
         outs[name] = run(["dvc", "exp", "run", "-n", name, "-S", f"lr={lr}"], repo, env)
     for out in outs.values():
-        # Not the backbone's passes: neither featurize's nor the OOD branch's own (ood_featurize).
-        for stage in ("prepare", "featurize", "ood_data", "ood_featurize"):
+        # Not the backbone's passes: neither featurize's nor the OOD branch's own (ood_featurize), nor the
+        # ONNX backbone's (its parts and their features, which export, quantize and int8_gates take as stored).
+        for stage in ("prepare", "featurize", "ood_data", "ood_featurize", "onnx_backbone", "ood_onnx_features"):
             assert f"Stage '{stage}' didn't change, skipping" in out
             assert f"Running stage '{stage}'" not in out
-        for stage in ("train", "export", "test", "evaluate", "ood_test", "ood_evaluate", "report"):
+        for stage in ("train", "export", "quantize", "test", "evaluate", "ood_test", "ood_evaluate", "int8_gates"):
             assert f"Running stage '{stage}'" in out
+        assert "Running stage 'report'" in out
+        assert "export: backbone part: stored in data/onnx_backbone" in out
+        assert "quantize: int8 backbone: stored in data/onnx_backbone" in out
+        for route in ("fp32 test", "int8 test", "fp32 ood", "int8 ood"):
+            assert f"int8_gates: {route} features: cached in data/" in out, route
 
     # The workspace now holds lr-high: metrics diff against HEAD shows the change, in a short table:
     # the deciding numbers only (data counts do not change with lr).

@@ -49,7 +49,9 @@ def head_outputs(head: Part, meta: Mapping[str, Any], features: np.ndarray, batc
     return {key: v.astype(np.float64) for key, v in zip(names, values)}
 
 
-def write_cache(folder: Path, backbones: Mapping[str, Part], splits: Mapping[str, Sequence[Path]], pre: Preprocess):
+def write_cache(
+    folder: Path, backbones: Mapping[str, Part], splits: Mapping[str, Sequence[Path]], pre: Preprocess
+) -> dict[str, Any]:
     """Every backbone's features of every split's images into the empty directory ``folder``; its record."""
     record = {
         "graphs": {name: part.sha256 for name, part in backbones.items()},
