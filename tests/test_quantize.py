@@ -16,7 +16,7 @@ from abcd.ood.base import threshold_for_false_reject
 from abcd.serving.backbone_store import write_store
 from abcd.serving.export import backbone_graph, calibrate, export_metadata, export_onnx
 from abcd.serving.gates import F1_TOLERANCE, MIN_AGREEMENT, check_source, deciding, gates_on_images
-from abcd.serving.graphs import graph_sha256, load, write_metadata
+from abcd.serving.graphs import backbone_part, graph_sha256, head_part, load, write_metadata
 from abcd.serving.onnx_model import OnnxClassifier, file_sha256, graph_outputs
 from abcd.serving.parts import ModelParts, backbone_features, cached, write_cache
 from abcd.serving.quantize import (
@@ -256,3 +256,16 @@ def test_the_backbone_store_gives_the_models_computing_gives(exported, tmp_path:
     write_store(store, moved, fp32_part, int8_part, {"val": val}, pre)
     _, traced = export_onnx(loaded, tmp_path / "d.onnx", meta, val, store)
     assert traced["backbone part"].startswith("traced here") and "another backbone" in traced["backbone part"]
+
+
+def test_a_graph_without_the_features_tensor_is_refused_with_the_command_that_makes_one(tmp_path: Path) -> None:
+    """A graph exported elsewhere, or by an export before the two parts, has no tensor to cut at."""
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    probs = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["probabilities"])], "g", [image], [probs])
+    model = helper.make_model(graph)
+    for cut in (backbone_part, head_part):
+        with pytest.raises(InvalidFileError, match=r"no tensor 'features'.*dvc repro export"):
+            cut(model)
