@@ -24,7 +24,7 @@ from abcd.models.checkpoint import CHECKPOINT_FORMAT, LoadedModel
 from abcd.ood.base import Fusion, Method, threshold_for_false_reject
 from abcd.ood.detectors import Detector, detector_from_extra
 from abcd.serving.backbone_store import feature_cache, stored_fp32
-from abcd.serving.graphs import FEATURES, IMAGE, backbone_part, compose_parts, set_metadata, write_metadata
+from abcd.serving.graphs import FEATURES, IMAGE, backbone_part, compose_parts, set_metadata
 from abcd.serving.onnx_model import ONNX_FORMAT, PROBABILITIES, OnnxClassifier, file_sha256, score_output
 from abcd.serving.parts import Part, features, head_outputs
 
@@ -193,18 +193,17 @@ def export_onnx(
     head = trace(HeadGraph(graph), torch.zeros(2, loaded.num_features), FEATURES, outputs)
     proto = compose_parts(backbone, head)
     origins = {"backbone part": origin}
+    if val_images:
+        false_reject = loaded.extra.get("unknown_false_reject")
+        if false_reject is None:
+            raise InvalidFileError("the checkpoint has no unknown_false_reject: retrain it (dvc repro train)")
+        cache = feature_cache(store)
+        val, origins["val features"] = features(Part(backbone), val_images, loaded.preprocess, "val", cache)
+        metadata = calibrate(metadata, head_outputs(Part(head), metadata, val), float(false_reject))
     with atomic_file(out) as tmp:
         set_metadata(proto, metadata)
         onnx.save(proto, str(tmp))
         check_parity(graph, OnnxClassifier(tmp), size)
-        if val_images:
-            false_reject = loaded.extra.get("unknown_false_reject")
-            if false_reject is None:
-                raise InvalidFileError("the checkpoint has no unknown_false_reject: retrain it (dvc repro train)")
-            cache = feature_cache(store)
-            val, origins["val features"] = features(Part(backbone), val_images, loaded.preprocess, "val", cache)
-            metadata = calibrate(metadata, head_outputs(Part(head), metadata, val), float(false_reject))
-            write_metadata(tmp, metadata)
     return metadata, origins
 
 

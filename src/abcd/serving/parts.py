@@ -11,6 +11,7 @@ list that made it; anything else (a fine-tuned backbone) computes the features h
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,7 +33,11 @@ class Part:
     def __init__(self, proto: ModelProto) -> None:
         self.proto = proto
         self.sha256 = graph_sha256(proto)
-        self.session = make_session(proto.SerializeToString())
+
+    @functools.cached_property
+    def session(self) -> Any:
+        # On first use: where the cached features are this part's own, its backbone session is never needed.
+        return make_session(self.proto.SerializeToString())
 
 
 def backbone_features(backbone: Part, images: Sequence[Path], pre: Preprocess, batch_size: int = 16) -> np.ndarray:

@@ -152,8 +152,6 @@ def quantize_onnx(
     calibrated = source.meta.get("threshold_calibration")
     if not calibrated:
         raise InvalidFileError(f"{fp32}: its thresholds were not calibrated on val images: export it again")
-    if not calibration_images:
-        raise InvalidFileError("no calibration images: quantize.calibration_images must be >= 1")
     model = load(fp32)
     backbone, head = Part(backbone_part(model)), Part(head_part(model))
     settings = quantization_settings(calibration_images, keep_fp32)
